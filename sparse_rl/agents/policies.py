@@ -1,0 +1,283 @@
+"""Drop-in sparse SB3 policies for SAC and TD3.
+
+``SAC(SparseSACPolicy, env, policy_kwargs=dict(sparsity=0.9, topology="rigl"))`` is all it takes: the
+policy replaces the linear layers of its actor, critic and target networks by
+:class:`~sparse_rl.sparse.MaskedLinear`, and attaches a :class:`~sparse_rl.topology.TopologyController`
+to the optimizers SB3 builds, so stock ``SAC.train``/``TD3.train`` drive topology evolution through
+``optimizer.step()``. No algorithm subclass is needed.
+
+Two things the policy needs from the algorithm are found on the first topology update: the training
+progress (``1 - model._current_progress_remaining``, the same quantity SB3's learning-rate schedules
+use, so ``end_fraction`` and the drop schedule follow ``total_timesteps`` also after a load and
+``learn(..., reset_num_timesteps=False)``), and the logger. The policy finds the algorithm that is
+training it on the call stack of ``optimizer.step()`` (the ``self`` of ``SAC.train``/``TD3.train``
+whose ``policy`` is this policy); :meth:`SparsePolicyMixin.bind` makes the link explicit for custom
+loops.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import sys
+import weakref
+from dataclasses import dataclass, fields
+from functools import partial
+from typing import Any
+
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.type_aliases import Schedule
+from stable_baselines3.sac.policies import SACPolicy
+from stable_baselines3.td3.policies import TD3Policy
+from torch import nn
+
+from sparse_rl.sparse import MaskedLinear, check_distribution, masked_layers, replace_linears, sparsify
+from sparse_rl.topology import TopologyConfig, TopologyController, sparse_seed
+
+DEFAULT_SPARSITY = 0.9
+
+
+@dataclass
+class SparsityConfig:
+    """The sparse part of ``policy_kwargs`` (everything else goes to SB3's policy).
+
+    :param sparsity: fraction of zero weights in actor *and* critic, in [0, 1); default 0.9.
+    :param actor_sparsity: overrides ``sparsity`` for the actor (and its target).
+    :param critic_sparsity: overrides ``sparsity`` for the critic (and its target).
+    :param distribution: per-layer density distribution: ``uniform``, ``er`` or ``erk``.
+    :param topology: ``static``, ``set``, ``rigl`` or any registered updater.
+    :param update_interval: optimizer steps between topology updates, counted per network
+        (TD3 steps its actor every ``policy_delay`` critic steps).
+    :param drop_fraction: fraction of active weights replaced at an update, in (0, 1].
+    :param drop_schedule: ``constant`` or ``cosine`` decay of the drop fraction.
+    :param end_fraction: fraction of ``total_timesteps`` after which the topology is frozen, in (0, 1].
+    :param dense_first_layer: keep the input layer(s) dense.
+    :param dense_last_layer: keep the output layer(s) dense.
+    :param sparse_init: rescale each neuron's initial weights by ``sqrt(dense fan-in / actual fan-in)``.
+    """
+
+    sparsity: float | None = None
+    actor_sparsity: float | None = None
+    critic_sparsity: float | None = None
+    distribution: str = "erk"
+    topology: str = "rigl"
+    update_interval: int = 1000
+    drop_fraction: float = 0.5
+    drop_schedule: str = "cosine"
+    end_fraction: float = 0.8
+    dense_first_layer: bool = False
+    dense_last_layer: bool = False
+    sparse_init: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("sparsity", "actor_sparsity", "critic_sparsity"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number in [0, 1), got {value!r}")
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        check_distribution(self.distribution)
+        for name in ("dense_first_layer", "dense_last_layer", "sparse_init"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        self.topology_config()  # validates topology, schedule, interval and fractions
+
+    def network_sparsity(self, network: str) -> float:
+        own = getattr(self, f"{network}_sparsity")
+        if own is not None:
+            return float(own)
+        return float(self.sparsity) if self.sparsity is not None else DEFAULT_SPARSITY
+
+    def topology_config(self) -> TopologyConfig:
+        return TopologyConfig(
+            topology=self.topology,
+            update_interval=self.update_interval,
+            drop_fraction=self.drop_fraction,
+            drop_schedule=self.drop_schedule,
+            end_fraction=self.end_fraction,
+        )
+
+
+SPARSE_KWARGS = frozenset(f.name for f in fields(SparsityConfig))
+
+
+def _check_parent_kwargs(policy_name: str, parent: type, kwargs: dict[str, Any]) -> None:
+    allowed = set(inspect.signature(parent.__init__).parameters) - {"self", "observation_space", "action_space", "lr_schedule"}
+    allowed |= SPARSE_KWARGS
+    for key in kwargs:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, sorted(allowed), n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else f"; known: {', '.join(sorted(allowed))}"
+            raise TypeError(f"{policy_name} got an unknown policy kwarg {key!r}{hint}")
+
+
+class SparsePolicyMixin:
+    """Sparsity for an SB3 actor-critic policy; see the module docstring.
+
+    Subclasses define :meth:`_networks` (online network, its target copies) and :meth:`_first_last`.
+    """
+
+    sparse_config: SparsityConfig
+    actor: nn.Module
+    critic: nn.Module
+
+    def __init__(self, observation_space: spaces.Space, action_space: spaces.Box, lr_schedule: Schedule, **kwargs: Any):
+        parent = next(
+            c for c in type(self).__mro__ if c not in (type(self), SparsePolicyMixin) and not issubclass(c, SparsePolicyMixin)
+        )
+        _check_parent_kwargs(type(self).__name__, parent, kwargs)
+        sparse_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in SPARSE_KWARGS}
+        config = SparsityConfig(**sparse_kwargs)
+        self._sparse_kwargs = sparse_kwargs
+        self._model_ref: weakref.ReferenceType | None = None
+        # nn.Module.__init__ has not run yet; plain attributes are fine, modules are not.
+        self.sparse_config = config
+        super().__init__(observation_space, action_space, lr_schedule, **kwargs)  # type: ignore[call-arg]
+
+    # ------------------------------------------------------------- building
+    def _networks(self) -> dict[str, tuple[nn.Module, list[nn.Module]]]:
+        raise NotImplementedError
+
+    def _first_last(self, name: str, network: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
+        raise NotImplementedError
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        super()._build(lr_schedule)  # type: ignore[misc]
+        generator = torch.Generator().manual_seed(sparse_seed())
+        config = self.sparse_config
+        for name, (network, targets) in self._networks().items():
+            layers = replace_linears(network)
+            target_layers = [replace_linears(target) for target in targets]
+            first, last = self._first_last(name, network)
+            dense = [
+                (config.dense_first_layer and any(layer is f for f in first))
+                or (config.dense_last_layer and any(layer is l for l in last))
+                for layer in layers
+            ]
+            try:
+                sparsify(
+                    layers, 1.0 - config.network_sparsity(name), config.distribution, generator, dense, config.sparse_init
+                )
+            except ValueError as err:
+                raise ValueError(f"{name}: {err}") from None
+            for target in targets:
+                target.load_state_dict(network.state_dict())
+            controller = TopologyController(
+                layers,
+                config.topology_config(),
+                seed=sparse_seed(generator),
+                targets=target_layers,
+                progress_fn=self._training_progress,
+            )
+            controller.attach(network.optimizer)
+            controller.listeners.append(partial(self._record_update, name))
+            self.add_module(f"{name}_topology", controller)  # type: ignore[attr-defined]
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()  # type: ignore[misc]
+        data.update(self._sparse_kwargs)
+        return data
+
+    # ------------------------------------------------- link to the algorithm
+    def bind(self, model: Any) -> None:
+        """Take training progress and the logger from ``model`` (an SB3 algorithm using this policy)."""
+        if getattr(model, "policy", None) is not self:
+            raise ValueError("bind() expects the SB3 algorithm whose .policy is this policy")
+        self._model_ref = weakref.ref(model)
+
+    def _model(self) -> Any:
+        model = self._model_ref() if self._model_ref is not None else None
+        if model is not None and getattr(model, "policy", None) is self:
+            return model
+        frame = sys._getframe(1)
+        while frame is not None:
+            candidate = frame.f_locals.get("self")
+            if candidate is not self and getattr(candidate, "policy", None) is self and hasattr(candidate, "num_timesteps"):
+                self._model_ref = weakref.ref(candidate)
+                return candidate
+            frame = frame.f_back
+        raise RuntimeError(
+            f"{type(self).__name__} cannot find the SB3 algorithm training it; call policy.bind(model) "
+            "or set the controllers' progress_fn when training with a custom loop"
+        )
+
+    def _training_progress(self) -> float:
+        return 1.0 - float(self._model()._current_progress_remaining)
+
+    def _record_update(self, name: str, controller: TopologyController) -> None:
+        logger = self._model().logger
+        for key, value in controller.stats().items():
+            logger.record(f"sparsity/{name}_{key}", value)
+
+    def topology_controllers(self) -> dict[str, TopologyController]:
+        """The controller of each network, by network name (``actor``, ``critic``)."""
+        return {name: getattr(self, f"{name}_topology") for name in self._networks()}
+
+
+def _chain_first_last(layers: list[MaskedLinear]) -> tuple[list[nn.Module], list[nn.Module]]:
+    return ([layers[0]], [layers[-1]]) if layers else ([], [])
+
+
+def _critic_first_last(critic: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
+    first: list[nn.Module] = []
+    last: list[nn.Module] = []
+    for q_net in critic.q_networks:  # type: ignore[attr-defined]
+        f, l = _chain_first_last(masked_layers(q_net))
+        first += f
+        last += l
+    return first, last
+
+
+class SparseSACPolicy(SparsePolicyMixin, SACPolicy):
+    """SB3 :class:`SACPolicy` with sparse, evolving actor and critic. Sparse kwargs: :class:`SparsityConfig`."""
+
+    def _networks(self) -> dict[str, tuple[nn.Module, list[nn.Module]]]:
+        return {"actor": (self.actor, []), "critic": (self.critic, [self.critic_target])}
+
+    def _first_last(self, name: str, network: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
+        if name == "critic":
+            return _critic_first_last(network)
+        heads = [m for m in (network.mu, network.log_std) if isinstance(m, nn.Linear)]
+        chain = masked_layers(network.latent_pi)
+        return ([chain[0]] if chain else heads), heads
+
+
+class SparseTD3Policy(SparsePolicyMixin, TD3Policy):
+    """SB3 :class:`TD3Policy` with sparse, evolving actor and critic. Sparse kwargs: :class:`SparsityConfig`."""
+
+    def _networks(self) -> dict[str, tuple[nn.Module, list[nn.Module]]]:
+        return {"actor": (self.actor, [self.actor_target]), "critic": (self.critic, [self.critic_target])}
+
+    def _first_last(self, name: str, network: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
+        if name == "critic":
+            return _critic_first_last(network)
+        return _chain_first_last(masked_layers(network.mu))
+
+
+def _linear_layers(module: nn.Module) -> list[nn.Linear]:
+    return [m for m in module.modules() if isinstance(m, nn.Linear)]
+
+
+def sparsity_report(model_or_policy: Any, per_layer: bool = False) -> dict[str, Any]:
+    """Density, ITOP rate, FLOPs per forward pass and last drop/grow counts of actor and critic.
+
+    Works for sparse policies and, as a baseline, for dense SB3 SAC/TD3 policies (density 1).
+
+    :param model_or_policy: an SB3 algorithm or its policy.
+    :param per_layer: add a ``layers`` list per network.
+    :return: ``{"actor": {...}, "critic": {...}}``.
+    """
+    policy = getattr(model_or_policy, "policy", model_or_policy)
+    if isinstance(policy, SparsePolicyMixin):
+        return {name: ctrl.stats(per_layer=per_layer) for name, ctrl in policy.topology_controllers().items()}
+    from sparse_rl.topology import network_stats
+
+    if not (hasattr(policy, "actor") and hasattr(policy, "critic")):
+        raise TypeError(f"sparsity_report expects an SB3 SAC/TD3 model or policy, got {type(model_or_policy).__name__}")
+    return {name: network_stats(_linear_layers(getattr(policy, name)), per_layer) for name in ("actor", "critic")}
+
+
+__all__ = ["SparsePolicyMixin", "SparseSACPolicy", "SparseTD3Policy", "SparsityConfig", "sparsity_report"]

@@ -1,0 +1,280 @@
+"""The topology controller: drives mask updates of one network from its optimizer's step hooks.
+
+Per optimizer step (``optimizer.step()`` of the network, so actor and critic count separately):
+
+1. *pre-step hook*: count the step; on an update step keep the dense gradient (for RigL); mask the
+   gradients, so the optimizer's moments never accumulate at absent connections;
+2. the optimizer steps;
+3. *post-step hook*: on an update step drop and grow connections; zero the weights **and every optimizer
+   slot shaped like the weight** (Adam's ``exp_avg``/``exp_avg_sq``, SGD's momentum) at dropped and grown
+   positions; copy the new mask into the target networks and zero them there too (so under Polyak
+   averaging a target is never denser than its online network); finally re-zero absent weights.
+
+The controller's counters and its random-generator state are module *extra state*, so they are in the
+``state_dict`` of whatever module owns the controller and survive save/load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparse_rl.sparse.layers import MaskedLinear
+from sparse_rl.topology.schedules import get_schedule
+from sparse_rl.topology.updaters import Updater, make_updater
+
+
+@dataclass
+class TopologyConfig:
+    """When and how much a network's topology changes.
+
+    :param topology: updater name (``static``, ``set``, ``rigl`` or any registered one).
+    :param update_interval: optimizer steps of this network between updates, > 0.
+    :param drop_fraction: fraction of each layer's active weights dropped at an update, in (0, 1].
+    :param drop_schedule: decay of the drop fraction over training (``constant``, ``cosine``).
+    :param end_fraction: fraction of training after which the topology is frozen, in (0, 1].
+    """
+
+    topology: str = "rigl"
+    update_interval: int = 1000
+    drop_fraction: float = 0.3
+    drop_schedule: str = "cosine"
+    end_fraction: float = 0.8
+
+    def __post_init__(self) -> None:
+        make_updater(self.topology)
+        get_schedule(self.drop_schedule)
+        if isinstance(self.update_interval, bool) or not isinstance(self.update_interval, int):
+            raise TypeError(f"update_interval must be a positive int, got {self.update_interval!r}")
+        if self.update_interval <= 0:
+            raise ValueError(f"update_interval must be a positive int, got {self.update_interval!r}")
+        for name in ("drop_fraction", "end_fraction"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number in (0, 1], got {value!r}")
+            if not 0 < value <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def layer_flops(layer: nn.Linear, nnz: int | None = None) -> int:
+    """FLOPs of one forward pass of a linear layer on one sample: a multiply and an add per connection,
+    plus the bias additions. With ``nnz=None``, the dense layer's count."""
+    n = layer.in_features * layer.out_features if nnz is None else nnz
+    return 2 * n + (layer.out_features if layer.bias is not None else 0)
+
+
+def _nnz(layer: nn.Linear) -> int:
+    return layer.nnz if isinstance(layer, MaskedLinear) else layer.weight.numel()
+
+
+def _explored(layer: nn.Linear) -> int:
+    return int(layer.explored.sum()) if isinstance(layer, MaskedLinear) else layer.weight.numel()
+
+
+def network_stats(layers: Sequence[nn.Linear], per_layer: bool = False) -> dict[str, Any]:
+    """Density, ITOP rate and FLOPs of a network made of ``layers`` (plain ``nn.Linear`` counts as dense)."""
+    nnz = [_nnz(layer) for layer in layers]
+    total = sum(layer.weight.numel() for layer in layers)
+    explored = sum(_explored(layer) for layer in layers)
+    stats: dict[str, Any] = {
+        "density": sum(nnz) / total if total else 1.0,
+        "nonzeros": sum(nnz),
+        "weights": total,
+        "itop_rate": explored / total if total else 1.0,
+        "flops": sum(layer_flops(layer, n) for layer, n in zip(layers, nnz)),
+        "dense_flops": sum(layer_flops(layer) for layer in layers),
+    }
+    if per_layer:
+        stats["layers"] = [
+            {
+                "shape": list(layer.weight.shape),
+                "nonzeros": n,
+                "density": n / layer.weight.numel(),
+                "itop_rate": _explored(layer) / layer.weight.numel(),
+                "flops": layer_flops(layer, n),
+                "dense_flops": layer_flops(layer),
+            }
+            for layer, n in zip(layers, nnz)
+        ]
+    return stats
+
+
+class TopologyController(nn.Module):
+    """Evolves the masks of ``layers`` from the step hooks of the optimizer that trains them.
+
+    :param layers: the network's masked layers (they are *not* registered as submodules here).
+    :param config: schedule and updater.
+    :param seed: seed of the controller's own generator (used by random growth and tie-breaks).
+    :param targets: target copies of the network, each a list of layers aligned with ``layers``.
+    :param progress_fn: returns the fraction of training done, in [0, 1]; may be set later.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[MaskedLinear],
+        config: TopologyConfig,
+        seed: int,
+        targets: Sequence[Sequence[MaskedLinear]] = (),
+        progress_fn: Callable[[], float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.updater: Updater = make_updater(config.topology)
+        self._schedule = get_schedule(config.drop_schedule)
+        # Plain lists: the layers belong to the network, registering them here would duplicate state.
+        self._layers: list[MaskedLinear] = list(layers)
+        self._targets: list[list[MaskedLinear]] = [list(t) for t in targets]
+        for target in self._targets:
+            if len(target) != len(self._layers):
+                raise ValueError("each target network must have as many masked layers as the online one")
+        self.progress_fn = progress_fn
+        #: called with this controller after every topology update (for logging)
+        self.listeners: list[Callable[[TopologyController], None]] = []
+        self.step = 0
+        self.n_updates = 0
+        self.last_dropped = 0
+        self.last_grown = 0
+        self.last_fraction = 0.0
+        generator = torch.Generator()
+        generator.manual_seed(seed)
+        self._rng_state = generator.get_state()
+        self._due = False
+        self._grads: list[torch.Tensor | None] | None = None
+        self._handles: list[Any] = []
+
+    # ----------------------------------------------------------------- state
+    def get_extra_state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "n_updates": self.n_updates,
+            "last_dropped": self.last_dropped,
+            "last_grown": self.last_grown,
+            "last_fraction": self.last_fraction,
+            "rng_state": self._rng_state.clone(),
+        }
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.n_updates = int(state["n_updates"])
+        self.last_dropped = int(state["last_dropped"])
+        self.last_grown = int(state["last_grown"])
+        self.last_fraction = float(state["last_fraction"])
+        self._rng_state = state["rng_state"].detach().to("cpu", torch.uint8).clone()
+
+    @property
+    def layers(self) -> list[MaskedLinear]:
+        return list(self._layers)
+
+    def _evolving(self) -> list[int]:
+        """Indices of layers whose topology can change (fully dense layers have nothing to explore)."""
+        return [i for i, layer in enumerate(self._layers) if layer.nnz < layer.mask.numel()]
+
+    # ----------------------------------------------------------------- hooks
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        """Drive this controller from ``optimizer``'s steps (call once per optimizer)."""
+        self._handles.append(optimizer.register_step_pre_hook(self._pre_step))
+        self._handles.append(optimizer.register_step_post_hook(self._post_step))
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def progress(self) -> float:
+        if self.progress_fn is None:
+            raise RuntimeError(
+                "the topology controller does not know the training progress: train through an SB3 "
+                "algorithm, call policy.bind(model), or set controller.progress_fn"
+            )
+        return float(self.progress_fn())
+
+    def is_update_step(self, step: int) -> bool:
+        if not self.updater.changes_topology or step % self.config.update_interval != 0:
+            return False
+        return self.progress() < self.config.end_fraction
+
+    def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.step += 1
+        self._due = self.is_update_step(self.step)
+        if self._due and self.updater.needs_grad:
+            self._grads = [
+                layer.weight.grad.detach().clone() if layer.weight.grad is not None else None for layer in self._layers
+            ]
+        with torch.no_grad():
+            pairs = [(l.weight.grad, l.mask) for l in self._layers if l.weight.grad is not None]
+            if pairs:
+                grads, masks = zip(*pairs)
+                torch._foreach_mul_(list(grads), list(masks))
+
+    def _post_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self._due:
+            self._due = False
+            grads, self._grads = self._grads, None
+            self.update_topology(optimizer, grads)
+        with torch.no_grad():
+            torch._foreach_mul_([l.weight for l in self._layers], [l.mask for l in self._layers])
+
+    # ---------------------------------------------------------------- update
+    @torch.no_grad()
+    def update_topology(
+        self,
+        optimizer: torch.optim.Optimizer | None = None,
+        grads: Sequence[torch.Tensor | None] | None = None,
+    ) -> None:
+        """Drop and grow connections in every evolving layer now.
+
+        :param optimizer: its per-parameter state is zeroed at changed positions.
+        :param grads: dense gradients aligned with the layers (needed by gradient-based updaters).
+        """
+        fraction = self._schedule(self.progress(), self.config.drop_fraction, self.config.end_fraction)
+        generator = torch.Generator()
+        generator.set_state(self._rng_state)
+        dropped = grown = 0
+        for i in self._evolving():
+            layer = self._layers[i]
+            grad = grads[i] if grads is not None else None
+            result = self.updater.update(layer.weight, layer.mask, fraction, grad, generator)
+            changed = result.changed
+            layer.weight.masked_fill_(changed, 0.0)
+            layer.set_mask(result.mask)
+            if optimizer is not None:
+                for slot in optimizer.state.get(layer.weight, {}).values():
+                    if isinstance(slot, torch.Tensor) and slot.shape == layer.weight.shape:
+                        slot.masked_fill_(changed, 0)
+            for target in self._targets:
+                target[i].weight.masked_fill_(changed, 0.0)
+                target[i].set_mask(result.mask)
+            dropped += int(result.dropped.sum())
+            grown += int(result.grown.sum())
+        self._rng_state = generator.get_state()
+        self.n_updates += 1
+        self.last_dropped, self.last_grown, self.last_fraction = dropped, grown, fraction
+        for listener in self.listeners:
+            listener(self)
+
+    def stats(self, per_layer: bool = False) -> dict[str, Any]:
+        """Density, ITOP rate, FLOPs and the last update's counts."""
+        stats = network_stats(self._layers, per_layer=per_layer)
+        stats.update(
+            optimizer_steps=self.step,
+            topology_updates=self.n_updates,
+            last_dropped=self.last_dropped,
+            last_grown=self.last_grown,
+            last_drop_fraction=self.last_fraction,
+        )
+        return stats
+
+
+def sparse_seed(generator: torch.Generator | None = None) -> int:
+    """A seed drawn from torch's (seeded) global generator, for reproducible masks under SB3's seeding."""
+    return int(torch.randint(0, 2**62, (1,), generator=generator).item())
+
+
+__all__ = ["TopologyConfig", "TopologyController", "layer_flops", "network_stats", "sparse_seed"]
