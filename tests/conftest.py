@@ -1,0 +1,16 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("SPARSE_RL_EXPENSIVE") == "1":
+        return
+    skip = pytest.mark.skip(reason="expensive: set SPARSE_RL_EXPENSIVE=1 to run")
+    for item in items:
+        if "expensive" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,190 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from sparse_rl.sparse import MaskedLinear, masked_layers, sparsify
+from sparse_rl.topology import (
+    TopologyConfig,
+    TopologyController,
+    available_updaters,
+    get_schedule,
+    make_updater,
+)
+
+
+def make_net(seed=0, density=0.2):
+    torch.manual_seed(seed)
+    net = nn.Sequential(MaskedLinear(8, 32), nn.ReLU(), MaskedLinear(32, 32), nn.ReLU(), MaskedLinear(32, 2))
+    sparsify(masked_layers(net), density, "erk", torch.Generator().manual_seed(seed))
+    return net
+
+
+def train_step(net, opt, gen):
+    x = torch.randn(64, 8, generator=gen)
+    y = torch.randn(64, 2, generator=gen)
+    opt.zero_grad()
+    ((net(x) - y) ** 2).mean().backward()
+    opt.step()
+
+
+def test_registries_list_methods():
+    assert {"static", "set", "rigl"} <= set(available_updaters())
+    with pytest.raises(ValueError, match=r"'foo'.*rigl, set, static"):
+        make_updater("foo")
+    with pytest.raises(ValueError, match=r"'linear'.*constant, cosine"):
+        get_schedule("linear")
+
+
+def test_schedules():
+    cosine, constant = get_schedule("cosine"), get_schedule("constant")
+    assert cosine(0.0, 0.5, 0.8) == pytest.approx(0.5)
+    assert cosine(0.4, 0.5, 0.8) == pytest.approx(0.25)
+    assert cosine(0.8, 0.5, 0.8) == 0.0
+    assert constant(0.79, 0.3, 0.8) == 0.3
+    assert constant(0.8, 0.3, 0.8) == 0.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, err",
+    [
+        (dict(update_interval=0), ValueError),
+        (dict(update_interval=-5), ValueError),
+        (dict(update_interval=2.5), TypeError),
+        (dict(drop_fraction=0.0), ValueError),
+        (dict(drop_fraction=1.5), ValueError),
+        (dict(end_fraction=0.0), ValueError),
+        (dict(topology="magic"), ValueError),
+        (dict(drop_schedule="linear"), ValueError),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, err):
+    value = str(next(iter(kwargs.values())))
+    with pytest.raises(err, match=value):
+        TopologyConfig(**kwargs)
+
+
+def test_set_drops_each_sign_separately_and_grows_elsewhere():
+    w = torch.tensor([[0.5, -0.1, 0.2, -0.9, 0.0, 0.0], [0.05, -0.4, 0.3, -0.02, 0.0, 0.0]])
+    mask = w != 0
+    res = make_updater("set").update(w, mask, 0.5, None, torch.Generator().manual_seed(0))
+    # positives 0.5, 0.2, 0.05, 0.3 -> drop 2 smallest (0.05, 0.2); negatives -0.1,-0.9,-0.4,-0.02 -> drop -0.02, -0.1
+    expected_dropped = torch.zeros_like(mask)
+    for r, c in [(1, 0), (0, 2), (1, 3), (0, 1)]:
+        expected_dropped[r, c] = True
+    assert torch.equal(res.dropped, expected_dropped)
+    assert int(res.mask.sum()) == int(mask.sum())
+    assert not (res.mask & ~res.grown & ~mask).any()
+
+
+def test_rigl_grows_where_dense_gradient_is_largest():
+    w = torch.tensor([[1.0, 0.0, 0.0], [0.1, 2.0, 0.0]])
+    mask = w != 0
+    grad = torch.tensor([[0.0, 5.0, 0.1], [0.0, 0.0, 3.0]])
+    res = make_updater("rigl").update(w, mask, 0.34, grad, torch.Generator().manual_seed(0))
+    assert res.dropped.nonzero().tolist() == [[1, 0]]  # smallest magnitude
+    assert res.grown.nonzero().tolist() == [[0, 1]]  # largest |grad| among non-kept
+    assert int(res.mask.sum()) == 3
+
+
+@pytest.mark.parametrize("topology", ["set", "rigl"])
+def test_invariants_over_many_updates(topology):
+    net = make_net()
+    layers = masked_layers(net)
+    target = make_net(seed=1)
+    target.load_state_dict(net.state_dict())
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    config = TopologyConfig(
+        topology=topology, update_interval=5, drop_fraction=0.3, drop_schedule="constant", end_fraction=1.0
+    )
+    ctrl = TopologyController(layers, config, seed=0, targets=[masked_layers(target)], progress_fn=lambda: 0.0)
+    ctrl.attach(opt)
+    nnz = [l.nnz for l in layers]
+    gen = torch.Generator().manual_seed(0)
+    checked = []
+
+    def check(c):
+        for i, layer in enumerate(layers):
+            assert layer.nnz == nnz[i]
+            grown = layer.mask & ~before[i]
+            assert torch.all(layer.weight[grown] == 0)
+            state = opt.state[layer.weight]
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert torch.all(state[key][~layer.mask] == 0), key
+                assert torch.all(state[key][grown] == 0), key
+            t = masked_layers(target)[i]
+            assert torch.equal(t.mask, layer.mask)
+            assert torch.all(t.weight[~layer.mask] == 0)
+        checked.append(c.last_grown)
+
+    ctrl.listeners.append(check)
+    for _ in range(300):
+        before = [l.mask.clone() for l in layers]
+        train_step(net, opt, gen)
+    assert ctrl.n_updates == 60 == len(checked)
+    assert all(n > 0 for n in checked)
+    assert ctrl.stats()["itop_rate"] > ctrl.stats()["density"]
+
+
+def test_absent_weights_stay_exactly_zero_under_adam():
+    net = make_net(density=0.1)
+    layers = masked_layers(net)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3, weight_decay=1e-4)
+    ctrl = TopologyController(layers, TopologyConfig(topology="static"), seed=0, progress_fn=lambda: 0.0)
+    ctrl.attach(opt)
+    masks = [l.mask.clone() for l in layers]
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3000):
+        train_step(net, opt, gen)
+    for layer, mask in zip(layers, masks):
+        assert torch.equal(layer.mask, mask)
+        assert torch.all(layer.weight[~mask] == 0)
+        assert torch.all(opt.state[layer.weight]["exp_avg"][~mask] == 0)
+        assert torch.all(opt.state[layer.weight]["exp_avg_sq"][~mask] == 0)
+        assert (layer.weight[mask] != 0).float().mean() > 0.99
+
+
+def test_frozen_after_end_fraction():
+    net = make_net()
+    opt = torch.optim.Adam(net.parameters())
+    progress = {"p": 0.0}
+    config = TopologyConfig(topology="set", update_interval=2, end_fraction=0.5, drop_schedule="constant")
+    ctrl = TopologyController(masked_layers(net), config, seed=0, progress_fn=lambda: progress["p"])
+    ctrl.attach(opt)
+    gen = torch.Generator().manual_seed(0)
+    for i in range(20):
+        progress["p"] = i / 20
+        train_step(net, opt, gen)
+    assert ctrl.n_updates == 5  # steps 2, 4, 6, 8, 10 fall before progress 0.5
+
+
+def test_controller_state_round_trip_gives_identical_updates():
+    def run(state=None, steps=40):
+        net = make_net()
+        opt = torch.optim.Adam(net.parameters())
+        config = TopologyConfig(topology="set", update_interval=10, drop_schedule="constant")
+        ctrl = TopologyController(masked_layers(net), config, seed=7, progress_fn=lambda: 0.0)
+        ctrl.attach(opt)
+        if state is not None:
+            net.load_state_dict(state["net"])
+            opt.load_state_dict(state["opt"])
+            ctrl.load_state_dict(state["ctrl"])
+        gen = torch.Generator().manual_seed(0)
+        return net, opt, ctrl, gen
+
+    net, opt, ctrl, gen = run()
+    for _ in range(20):
+        train_step(net, opt, gen)
+    saved = {"net": net.state_dict(), "opt": opt.state_dict(), "ctrl": ctrl.state_dict()}
+    saved = copy.deepcopy(saved)
+    assert "_extra_state" in saved["ctrl"]
+    net2, opt2, ctrl2, _ = run(saved)
+    assert ctrl2.step == ctrl.step == 20
+    gen_a, gen_b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for _ in range(20):
+        train_step(net, opt, gen_a)
+        train_step(net2, opt2, gen_b)
+    for a, b in zip(masked_layers(net), masked_layers(net2)):
+        assert torch.equal(a.mask, b.mask)
+        assert torch.equal(a.weight, b.weight)
