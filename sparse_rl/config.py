@@ -1,0 +1,211 @@
+"""Typed training configuration and YAML presets.
+
+The dataclasses below are the schema; ``configs/<algo>.yml`` holds values. A preset file is keyed by
+env id with a ``default`` entry, and has a ``presets`` section whose entries are keyed the same way::
+
+    default: {learning_starts: 10000}          # every env, every preset
+    Hopper-v5: {n_timesteps: 1000000}          # one env, every preset
+    presets:
+      dense: {default: {dense: true}}          # one preset, every env
+      rlx2: {HalfCheetah-v5: {actor_sparsity: 0.9}}
+
+Resolution, later wins: dataclass defaults, file ``default``, file env entry, preset ``default``,
+preset env entry, command-line flags, ``--set key=value``. Values are plain YAML (numbers, strings,
+lists, mappings): nothing is evaluated as Python.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sparse_rl.agents.policies import SparsityConfig
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is not valid; the message says which and what is allowed."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; one flat namespace so ``--set key=value`` reaches any field."""
+
+    # --- run
+    n_timesteps: int = 1_000_000
+    """total env steps"""
+    n_envs: int = 1
+    """parallel training envs"""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """passed to ``gymnasium.make``"""
+    eval_freq: int = 10_000
+    """env steps between evaluations (0: none)"""
+    eval_episodes: int = 10
+    checkpoint_freq: int = 50_000
+    """env steps between checkpoints (0: final only)"""
+    # --- SB3 off-policy hyperparameters
+    learning_rate: float = 3e-4
+    buffer_size: int = 1_000_000
+    learning_starts: int = 10_000
+    batch_size: int = 256
+    tau: float = 0.005
+    gamma: float = 0.99
+    train_freq: int = 1
+    gradient_steps: int = 1
+    net_arch: list[int] = field(default_factory=lambda: [256, 256])
+    # --- sparsity (see sparse_rl.agents.SparsityConfig)
+    dense: bool = False
+    """train SB3's dense MlpPolicy instead (the baseline)"""
+    sparsity: float | None = 0.9
+    actor_sparsity: float | None = None
+    critic_sparsity: float | None = None
+    distribution: str = "erk"
+    topology: str = "rigl"
+    update_interval: int = 1000
+    drop_fraction: float = 0.5
+    drop_schedule: str = "cosine"
+    end_fraction: float = 0.8
+    dense_first_layer: bool = False
+    dense_last_layer: bool = False
+    sparse_init: bool = False
+    weight_decay: float = 0.0
+    """Adam weight decay of actor and critic"""
+
+
+@dataclass
+class SACConfig(TrainConfig):
+    ent_coef: float | str = "auto"
+    """entropy coefficient, or ``auto`` / ``auto_0.1`` to learn it"""
+
+
+@dataclass
+class TD3Config(TrainConfig):
+    policy_delay: int = 2
+    target_policy_noise: float = 0.2
+    target_noise_clip: float = 0.5
+    action_noise_std: float = 0.1
+    """std of the Gaussian exploration noise, as a fraction of the action range's half-width"""
+
+
+CONFIG_CLASSES: dict[str, type[TrainConfig]] = {"sac": SACConfig, "td3": TD3Config}
+SPARSE_KEYS = [f.name for f in fields(SparsityConfig)]
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        (arg,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_type_ok(v, arg) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    return isinstance(value, tp)
+
+
+def _type_name(tp: Any) -> str:
+    return str(tp).replace("typing.", "") if typing.get_origin(tp) else getattr(tp, "__name__", str(tp))
+
+
+def check_value(cls: type[TrainConfig], key: str, value: Any) -> Any:
+    """Check ``value`` against the type of field ``key``; ints are accepted (and converted) for floats."""
+    hints = typing.get_type_hints(cls)
+    if key not in hints:
+        close = difflib.get_close_matches(key, list(hints), n=3)
+        hint = f"did you mean {', '.join(map(repr, close))}?" if close else "see --list-keys"
+        raise ConfigError(f"unknown config key {key!r} for {cls.__name__}; {hint}")
+    tp = hints[key]
+    if not _type_ok(value, tp):
+        raise ConfigError(f"{key}={value!r} has type {type(value).__name__}, expected {_type_name(tp)}")
+    if tp is float and isinstance(value, int):
+        value = float(value)
+    return value
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """Parse ``key=value``; the value is a Python literal (``1e-3``, ``[64, 64]``, ``'rigl'``) or a bare word."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw  # a bare word such as rigl
+    return key.strip(), value
+
+
+def preset_path(algo: str) -> Path:
+    return Path(str(resources.files("sparse_rl.configs").joinpath(f"{algo}.yml")))
+
+
+def load_presets(algo: str) -> dict[str, Any]:
+    with open(preset_path(algo)) as f:
+        return yaml.safe_load(f) or {}
+
+
+def available_presets(algo: str) -> list[str]:
+    return sorted(load_presets(algo).get("presets", {}))
+
+
+def resolve_config(algo: str, env_id: str, preset: str = "sparse_rl", overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Build the validated config of ``algo`` on ``env_id`` from the presets and ``overrides``."""
+    if algo not in CONFIG_CLASSES:
+        raise ConfigError(f"unknown algo {algo!r}; known: {', '.join(CONFIG_CLASSES)}")
+    cls = CONFIG_CLASSES[algo]
+    data = load_presets(algo)
+    presets = data.get("presets", {})
+    if preset not in presets:
+        close = difflib.get_close_matches(preset, list(presets), n=3)
+        extra = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+        raise ConfigError(f"unknown preset {preset!r} for {algo}; {extra}known: {', '.join(sorted(presets))}")
+    layers = [data.get("default"), data.get(env_id), presets[preset].get("default"), presets[preset].get(env_id), overrides]
+    values: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in (layer or {}).items():
+            values[key] = check_value(cls, key, value)
+    config = cls(**values)
+    validate(config)
+    return config
+
+
+def validate(config: TrainConfig) -> None:
+    """Range checks, including the sparse settings (through :class:`SparsityConfig`)."""
+    for key in ("n_timesteps", "n_envs", "batch_size", "buffer_size", "train_freq", "eval_episodes"):
+        if getattr(config, key) <= 0:
+            raise ConfigError(f"{key} must be positive, got {getattr(config, key)!r}")
+    for key in ("eval_freq", "checkpoint_freq", "learning_starts"):
+        if getattr(config, key) < 0:
+            raise ConfigError(f"{key} must be >= 0, got {getattr(config, key)!r}")
+    if not config.learning_rate > 0:
+        raise ConfigError(f"learning_rate must be positive, got {config.learning_rate!r}")
+    try:
+        SparsityConfig(**{k: getattr(config, k) for k in SPARSE_KEYS})
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(algo: str, data: dict[str, Any]) -> TrainConfig:
+    cls = CONFIG_CLASSES[algo]
+    config = cls(**{k: check_value(cls, k, v) for k, v in data.items()})
+    validate(config)
+    return config

@@ -1,0 +1,88 @@
+"""Snapshot and restore the state of SB3 ``DummyVecEnv`` training envs, so ``--resume`` continues the
+very episode that was running: MuJoCo physics (``mj_getState`` with the integration state, warm-start
+included), the state of classic-control envs, the env's random generator, and the counters of
+``TimeLimit`` and SB3's ``Monitor``. Envs it cannot capture raise ``TypeError`` (no silent fallback).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+
+_MONITOR_FIELDS = ("rewards", "needs_reset", "episode_returns", "episode_lengths", "episode_times", "total_steps")
+
+
+def _chain(env: gym.Env) -> list[gym.Env]:
+    chain = [env]
+    while isinstance(chain[-1], gym.Wrapper):
+        chain.append(chain[-1].env)
+    return chain
+
+
+def _core_state(core: gym.Env) -> dict[str, Any]:
+    state: dict[str, Any] = {"np_random": copy.deepcopy(core.np_random.bit_generator.state)}
+    if hasattr(core, "data") and hasattr(core, "model"):
+        import mujoco
+
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        buf = np.empty(mujoco.mj_stateSize(core.model, spec))
+        mujoco.mj_getState(core.model, core.data, buf, spec)
+        state["mujoco"] = buf
+    elif isinstance(getattr(core, "state", None), (np.ndarray, tuple, list)):
+        state["state"] = copy.deepcopy(core.state)
+        if hasattr(core, "last_u"):
+            state["last_u"] = copy.deepcopy(core.last_u)
+    else:
+        raise TypeError(f"cannot snapshot the state of {type(core).__name__}")
+    return state
+
+
+def _set_core_state(core: gym.Env, state: dict[str, Any]) -> None:
+    core.np_random.bit_generator.state = state["np_random"]
+    if "mujoco" in state:
+        import mujoco
+
+        mujoco.mj_setState(core.model, core.data, state["mujoco"], mujoco.mjtState.mjSTATE_INTEGRATION)
+        mujoco.mj_forward(core.model, core.data)
+    else:
+        core.state = copy.deepcopy(state["state"])
+        if "last_u" in state:
+            core.last_u = state["last_u"]
+
+
+def get_env_state(venv: VecEnv) -> list[dict[str, Any]]:
+    """Picklable state of each env of a ``DummyVecEnv``."""
+    if not isinstance(venv, DummyVecEnv):
+        raise TypeError(f"env snapshots need a DummyVecEnv, got {type(venv).__name__}")
+    states = []
+    for env in venv.envs:
+        entry: dict[str, Any] = {"core": _core_state(env.unwrapped), "wrappers": []}
+        for w in _chain(env):
+            ws: dict[str, Any] = {}
+            if isinstance(w, Monitor):
+                ws = {k: copy.deepcopy(getattr(w, k)) for k in _MONITOR_FIELDS}
+            if hasattr(w, "_elapsed_steps"):
+                ws["_elapsed_steps"] = w._elapsed_steps
+            entry["wrappers"].append(ws)
+        states.append(entry)
+    return states
+
+
+def set_env_state(venv: VecEnv, states: list[dict[str, Any]]) -> None:
+    """Restore :func:`get_env_state` output into a freshly made env of the same kind (resets it first)."""
+    if not isinstance(venv, DummyVecEnv) or len(states) != venv.num_envs:
+        raise TypeError("env state does not match this vector env")
+    venv.reset()
+    for env, entry in zip(venv.envs, states):
+        chain = _chain(env)
+        if len(chain) != len(entry["wrappers"]):
+            raise TypeError("env state was taken from a differently wrapped env")
+        for w, ws in zip(chain, entry["wrappers"]):
+            for k, v in ws.items():
+                setattr(w, k, copy.deepcopy(v))
+        _set_core_state(env.unwrapped, entry["core"])

@@ -1,0 +1,96 @@
+"""Evaluation that reports return *and* sparsity: one row per evaluation, to CSV and SB3's logger."""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import VecEnv
+
+from sparse_rl.agents import sparsity_report
+
+EVAL_FIELDS = [
+    "timesteps",
+    "wall_clock_s",
+    "return_mean",
+    "return_std",
+    "return_ci95_low",
+    "return_ci95_high",
+    "episodes",
+    "actor_density",
+    "critic_density",
+    "actor_itop_rate",
+    "critic_itop_rate",
+    "actor_flops",
+    "critic_flops",
+    "actor_dense_flops",
+    "critic_dense_flops",
+]
+
+
+def return_stats(returns: list[float] | np.ndarray) -> dict[str, float]:
+    """Mean, std (ddof=1) and a normal-approximation 95% confidence interval of the mean."""
+    r = np.asarray(returns, dtype=np.float64)
+    mean = float(r.mean())
+    std = float(r.std(ddof=1)) if len(r) > 1 else 0.0
+    half = 1.96 * std / math.sqrt(len(r))
+    return {"return_mean": mean, "return_std": std, "return_ci95_low": mean - half, "return_ci95_high": mean + half}
+
+
+def evaluate(model: BaseAlgorithm, env: VecEnv, episodes: int) -> dict[str, Any]:
+    """Run ``episodes`` deterministic episodes; return their statistics with the model's sparsity."""
+    returns, _ = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=True, return_episode_rewards=True)
+    row: dict[str, Any] = {"episodes": episodes, **return_stats(returns)}
+    report = sparsity_report(model)
+    for net in ("actor", "critic"):
+        row[f"{net}_density"] = report[net]["density"]
+        row[f"{net}_itop_rate"] = report[net]["itop_rate"]
+        row[f"{net}_flops"] = report[net]["flops"]
+        row[f"{net}_dense_flops"] = report[net]["dense_flops"]
+    return row
+
+
+class SparseEvalCallback(BaseCallback):
+    """Every ``eval_freq`` env steps, evaluate on ``eval_env`` and append a row to ``csv_path``."""
+
+    def __init__(self, eval_env: VecEnv, eval_freq: int, episodes: int, csv_path: str | Path, start_time: float):
+        super().__init__()
+        self.eval_env = eval_env
+        self.eval_freq = eval_freq
+        self.episodes = episodes
+        self.csv_path = Path(csv_path)
+        self.start_time = start_time
+        self.last_row: dict[str, Any] | None = None
+        self._next = 0
+
+    def _on_training_start(self) -> None:
+        self._next = (self.num_timesteps // self.eval_freq + 1) * self.eval_freq
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self._next:
+            self._next += self.eval_freq
+            self.run_evaluation()
+        return True
+
+    def run_evaluation(self) -> dict[str, Any]:
+        row = {"timesteps": self.num_timesteps, **evaluate(self.model, self.eval_env, self.episodes)}
+        row["wall_clock_s"] = time.time() - self.start_time
+        new = not self.csv_path.exists()
+        with open(self.csv_path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=EVAL_FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        for key, value in row.items():
+            if key not in ("timesteps", "wall_clock_s", "episodes"):
+                self.logger.record(f"eval/{key}", value)
+        self.logger.dump(self.num_timesteps)
+        self.last_row = row
+        return row

@@ -1,0 +1,103 @@
+"""``python -m sparse_rl.plot RUN_DIR... --out curves.png``: learning curves grouped by run label.
+
+Each group (label from the config, e.g. ``sac-rigl-0.9``) is drawn as the mean over its runs with a
+95% confidence band (1.96·sd/√n, across seeds), next to actor density and ITOP rate over time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from sparse_rl.run import RunError, read_run
+
+
+def _read_evaluations(run_dir: Path) -> dict[str, np.ndarray]:
+    path = run_dir / "evaluations.csv"
+    if not path.is_file():
+        raise RunError(f"run {str(run_dir)!r} has no evaluations.csv yet")
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise RunError(f"{str(path)!r} is empty")
+    return {key: np.array([float(r[key]) for r in rows]) for key in rows[0]}
+
+
+def _band(curves: list[dict[str, np.ndarray]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = min(len(c["timesteps"]) for c in curves)
+    x = curves[0]["timesteps"][:n]
+    ys = np.stack([c[key][:n] for c in curves])
+    mean = ys.mean(0)
+    half = 1.96 * ys.std(0, ddof=1) / math.sqrt(len(curves)) if len(curves) > 1 else np.zeros_like(mean)
+    return x, mean, half
+
+
+def plot_runs(run_dirs: list[Path], out: Path, title: str | None = None) -> Path:
+    """Write a PNG of learning curves (left) and density/ITOP (right) for ``run_dirs``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[dict[str, np.ndarray]]] = defaultdict(list)
+    for run_dir in run_dirs:
+        info = read_run(run_dir)
+        groups[f"{info['label']} ({info['env']})"].append(_read_evaluations(run_dir))
+    if not groups:
+        raise RunError("no runs to plot")
+    fig, (ax_ret, ax_sp) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for i, (label, curves) in enumerate(sorted(groups.items())):
+        color = f"C{i}"
+        x, mean, half = _band(curves, "return_mean")
+        ax_ret.plot(x, mean, color=color, label=f"{label}, n={len(curves)}")
+        ax_ret.fill_between(x, mean - half, mean + half, color=color, alpha=0.2)
+        x, density, _ = _band(curves, "actor_density")
+        _, itop, _ = _band(curves, "actor_itop_rate")
+        ax_sp.plot(x, density, color=color, linestyle="--")
+        ax_sp.plot(x, itop, color=color, label=label)
+    ax_ret.set(xlabel="env steps", ylabel="evaluation return", title=title or "learning curves (mean ± 95% CI)")
+    ax_sp.set(xlabel="env steps", ylabel="fraction of actor weights", title="actor ITOP rate (solid), density (dashed)")
+    ax_ret.legend(fontsize=8)
+    ax_sp.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sparse_rl.plot", description=__doc__.splitlines()[0])
+    p.add_argument("runs", type=Path, nargs="+", help="run directories (non-run paths are skipped)")
+    p.add_argument("--out", type=Path, default=Path("curves.png"))
+    p.add_argument("--title")
+    args = p.parse_args(argv)
+    runs = [r for r in args.runs if (r / "config.yaml").is_file()]
+    try:
+        if not runs:
+            raise RunError(f"none of {', '.join(map(str, args.runs))} is a run directory")
+        out = plot_runs(runs, args.out, args.title)
+    except (RunError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,218 @@
+import json
+
+import pytest
+import torch
+import yaml
+from stable_baselines3.common.callbacks import BaseCallback
+
+from sparse_rl import evaluate, plot, train
+from sparse_rl.config import CONFIG_CLASSES, available_presets, resolve_config
+from sparse_rl.envs import SHORT_NAMES, resolve_env_id
+from sparse_rl.run import load_run_model
+
+TINY = [
+    "--n-timesteps",
+    "400",
+    "--set",
+    "learning_starts=100",
+    "--set",
+    "batch_size=32",
+    "--set",
+    "net_arch=[32, 32]",
+    "--set",
+    "update_interval=25",
+    "--eval-freq",
+    "200",
+    "--eval-episodes",
+    "2",
+    "--no-progress",
+]
+
+
+def run_cli(module, argv, capsys):
+    code = module.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3"])
+def test_train_writes_a_complete_run_and_evaluate_plot_read_it(algo, tmp_path, capsys):
+    run = tmp_path / algo
+    code, out, err = run_cli(
+        train, ["--algo", algo, "--env", "Pendulum", "--run-dir", run, "--sparsity", "0.8", *TINY], capsys
+    )
+    assert code == 0, err
+    assert str(run) in out and "density 0.2" in out
+    for name in ("config.yaml", "model.zip", "evaluations.csv", "summary.json", "checkpoints/model.zip"):
+        assert (run / name).is_file(), name
+    assert list((run / "tb").rglob("events.out.tfevents*"))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["env"] == "Pendulum-v1" and config["config"]["sparsity"] == 0.8 and config["label"] == f"{algo}-rigl-0.8"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["timesteps"] == 400 and summary["sparsity"]["actor"]["density"] == pytest.approx(0.2, abs=1e-3)
+    assert {"return_mean", "return_ci95_low", "actor_itop_rate", "critic_flops"} <= set(summary["final_eval"])
+    rows = (run / "evaluations.csv").read_text().splitlines()
+    assert rows[0].startswith("timesteps,") and len(rows) == 3  # header + evaluations at 200 and 400
+
+    code, out, err = run_cli(evaluate, [run, "--episodes", "2", "--json"], capsys)
+    assert code == 0, err
+    row = json.loads(out)
+    assert row["episodes"] == 2 and row["actor_density"] == pytest.approx(0.2, abs=1e-3)
+
+    code, out, err = run_cli(plot, [run, "--out", tmp_path / "c.png"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dense_preset_trains_sb3_mlp_policy(tmp_path, capsys):
+    code, _, err = run_cli(
+        train, ["--algo", "sac", "--env", "Pendulum-v1", "--preset", "dense", "--run-dir", tmp_path, *TINY], capsys
+    )
+    assert code == 0, err
+    model = load_run_model(tmp_path)
+    assert type(model.policy).__name__ == "SACPolicy"
+
+
+class Crash(BaseCallback):
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def _on_step(self):
+        if self.num_timesteps > self.at:
+            raise KeyboardInterrupt("simulated crash")
+        return True
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3"])
+def test_resume_equals_uninterrupted(algo, tmp_path, capsys):
+    argv = [
+        "--algo",
+        algo,
+        "--env",
+        "Pendulum",
+        "--topology",
+        "set",
+        "--set",
+        "checkpoint_freq=150",
+        "--save-replay-buffer",
+        "--n-timesteps",
+        "500",
+        "--set",
+        "learning_starts=100",
+        "--set",
+        "batch_size=32",
+        "--set",
+        "net_arch=[32, 32]",
+        "--set",
+        "update_interval=20",
+        "--eval-freq",
+        "0",
+        "--no-progress",
+    ]
+    parser = train.build_parser()
+    code, _, err = run_cli(train, [*argv, "--run-dir", tmp_path / "a"], capsys)
+    assert code == 0, err
+    with pytest.raises(KeyboardInterrupt):
+        train.train(parser.parse_args([str(a) for a in [*argv, "--run-dir", tmp_path / "b"]]), extra_callbacks=[Crash(330)])
+    assert not (tmp_path / "b" / "model.zip").exists()
+    code, _, err = run_cli(train, ["--resume", tmp_path / "b", "--no-progress"], capsys)
+    assert code == 0, err
+    a, b = load_run_model(tmp_path / "a"), load_run_model(tmp_path / "b")
+    assert a.num_timesteps == b.num_timesteps == 500
+    sd_a, sd_b = a.policy.state_dict(), b.policy.state_dict()
+    assert sd_a.keys() == sd_b.keys()
+    for key, value in sd_a.items():
+        other = sd_b[key]
+        if isinstance(value, dict):  # controller extra state
+            assert value.keys() == other.keys()
+            value, other = list(value.values()), list(other.values())
+        else:
+            value, other = [value], [other]
+        for v, o in zip(value, other):
+            assert torch.equal(v, o) if torch.is_tensor(v) else v == o, key
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--algo", "ppo", "--env", "Pendulum"], "unknown algo 'ppo'"),
+        (["--algo", "sac", "--env", "HalfCheeta"], "did you mean 'HalfCheetah'"),
+        (["--algo", "sac", "--env", "Pendulum", "--preset", "rigll"], "unknown preset 'rigll'"),
+        (["--algo", "sac", "--env", "Pendulum", "--set", "learning_rat=1e-3"], "did you mean 'learning_rate'"),
+        (["--algo", "sac", "--env", "Pendulum", "--set", "batch_size=1.5"], "batch_size=1.5"),
+        (["--algo", "sac", "--env", "Pendulum", "--set", "net_arch=64"], "net_arch=64"),
+        (["--algo", "td3", "--env", "Pendulum", "--set", "ent_coef=0.1"], "unknown config key 'ent_coef'"),
+        (["--algo", "sac", "--env", "Pendulum", "--sparsity", "1.0"], "sparsity must be in [0, 1), got 1.0"),
+        (["--algo", "sac", "--env", "Pendulum", "--topology", "foo"], "unknown topology 'foo'"),
+        (["--algo", "sac", "--env", "Pendulum", "--set", "oops"], "key=value"),
+        (["--algo", "sac", "--env", "Pendulum", "--run-dir", "/proc/forbidden/run"], "not writable"),
+        (["--resume", "/nonexistent/run"], "does not exist"),
+        (["--algo", "sac"], "--env is required"),
+    ],
+)
+def test_bad_input_exits_2_with_one_clear_line(argv, needle, capsys):
+    code, _, err = run_cli(train, argv, capsys)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
+
+
+def test_resume_of_corrupt_run(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text("algo: sac\nconfig: [1, 2\n")
+    code, _, err = run_cli(train, ["--resume", tmp_path], capsys)
+    assert code == 2 and "corrupt run config" in err
+    good = tmp_path / "good"
+    assert run_cli(train, ["--algo", "sac", "--env", "Pendulum", "--run-dir", good, *TINY], capsys)[0] == 0
+    (good / "checkpoints" / "model.zip").write_bytes(b"not a zip")
+    code, _, err = run_cli(train, ["--resume", good], capsys)
+    assert code == 2 and "corrupt model file" in err
+    code, _, err = run_cli(evaluate, [tmp_path / "missing"], capsys)
+    assert code == 2 and "does not exist" in err
+
+
+def test_existing_run_dir_is_protected(tmp_path, capsys):
+    argv = ["--algo", "sac", "--env", "Pendulum", "--run-dir", tmp_path, *TINY, "--n-timesteps", "150"]
+    assert run_cli(train, argv, capsys)[0] == 0
+    code, _, err = run_cli(train, argv, capsys)
+    assert code == 2 and "already holds a run" in err
+    assert run_cli(train, [*argv, "--overwrite"], capsys)[0] == 0
+
+
+@pytest.mark.parametrize("algo", list(CONFIG_CLASSES))
+def test_every_preset_loads_and_validates_for_every_env(algo):
+    presets = available_presets(algo)
+    assert {"dense", "sparse_rl", "static", "set", "rigl"} <= set(presets)
+    assert ("graesser2022" if algo == "sac" else "ds_td3") in presets
+    for preset in presets:
+        for env_id in set(SHORT_NAMES.values()):
+            resolve_config(algo, env_id, preset)
+
+
+def test_published_presets_hold_their_settings():
+    g = resolve_config("sac", "HalfCheetah-v5", "graesser2022")
+    assert (g.sparsity, g.distribution, g.topology, g.update_interval, g.drop_fraction, g.end_fraction, g.weight_decay) == (
+        0.9,
+        "erk",
+        "rigl",
+        1000,
+        0.5,
+        0.8,
+        1e-6,
+    )
+    d = resolve_config("td3", "Hopper-v5", "ds_td3")
+    assert (d.topology, d.distribution, d.drop_fraction, d.drop_schedule, d.dense_last_layer) == (
+        "set",
+        "er",
+        0.05,
+        "constant",
+        True,
+    )
+
+
+def test_env_names():
+    assert resolve_env_id("HalfCheetah") == "HalfCheetah-v5"
+    assert resolve_env_id("Pendulum") == "Pendulum-v1"
+    assert resolve_env_id("Hopper-v4") == "Hopper-v4"
+    with pytest.raises(ValueError, match="Walker2d"):
+        resolve_env_id("Walker")
