@@ -1,7 +1,28 @@
-"""sparse_rl: sparse deep reinforcement learning agents for Stable-Baselines3."""
+"""sparse_rl: sparse deep reinforcement learning agents for Stable-Baselines3.
 
-from sparse_rl.agents import SparseSACPolicy, SparseTD3Policy, SparsityConfig, sparsity_report
+Public names are imported lazily, so numpy-only parts (``sparse_rl.export.runtime``) work without
+importing torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "SparseSACPolicy": "sparse_rl.agents",
+    "SparseTD3Policy": "sparse_rl.agents",
+    "SparsityConfig": "sparse_rl.agents",
+    "sparsity_report": "sparse_rl.agents",
+}
+
 __all__ = ["SparseSACPolicy", "SparseTD3Policy", "SparsityConfig", "__version__", "sparsity_report"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sparse_rl' has no attribute {name!r}")

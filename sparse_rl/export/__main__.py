@@ -1,0 +1,3 @@
+from sparse_rl.export.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,191 @@
+"""``python -m sparse_rl.export``: export a trained actor.
+
+    python -m sparse_rl.export runs/cheetah --format c --out build/cheetah_c             # policy.h + policy.c
+    python -m sparse_rl.export runs/cheetah --format c --quantize int8 --out build/c8
+    python -m sparse_rl.export runs/cheetah --format sparse --out cheetah.npz            # numpy-only runtime
+    python -m sparse_rl.export runs/cheetah --format onnx --out cheetah.onnx
+    python -m sparse_rl.export runs/cheetah --report                                     # nnz, MACs, bytes
+
+The input is a run directory or an SB3 ``.zip`` of a SAC/TD3 model. Outputs are built in a temporary
+location beside the target and renamed into place, so a failure leaves nothing partial behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sparse_rl.export.graph import ActorGraph, ExportError, extract_actor
+
+FORMATS = ("sparse", "onnx", "c")
+
+
+def load_model(path: Path) -> Any:
+    """An SB3 SAC/TD3 model from a run directory or a ``.zip``."""
+    from stable_baselines3 import SAC, TD3
+    from stable_baselines3.common.save_util import load_from_zip_file
+    from stable_baselines3.sac.policies import SACPolicy
+    from stable_baselines3.td3.policies import TD3Policy
+
+    from sparse_rl.run import RunError, load_run_model
+
+    if not path.exists():
+        raise ExportError(f"{str(path)!r} does not exist")
+    if path.is_dir():
+        try:
+            return load_run_model(path)
+        except RunError as err:
+            raise ExportError(str(err)) from None
+    try:
+        data, _, _ = load_from_zip_file(path, load_data=True)
+    except Exception as err:
+        raise ExportError(f"{str(path)!r} is not a readable SB3 model zip: {type(err).__name__}: {err}") from None
+    policy_class = (data or {}).get("policy_class")
+    algo = SAC if isinstance(policy_class, type) and issubclass(policy_class, SACPolicy) else None
+    if isinstance(policy_class, type) and issubclass(policy_class, TD3Policy):
+        algo = TD3
+    if algo is None:
+        raise ExportError(
+            f"{str(path)!r} holds a {getattr(policy_class, '__name__', policy_class)} model; only SAC/TD3 export"
+        )
+    try:
+        return algo.load(path, device="cpu")
+    except Exception as err:
+        raise ExportError(f"corrupt model zip {str(path)!r}: {type(err).__name__}: {err}") from None
+
+
+def _place_file(out: Path, data: bytes) -> None:
+    from sparse_rl.run import atomic_write
+
+    try:
+        atomic_write(out, lambda f: f.write(data))
+    except OSError as err:
+        raise ExportError(f"cannot write {str(out)!r}: {err.strerror}") from None
+
+
+def _place_dir(out: Path, files: dict[str, str]) -> None:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    except OSError as err:
+        raise ExportError(f"cannot write {str(out)!r}: {err.strerror}") from None
+    try:
+        for name, text in files.items():
+            (tmp / name).write_text(text)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def export(
+    graph: ActorGraph, fmt: str, out: Path, quantize: str = "none", prefix: str = "sparse_rl_policy", dense: bool = False
+) -> Path:
+    """Write ``graph`` as ``fmt`` to ``out`` (a file, or a directory for C)."""
+    from sparse_rl.export import formats
+
+    if fmt == "sparse":
+        _place_file(out, formats.sparse_file_bytes(graph, quantize))
+    elif fmt == "onnx":
+        if quantize != "none":
+            raise ExportError("--quantize applies to the sparse and C formats, not ONNX")
+        _place_file(out, formats.onnx_bytes(graph))
+    elif fmt == "c":
+        _place_dir(out, formats.c_sources(graph, prefix=prefix, quantize=quantize, dense=dense))
+    else:
+        raise ExportError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+    return out
+
+
+def c_weight_bytes(graph: ActorGraph, quantize: str = "none", dense: bool = False) -> int:
+    """Bytes of the ``const`` weight arrays of the generated C (values, indices, row pointers, biases, scales)."""
+    total = 0
+    for layer in graph.layers:
+        out, inp = layer.shape
+        value = 1 if quantize == "int8" else 4
+        total += out * 4 + (out * 4 if quantize == "int8" else 0)
+        if dense:
+            total += out * inp * value
+        else:
+            indptr, indices, _ = layer.csr()
+            total += layer.nnz * (value + indices.itemsize) + indptr.nbytes
+    return total
+
+
+def report(graph: ActorGraph) -> list[str]:
+    from sparse_rl.export import formats
+    from sparse_rl.export.compile import arm_toolchain, cortex_m4_size
+
+    s = graph.stats()
+    lines = [
+        f"actor ({graph.algo}): {graph.obs_dim} -> {' -> '.join(str(l.shape[0]) for l in graph.layers)}, "
+        f"nonzeros {s['nonzeros']} of {s['weights']} (density {s['density']:.4f}), MACs {s['macs']} (dense {s['dense_macs']})",
+        "",
+        "| format | bytes | vs dense float32 weights |",
+        "|---|---|---|",
+    ]
+    dense_bytes = s["weights"] * 4 + sum(l.shape[0] for l in graph.layers) * 4
+    sizes = {
+        "dense float32 weights + biases": dense_bytes,
+        "sparse .npz float32": len(formats.sparse_file_bytes(graph)),
+        "sparse .npz int8": len(formats.sparse_file_bytes(graph, "int8")),
+        "onnx (dense initializers)": len(formats.onnx_bytes(graph)),
+        "C float32 const arrays": c_weight_bytes(graph),
+        "C int8 const arrays": c_weight_bytes(graph, "int8"),
+    }
+    lines += [f"| {k} | {v} | {v / dense_bytes:.3f} |" for k, v in sizes.items()]
+    if arm_toolchain() is None:
+        lines += ["", "Cortex-M4 sizes: arm-none-eabi-gcc not found (apt-get install gcc-arm-none-eabi)"]
+        return lines
+    lines += ["", "Cortex-M4F (arm-none-eabi-gcc -O2, object file): | variant | flash | RAM |", "|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, quantize, dense in (
+            ("C float32", "none", False),
+            ("C int8", "int8", False),
+            ("dense C float32", "none", True),
+        ):
+            d = Path(tmp) / name.replace(" ", "_")
+            d.mkdir()
+            for fname, text in formats.c_sources(graph, quantize=quantize, dense=dense).items():
+                (d / fname).write_text(text)
+            size = cortex_m4_size(d)
+            lines.append(f"| {name} | {size['flash']} | {size['ram']} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sparse_rl.export", description="Export a trained SAC/TD3 actor.")
+    p.add_argument("path", type=Path, help="run directory or SB3 .zip")
+    p.add_argument("--format", choices=FORMATS, help="sparse (.npz), onnx, or c (directory with policy.h/policy.c)")
+    p.add_argument("--out", type=Path, help="output file (sparse, onnx) or directory (c)")
+    p.add_argument("--quantize", default="none", help="none or int8 (sparse and c formats)")
+    p.add_argument("--prefix", default="sparse_rl_policy", help="C symbol prefix: <prefix>_act()")
+    p.add_argument("--dense-c", action="store_true", help="C with dense arrays (baseline for comparisons)")
+    p.add_argument("--report", action="store_true", help="print nonzeros, MACs and bytes per format")
+    args = p.parse_args(argv)
+    try:
+        if not args.report and (args.format is None or args.out is None):
+            raise ExportError("give --format and --out, or --report")
+        graph = extract_actor(load_model(args.path))
+        if args.format is not None:
+            if args.out is None:
+                raise ExportError("--format needs --out")
+            out = export(graph, args.format, args.out, args.quantize, args.prefix, args.dense_c)
+            print(f"wrote {out}")
+        if args.report:
+            print("\n".join(report(graph)))
+    except ExportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,262 @@
+"""Writers for the export formats: compact sparse ``.npz``, ONNX, and dependency-free C99.
+
+All writers produce bytes/strings; :func:`sparse_rl.export.cli` places them atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import numpy as np
+
+from sparse_rl.export.graph import ActorGraph, ExportError, int8_bias, quantize_rows
+from sparse_rl.export.runtime import FORMAT_NAME, FORMAT_VERSION
+
+QUANTIZE = ("none", "int8")
+
+
+# ----------------------------------------------------------------------------- sparse file
+def sparse_file_bytes(graph: ActorGraph, quantize: str = "none") -> bytes:
+    """The compact ``.npz`` (see :mod:`sparse_rl.export.runtime` for the layout)."""
+    _check_quantize(quantize)
+    arrays: dict[str, np.ndarray] = {}
+    layers_meta = []
+    for i, layer in enumerate(graph.layers):
+        indptr, indices, values = layer.csr()
+        arrays[f"l{i}_indptr"], arrays[f"l{i}_indices"] = indptr, indices
+        if quantize == "int8":
+            q, scale = quantize_rows(layer.weight)
+            rows, cols = np.nonzero(layer.weight)
+            arrays[f"l{i}_values"] = q[rows, cols]
+            arrays[f"l{i}_scale_bias"] = np.stack([scale, layer.bias]).astype(np.float16)
+        else:
+            arrays[f"l{i}_values"] = values
+            arrays[f"l{i}_bias"] = layer.bias.astype(np.float32)
+        out, inp = layer.shape
+        layers_meta.append({"in": inp, "out": out, "nnz": layer.nnz, "activation": layer.activation})
+    meta = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "algo": graph.algo,
+        "obs_dim": graph.obs_dim,
+        "act_dim": graph.act_dim,
+        "dtype": "int8" if quantize == "int8" else "float32",
+        "squash": graph.squash,
+        "action_low": graph.action_low.tolist(),
+        "action_high": graph.action_high.tolist(),
+        "layers": layers_meta,
+    }
+    arrays["meta"] = np.frombuffer(json.dumps(meta, separators=(",", ":")).encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def sparse_payload_bytes(graph: ActorGraph, quantize: str = "none") -> int:
+    """nonzeros x (value + index bytes) + row pointers: what a sparse file must stay close to."""
+    total = 0
+    for layer in graph.layers:
+        indptr, indices, _ = layer.csr()
+        total += layer.nnz * ((1 if quantize == "int8" else 4) + indices.itemsize) + indptr.nbytes
+    return total
+
+
+# ----------------------------------------------------------------------------------- ONNX
+def onnx_bytes(graph: ActorGraph, opset: int = 17) -> bytes:
+    """A single-file ONNX model ``obs (batch, obs_dim) float32 -> action (batch, act_dim)``.
+
+    Weights are stored as dense initializers (ONNX Runtime has no fast sparse GEMM on CPU).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits = [], []
+    x = "obs"
+    for i, layer in enumerate(graph.layers):
+        inits += [numpy_helper.from_array(layer.weight.T.copy(), f"W{i}"), numpy_helper.from_array(layer.bias, f"b{i}")]
+        nodes.append(helper.make_node("MatMul", [x, f"W{i}"], [f"mm{i}"]))
+        nodes.append(helper.make_node("Add", [f"mm{i}", f"b{i}"], [f"z{i}"]))
+        x = f"z{i}"
+        if layer.activation != "identity":
+            nodes.append(helper.make_node({"relu": "Relu", "tanh": "Tanh"}[layer.activation], [x], [f"a{i}"]))
+            x = f"a{i}"
+    if graph.squash == "tanh":
+        nodes.append(helper.make_node("Tanh", [x], ["squashed"]))
+        x = "squashed"
+    half = (0.5 * (graph.action_high - graph.action_low)).astype(np.float32)
+    inits += [
+        numpy_helper.from_array(np.ones_like(half), "one"),
+        numpy_helper.from_array(half, "half_range"),
+        numpy_helper.from_array(graph.action_low.astype(np.float32), "low"),
+    ]
+    nodes += [
+        helper.make_node("Add", [x, "one"], ["shifted"]),
+        helper.make_node("Mul", ["shifted", "half_range"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "low"], ["action"]),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "sparse_rl_actor",
+        [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["batch", graph.obs_dim])],
+        [helper.make_tensor_value_info("action", TensorProto.FLOAT, ["batch", graph.act_dim])],
+        inits,
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="sparse_rl")
+    model.ir_version = min(model.ir_version, 10)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+# -------------------------------------------------------------------------------------- C
+_C_INDEX = {1: "unsigned char", 2: "unsigned short", 4: "unsigned long"}
+
+
+def _c_floats(values: np.ndarray) -> str:
+    out = []
+    for v in np.asarray(values, dtype=np.float32).ravel():
+        s = f"{float(v):.9g}"
+        if not any(c in s for c in ".en"):
+            s += ".0"
+        out.append(s + "f")
+    return _wrap(out)
+
+
+def _c_ints(values: np.ndarray) -> str:
+    return _wrap([str(int(v)) for v in np.asarray(values).ravel()])
+
+
+def _wrap(items: list[str], width: int = 100) -> str:
+    if not items:
+        return "0"  # C99 forbids empty arrays; a dummy entry is never read
+    lines, line = [], ""
+    for item in items:
+        if len(line) + len(item) + 2 > width:
+            lines.append(line.rstrip())
+            line = ""
+        line += item + ", "
+    lines.append(line.rstrip().rstrip(","))
+    return "\n    " + "\n    ".join(lines) + "\n"
+
+
+def check_prefix(prefix: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", prefix):
+        raise ExportError(f"C prefix {prefix!r} is not a C identifier")
+    return prefix
+
+
+def c_sources(
+    graph: ActorGraph, prefix: str = "sparse_rl_policy", quantize: str = "none", dense: bool = False
+) -> dict[str, str]:
+    """``{"policy.h": ..., "policy.c": ...}``: C99, no malloc, only ``<math.h>``.
+
+    Weights are ``static const`` CSR arrays (dense arrays with ``dense=True``, for comparison); the two
+    scratch buffers are static and sized at export. ``quantize="int8"`` stores int8 weights with one
+    float scale per output row and accumulates in float.
+    """
+    _check_quantize(quantize)
+    prefix = check_prefix(prefix)
+    up = prefix.upper()
+    width = max(layer.shape[0] for layer in graph.layers[:-1]) if len(graph.layers) > 1 else 1
+    decl: list[str] = []
+    body: list[str] = []
+    half = 0.5 * (graph.action_high - graph.action_low)
+    decl.append(f"static const float action_low[{graph.act_dim}] = {{{_c_floats(graph.action_low)}}};")
+    decl.append(f"static const float action_half_range[{graph.act_dim}] = {{{_c_floats(half)}}};")
+    decl.append(f"static float scratch[2][{width}];")
+    for i, layer in enumerate(graph.layers):
+        out, inp = layer.shape
+        src = "obs" if i == 0 else f"scratch[{(i - 1) % 2}]"
+        last = i == len(graph.layers) - 1
+        dst = "action" if last else f"scratch[{i % 2}]"
+        decl.append(f"\n/* layer {i}: {inp} -> {out}, {layer.activation}, {layer.nnz} of {inp * out} weights */")
+        bias = int8_bias(layer.bias) if quantize == "int8" else layer.bias
+        decl.append(f"static const float l{i}_bias[{out}] = {{{_c_floats(bias)}}};")
+        if quantize == "int8":
+            q, scale = quantize_rows(layer.weight)
+            decl.append(f"static const float l{i}_scale[{out}] = {{{_c_floats(scale)}}};")
+        if dense:
+            w = q if quantize == "int8" else layer.weight
+            ctype = "signed char" if quantize == "int8" else "float"
+            decl.append(f"static const {ctype} l{i}_w[{inp * out}] = {{{(_c_ints if quantize == 'int8' else _c_floats)(w)}}};")
+            term = f"l{i}_w[r * {inp} + k] * {src}[k]"
+            if quantize == "int8":
+                term = f"(float)l{i}_w[r * {inp} + k] * {src}[k]"
+            loop = f"for (k = 0; k < {inp}; ++k) acc += {term};"
+        else:
+            indptr, indices, values = layer.csr()
+            decl.append(f"static const {_C_INDEX[indptr.itemsize]} l{i}_ptr[{out + 1}] = {{{_c_ints(indptr)}}};")
+            decl.append(
+                f"static const {_C_INDEX[indices.itemsize]} l{i}_idx[{max(len(indices), 1)}] = {{{_c_ints(indices)}}};"
+            )
+            if quantize == "int8":
+                rows, cols = np.nonzero(layer.weight)
+                decl.append(f"static const signed char l{i}_val[{max(len(values), 1)}] = {{{_c_ints(q[rows, cols])}}};")
+                term = f"(float)l{i}_val[k] * {src}[l{i}_idx[k]]"
+            else:
+                decl.append(f"static const float l{i}_val[{max(len(values), 1)}] = {{{_c_floats(values)}}};")
+                term = f"l{i}_val[k] * {src}[l{i}_idx[k]]"
+            loop = f"for (k = (long)l{i}_ptr[r]; k < (long)l{i}_ptr[r + 1]; ++k) acc += {term};"
+        if quantize == "int8":
+            init, finish = "0.0f", f"acc = acc * l{i}_scale[r] + l{i}_bias[r];"
+        else:
+            init, finish = f"l{i}_bias[r]", ""
+        act = {"relu": "acc = acc > 0.0f ? acc : 0.0f;", "tanh": "acc = tanhf(acc);", "identity": ""}[layer.activation]
+        if last:
+            squash = "acc = tanhf(acc);" if graph.squash == "tanh" else ""
+            store = f"{dst}[r] = action_low[r] + (acc + 1.0f) * action_half_range[r];"
+        else:
+            squash, store = "", f"{dst}[r] = acc;"
+        stmts = " ".join(s for s in (finish, act, squash, store) if s)
+        body.append(f"    /* layer {i} */")
+        body.append(f"    for (r = 0; r < {out}; ++r) {{")
+        body.append(f"        acc = {init};")
+        body.append(f"        {loop}")
+        body.append(f"        {stmts}")
+        body.append("    }")
+    kind = ("dense" if dense else "sparse CSR") + (", int8 weights" if quantize == "int8" else ", float32")
+    header = f"""/* Generated by sparse_rl.export ({graph.algo.upper()} actor, {kind}). Do not edit. */
+#ifndef {up}_H
+#define {up}_H
+
+#define {up}_OBS_DIM {graph.obs_dim}
+#define {up}_ACT_DIM {graph.act_dim}
+
+#ifdef __cplusplus
+extern "C" {{
+#endif
+
+/* Deterministic action for one raw observation (obs[{up}_OBS_DIM], unnormalised, as the env returns it);
+   writes action[{up}_ACT_DIM], already within the env's action bounds. Not reentrant (static scratch). */
+void {prefix}_act(const float *obs, float *action);
+
+#ifdef __cplusplus
+}}
+#endif
+
+#endif /* {up}_H */
+"""
+    source = "\n".join(
+        [
+            f"/* Generated by sparse_rl.export ({kind}). Do not edit. */",
+            '#include "policy.h"',
+            "#include <math.h>",
+            "",
+            *decl,
+            "",
+            f"void {prefix}_act(const float *obs, float *action)",
+            "{",
+            "    long r, k;",
+            "    float acc;",
+            *body,
+            "}",
+            "",
+        ]
+    )
+    return {"policy.h": header, "policy.c": source}
+
+
+def _check_quantize(quantize: str) -> None:
+    if quantize not in QUANTIZE:
+        raise ExportError(f"unknown quantization {quantize!r}; known: {', '.join(QUANTIZE)}")

@@ -1,0 +1,141 @@
+"""The deterministic actor of an SB3 SAC/TD3 model as a plain graph of dense numpy layers.
+
+Every export format is written from this one :class:`ActorGraph`: raw observation -> linear layers with
+activations -> optional tanh squashing -> rescaling to the env's action bounds (SB3's
+``unscale_action``). Policies this cannot express (image/feature extractors, gSDE, other activations)
+are refused with :class:`ExportError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from sparse_rl.export.runtime import index_dtype
+
+
+class ExportError(ValueError):
+    """The model cannot be exported; the message says why."""
+
+
+_ACTIVATIONS = {nn.ReLU: "relu", nn.Tanh: "tanh"}
+
+
+@dataclass
+class Layer:
+    weight: np.ndarray  # (out, in) float32, zeros at absent connections
+    bias: np.ndarray  # (out,) float32
+    activation: str  # relu | tanh | identity
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.weight.shape  # type: ignore[return-value]
+
+    @property
+    def nnz(self) -> int:
+        return int(np.count_nonzero(self.weight))
+
+    def csr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(indptr, indices, values)`` with the smallest index types that fit."""
+        rows, cols = np.nonzero(self.weight)
+        counts = np.bincount(rows, minlength=self.shape[0])
+        indptr = np.concatenate([[0], np.cumsum(counts)])
+        return (
+            indptr.astype(index_dtype(int(indptr[-1]))),
+            cols.astype(index_dtype(max(self.shape[1] - 1, 0))),
+            self.weight[rows, cols].astype(np.float32),
+        )
+
+
+@dataclass
+class ActorGraph:
+    layers: list[Layer]
+    squash: str  # "tanh" (SAC) or "none" (TD3 ends in a Tanh layer)
+    action_low: np.ndarray
+    action_high: np.ndarray
+    algo: str
+
+    @property
+    def obs_dim(self) -> int:
+        return self.layers[0].shape[1]
+
+    @property
+    def act_dim(self) -> int:
+        return self.layers[-1].shape[0]
+
+    def forward(self, obs: np.ndarray) -> np.ndarray:
+        """Reference forward pass in float64."""
+        x = np.asarray(obs, dtype=np.float64)
+        for layer in self.layers:
+            x = x @ layer.weight.T.astype(np.float64) + layer.bias
+            x = np.maximum(x, 0) if layer.activation == "relu" else np.tanh(x) if layer.activation == "tanh" else x
+        if self.squash == "tanh":
+            x = np.tanh(x)
+        return self.action_low + (x + 1) * 0.5 * (self.action_high - self.action_low)
+
+    def stats(self) -> dict[str, Any]:
+        nnz = sum(layer.nnz for layer in self.layers)
+        dense = sum(layer.weight.size for layer in self.layers)
+        return {"nonzeros": nnz, "weights": dense, "density": nnz / dense, "macs": nnz, "dense_macs": dense}
+
+
+def _sequential_layers(modules: list[nn.Module], what: str) -> list[Layer]:
+    layers: list[Layer] = []
+    for m in modules:
+        if isinstance(m, nn.Linear):
+            bias = m.bias.detach().cpu().numpy() if m.bias is not None else np.zeros(m.out_features)
+            layers.append(Layer(m.weight.detach().cpu().numpy().astype(np.float32), bias.astype(np.float32), "identity"))
+        elif type(m) in _ACTIVATIONS:
+            if not layers or layers[-1].activation != "identity":
+                raise ExportError(f"{what}: activation {type(m).__name__} does not follow a linear layer")
+            layers[-1].activation = _ACTIVATIONS[type(m)]
+        elif not isinstance(m, (nn.Flatten, nn.Identity)):
+            raise ExportError(
+                f"{what}: unsupported module {type(m).__name__}; exportable actors are MLPs of Linear layers "
+                f"with {', '.join(t.__name__ for t in _ACTIVATIONS)} activations"
+            )
+    return layers
+
+
+def extract_actor(model: Any) -> ActorGraph:
+    """The deterministic actor of an SB3 SAC or TD3 model (sparse or dense)."""
+    from stable_baselines3.common.torch_layers import FlattenExtractor
+    from stable_baselines3.sac.policies import SACPolicy
+    from stable_baselines3.td3.policies import TD3Policy
+
+    policy = getattr(model, "policy", model)
+    actor = getattr(policy, "actor", None)
+    if not isinstance(policy, (SACPolicy, TD3Policy)) or actor is None:
+        raise ExportError(f"only SB3 SAC/TD3 policies can be exported, got {type(policy).__name__}")
+    if not isinstance(actor.features_extractor, FlattenExtractor):
+        raise ExportError(
+            f"unsupported policy: features extractor {type(actor.features_extractor).__name__} (only FlattenExtractor, "
+            "i.e. MlpPolicy-style vector observations, can be exported)"
+        )
+    if isinstance(policy, SACPolicy):
+        if getattr(actor, "use_sde", False):
+            raise ExportError("unsupported policy: SAC with gSDE (use_sde=True)")
+        layers = _sequential_layers([*actor.latent_pi, actor.mu], "SAC actor")
+        squash, algo = "tanh", "sac"
+    else:
+        layers = _sequential_layers(list(actor.mu), "TD3 actor")
+        squash, algo = "none", "td3"
+    space = policy.action_space
+    return ActorGraph(layers, squash, np.asarray(space.low, dtype=np.float32), np.asarray(space.high, dtype=np.float32), algo)
+
+
+def quantize_rows(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-row int8: ``scale_r = max|w_r| / 127`` (rounded to float16, how it is stored),
+    ``q = round(w / scale_r)`` clipped to [-127, 127]. Absent weights stay exactly 0."""
+    amax = np.abs(weight).max(axis=1)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float16).astype(np.float32)
+    q = np.clip(np.round(weight / scale[:, None]), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def int8_bias(bias: np.ndarray) -> np.ndarray:
+    """Biases of int8 exports are stored as float16 (they are 4 KB of a 256-wide float32 net)."""
+    return bias.astype(np.float16).astype(np.float32)

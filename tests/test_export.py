@@ -1,0 +1,238 @@
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from stable_baselines3 import PPO, SAC, TD3
+from torch import nn
+
+from sparse_rl import SparseSACPolicy, SparseTD3Policy
+from sparse_rl.export import cli, formats
+from sparse_rl.export.compile import CPolicy, arm_toolchain, cortex_m4_size
+from sparse_rl.export.graph import ExportError, extract_actor
+from sparse_rl.export.runtime import SparsePolicy
+
+FLOAT_TOL = 1e-5  # of the action range
+# int8 (symmetric, per output row) against float32 torch, as a fraction of the action range: the
+# bound documented in docs/embedded.md
+INT8_MAX_TOL = 0.05
+INT8_MEAN_TOL = 0.01
+
+
+def trained(algo, policy, env_id, sparsity=0.9, steps=300, net_arch=(64, 64)):
+    model = algo(
+        policy,
+        env_id,
+        policy_kwargs=dict(sparsity=sparsity, net_arch=list(net_arch), update_interval=50),
+        learning_starts=100,
+        batch_size=64,
+        seed=0,
+    )
+    model.learn(steps)
+    return model
+
+
+@pytest.fixture(scope="module", params=["sac", "td3"])
+def model(request):
+    algo, policy = (SAC, SparseSACPolicy) if request.param == "sac" else (TD3, SparseTD3Policy)
+    return trained(algo, policy, "Pendulum-v1")
+
+
+def observations(model, n=1000, seed=0):
+    space = model.observation_space
+    low = np.maximum(space.low, -5.0)
+    high = np.minimum(space.high, 5.0)
+    return np.random.default_rng(seed).uniform(low, high, size=(n, space.shape[0])).astype(np.float32)
+
+
+def torch_actions(model, obs):
+    return model.predict(obs, deterministic=True)[0]
+
+
+def action_range(model):
+    return float(np.max(model.action_space.high - model.action_space.low))
+
+
+def test_graph_matches_torch(model):
+    obs = observations(model)
+    graph = extract_actor(model)
+    assert np.abs(graph.forward(obs) - torch_actions(model, obs)).max() <= FLOAT_TOL * action_range(model)
+    assert graph.stats()["density"] < 0.2
+
+
+def test_numpy_runtime_parity(model, tmp_path):
+    path = tmp_path / "p.npz"
+    assert cli.main([str(_zip(model, tmp_path)), "--format", "sparse", "--out", str(path)]) == 0
+    obs = observations(model)
+    err = np.abs(SparsePolicy.load(path).act(obs) - torch_actions(model, obs)).max()
+    assert err <= FLOAT_TOL * action_range(model)
+
+
+def test_onnx_runtime_parity(model, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    path = tmp_path / "p.onnx"
+    assert cli.main([str(_zip(model, tmp_path)), "--format", "onnx", "--out", str(path)]) == 0
+    proto = onnx.load(str(path))
+    assert proto.opset_import[0].version >= 17
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    obs = observations(model)
+    err = np.abs(sess.run(None, {"obs": obs})[0] - torch_actions(model, obs)).max()
+    assert err <= FLOAT_TOL * action_range(model)
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_c_float32_parity_and_clean_compile(model, tmp_path, dense):
+    graph = extract_actor(model)
+    out = tmp_path / "c"
+    cli.export(graph, "c", out, prefix="my_ctrl", dense=dense)
+    source = (out / "policy.c").read_text()
+    assert "malloc" not in source and "#include <math.h>" in source
+    assert [line for line in source.splitlines() if line.startswith("#include")] == [
+        '#include "policy.h"',
+        "#include <math.h>",
+    ]
+    assert "void my_ctrl_act(const float *obs, float *action);" in (out / "policy.h").read_text()
+    c = CPolicy(out, "my_ctrl", graph.obs_dim, graph.act_dim, extra_flags=["-Werror"])
+    assert c.warnings == ""
+    obs = observations(model)
+    assert np.abs(c.act(obs) - torch_actions(model, obs)).max() <= FLOAT_TOL * action_range(model)
+
+
+def test_int8_parity(model, tmp_path):
+    graph = extract_actor(model)
+    cli.export(graph, "c", tmp_path / "c8", quantize="int8")
+    cli.export(graph, "sparse", tmp_path / "p8.npz", quantize="int8")
+    c8 = CPolicy(tmp_path / "c8", "sparse_rl_policy", graph.obs_dim, graph.act_dim, extra_flags=["-Werror"])
+    np8 = SparsePolicy.load(tmp_path / "p8.npz")
+    obs = observations(model)
+    ref = torch_actions(model, obs)
+    rng = action_range(model)
+    a_c, a_np = c8.act(obs), np8.act(obs)
+    assert np.abs(a_c - a_np).max() <= FLOAT_TOL * rng  # same arithmetic in both runtimes
+    assert np.abs(a_c - ref).max() <= INT8_MAX_TOL * rng
+    assert np.abs(a_c - ref).mean() <= INT8_MEAN_TOL * rng
+
+
+def test_sparse_file_size_shrinks_with_density(tmp_path):
+    sizes = {}
+    for sparsity in (0.0, 0.9, 0.98):
+        m = SAC(SparseSACPolicy, "HalfCheetah-v5", policy_kwargs=dict(sparsity=sparsity), seed=0)
+        graph = extract_actor(m)
+        for q in ("none", "int8"):
+            data = formats.sparse_file_bytes(graph, q)
+            assert len(data) <= 1.2 * formats.sparse_payload_bytes(graph, q) + 4096, (sparsity, q)
+            sizes[sparsity, q] = len(data)
+    assert sizes[0.98, "none"] < sizes[0.9, "none"] < 0.2 * sizes[0.0, "none"]
+    assert sizes[0.9, "int8"] < 0.6 * sizes[0.9, "none"]
+
+
+def test_numpy_runtime_imports_no_torch(model, tmp_path):
+    path = tmp_path / "p.npz"
+    cli.export(extract_actor(model), "sparse", path)
+    code = (
+        "import sys, numpy as np\n"
+        "from sparse_rl.export.runtime import SparsePolicy\n"
+        f"p = SparsePolicy.load({str(path)!r})\n"
+        "a = p.act(np.zeros(3, dtype=np.float32))\n"
+        "assert a.shape == (1,), a.shape\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    with np.load(path, allow_pickle=False) as f:
+        assert all(f[k].dtype != object for k in f.files)
+        assert f["l0_indices"].dtype == np.uint8
+
+
+def test_closed_loop_halfcheetah_c_vs_torch(tmp_path):
+    model = trained(SAC, SparseSACPolicy, "HalfCheetah-v5", net_arch=(256, 256))
+    graph = extract_actor(model)
+    cli.export(graph, "c", tmp_path / "c")
+    c = CPolicy(tmp_path / "c", "sparse_rl_policy", graph.obs_dim, graph.act_dim)
+
+    def rollout(act):
+        env = gym.make("HalfCheetah-v5")
+        obs, _ = env.reset(seed=123)
+        actions, ret = [], 0.0
+        for _ in range(200):
+            a = act(obs.astype(np.float32))
+            actions.append(a)
+            obs, r, term, trunc, _ = env.step(a)
+            ret += r
+            assert not (term or trunc)
+        return np.array(actions), ret
+
+    a_torch, r_torch = rollout(lambda o: torch_actions(model, o))
+    a_c, r_c = rollout(c.act)
+    assert np.abs(a_torch - a_c).max() <= 1e-4
+    assert abs(r_torch - r_c) <= 0.01 * abs(r_torch)
+
+
+@pytest.mark.skipif(arm_toolchain() is None, reason="gcc-arm-none-eabi not installed: Cortex-M4 size step skipped")
+def test_cortex_m4_build_and_report(model, tmp_path, capsys):
+    graph = extract_actor(model)
+    cli.export(graph, "c", tmp_path / "c")
+    cli.export(graph, "c", tmp_path / "cd", dense=True)
+    sparse, dense = cortex_m4_size(tmp_path / "c"), cortex_m4_size(tmp_path / "cd")
+    assert sparse["flash"] < 0.2 * dense["flash"]
+    assert sparse["ram"] == dense["ram"] > 0  # the static scratch buffers
+    assert cli.main([str(_zip(model, tmp_path)), "--report"]) == 0
+    out = capsys.readouterr().out
+    assert "Cortex-M4F" in out and "sparse .npz int8" in out
+
+
+def _zip(model, tmp_path):
+    path = tmp_path / "model.zip"
+    if not path.exists():
+        model.save(path)
+    return path
+
+
+def run_cli(argv, capsys):
+    code = cli.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    return code, [line for line in err.splitlines() if line.strip()]
+
+
+def test_bad_input(tmp_path, capsys):
+    out = tmp_path / "out"
+    cases = [
+        ([tmp_path / "missing", "--format", "c", "--out", out], "does not exist"),
+        ([tmp_path / "garbage.zip", "--format", "c", "--out", out], "not a readable SB3 model zip"),
+        ([tmp_path / "norun", "--format", "c", "--out", out], "has no config.yaml"),
+        ([tmp_path / "ppo.zip", "--format", "c", "--out", out], "only SAC/TD3"),
+    ]
+    (tmp_path / "garbage.zip").write_bytes(b"PK\x03\x04 definitely not a zip")
+    (tmp_path / "norun").mkdir()
+    PPO("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=32).save(tmp_path / "ppo.zip")
+    for argv, needle in cases:
+        code, lines = run_cli(argv, capsys)
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (argv, lines)
+    assert not out.exists()
+
+
+def test_bad_output_and_unsupported_policies(model, tmp_path, capsys):
+    zip_path = _zip(model, tmp_path)
+    before = set(tmp_path.iterdir())
+    code, lines = run_cli([zip_path, "--format", "onnx", "--quantize", "int8", "--out", tmp_path / "x.onnx"], capsys)
+    assert code == 2 and "not ONNX" in lines[0]
+    code, lines = run_cli([zip_path, "--format", "sparse", "--out", "/proc/nope/p.npz"], capsys)
+    assert code == 2 and len(lines) == 1 and "cannot write" in lines[0]
+    code, lines = run_cli([zip_path, "--format", "c", "--prefix", "9bad", "--out", tmp_path / "c"], capsys)
+    assert code == 2 and "not a C identifier" in lines[0]
+    assert set(tmp_path.iterdir()) == before  # nothing partial left behind
+    with pytest.raises(ExportError, match="gSDE"):
+        extract_actor(SAC("MlpPolicy", "Pendulum-v1", use_sde=True))
+    with pytest.raises(ExportError, match="ELU"):
+        extract_actor(SAC("MlpPolicy", "Pendulum-v1", policy_kwargs=dict(activation_fn=nn.ELU)))
+
+
+def test_dense_sb3_model_exports(tmp_path):
+    m = TD3("MlpPolicy", "Pendulum-v1", policy_kwargs=dict(net_arch=[32, 32]), seed=0)
+    graph = extract_actor(m)
+    assert graph.stats()["density"] == 1.0
+    cli.export(graph, "sparse", tmp_path / "d.npz")
+    obs = observations(m, 100)
+    assert np.abs(SparsePolicy.load(tmp_path / "d.npz").act(obs) - torch_actions(m, obs)).max() <= FLOAT_TOL * 4
