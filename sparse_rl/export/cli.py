@@ -123,6 +123,22 @@ def c_weight_bytes(graph: ActorGraph, quantize: str = "none", dense: bool = Fals
     return total
 
 
+def int8_error(graph: ActorGraph, n: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Error of the int8 export against float32, as fractions of the widest action range."""
+    import numpy as np
+
+    from sparse_rl.export import formats
+    from sparse_rl.export.runtime import SparsePolicy
+
+    obs = np.random.default_rng(seed).uniform(-1, 1, size=(n, graph.obs_dim)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "p8.npz"
+        path.write_bytes(formats.sparse_file_bytes(graph, "int8"))
+        diff = np.abs(SparsePolicy.load(path).act(obs) - graph.forward(obs))
+    span = float(np.max(graph.action_high - graph.action_low))
+    return {"max": float(diff.max()) / span, "mean": float(diff.mean()) / span}
+
+
 def report(graph: ActorGraph) -> list[str]:
     from sparse_rl.export import formats
     from sparse_rl.export.compile import arm_toolchain, cortex_m4_size
@@ -145,6 +161,12 @@ def report(graph: ActorGraph) -> list[str]:
         "C int8 const arrays": c_weight_bytes(graph, "int8"),
     }
     lines += [f"| {k} | {v} | {v / dense_bytes:.3f} |" for k, v in sizes.items()]
+    err = int8_error(graph)
+    lines += [
+        "",
+        f"int8 vs float32 over 1000 observations uniform in [-1, 1]: max abs error {err['max']:.4f}, "
+        f"mean {err['mean']:.5f} (fractions of the action range)",
+    ]
     if arm_toolchain() is None:
         lines += ["", "Cortex-M4 sizes: arm-none-eabi-gcc not found (apt-get install gcc-arm-none-eabi)"]
         return lines
