@@ -36,8 +36,12 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class TrainConfig:
-    """Everything a training run needs; one flat namespace so ``--set key=value`` reaches any field."""
+class TrainConfig(SparsityConfig):
+    """Everything a training run needs; one flat namespace so ``--set key=value`` reaches any field.
+
+    The sparse settings (``sparsity``, ``topology``, ``update_interval``, ...) are inherited from
+    :class:`~sparse_rl.agents.SparsityConfig`, which validates them.
+    """
 
     # --- run
     n_timesteps: int = 1_000_000
@@ -61,21 +65,9 @@ class TrainConfig:
     train_freq: int = 1
     gradient_steps: int = 1
     net_arch: list[int] = field(default_factory=lambda: [256, 256])
-    # --- sparsity (see sparse_rl.agents.SparsityConfig)
+    # --- sparsity: the fields of sparse_rl.agents.SparsityConfig (inherited, validated there)
     dense: bool = False
     """train SB3's dense MlpPolicy instead (the baseline)"""
-    sparsity: float | None = 0.9
-    actor_sparsity: float | None = None
-    critic_sparsity: float | None = None
-    distribution: str = "erk"
-    topology: str = "rigl"
-    update_interval: int = 1000
-    drop_fraction: float = 0.5
-    drop_schedule: str = "cosine"
-    end_fraction: float = 0.8
-    dense_first_layer: bool = False
-    dense_last_layer: bool = False
-    sparse_init: bool = False
     weight_decay: float = 0.0
     """Adam weight decay of actor and critic"""
 
@@ -179,7 +171,14 @@ def resolve_config(algo: str, env_id: str, preset: str = "sparse_rl", overrides:
     for layer in layers:
         for key, value in (layer or {}).items():
             values[key] = check_value(cls, key, value)
-    config = cls(**values)
+    return _build(cls, values)
+
+
+def _build(cls: type[TrainConfig], values: dict[str, Any]) -> TrainConfig:
+    try:
+        config = cls(**values)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from None
     validate(config)
     return config
 
@@ -194,10 +193,6 @@ def validate(config: TrainConfig) -> None:
             raise ConfigError(f"{key} must be >= 0, got {getattr(config, key)!r}")
     if not config.learning_rate > 0:
         raise ConfigError(f"learning_rate must be positive, got {config.learning_rate!r}")
-    try:
-        SparsityConfig(**{k: getattr(config, k) for k in SPARSE_KEYS})
-    except (TypeError, ValueError) as err:
-        raise ConfigError(str(err)) from None
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:
@@ -206,6 +201,4 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
 
 def config_from_dict(algo: str, data: dict[str, Any]) -> TrainConfig:
     cls = CONFIG_CLASSES[algo]
-    config = cls(**{k: check_value(cls, k, v) for k, v in data.items()})
-    validate(config)
-    return config
+    return _build(cls, {k: check_value(cls, k, v) for k, v in data.items()})

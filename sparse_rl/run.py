@@ -40,7 +40,8 @@ def run_label(algo: str, config: TrainConfig) -> str:
     """Group label for plots, e.g. ``sac-rigl-0.9`` or ``sac-dense``."""
     if config.dense:
         return f"{algo}-dense"
-    return f"{algo}-{config.topology}-{config.sparsity if config.sparsity is not None else 'custom'}"
+    actor, critic = config.network_sparsity("actor"), config.network_sparsity("critic")
+    return f"{algo}-{config.topology}-{actor:g}" + ("" if actor == critic else f"-{critic:g}")
 
 
 def build_model(
