@@ -1,0 +1,138 @@
+"""Replay for non-stationary sparse training: delayed multi-step soft TD targets (RLx2).
+
+:class:`NStepSoftReplayBuffer` is a drop-in ``replay_buffer_class`` for stock SB3 SAC and TD3. Its
+samples carry n-step returns and ``discounts = gamma ** m`` (the number of steps actually used), which
+``SAC.train``/``TD3.train`` use for the bootstrap. A window starts at the sampled transition and stops at
+the first termination or time-limit truncation, and never runs past the newest transition:
+
+    R = sum_{k<m} gamma^k r_{t+k}  -  alpha * sum_{0<k<m} gamma^k log pi(a~_k | s_{t+k}),   a~_k ~ pi(.|s_{t+k})
+
+The second sum, the entropy bonus of the intermediate states, is SAC's soft return (RLx2's SAC variant;
+SB3's own ``NStepReplayBuffer`` leaves it out); it uses the current actor and entropy coefficient at
+sampling time, and is absent for TD3. ``dones`` is 1 only when the window ends in a termination, so a
+truncated episode still bootstraps from its real final observation. Before ``n_step_delay`` env steps
+(counted by the buffer's own ``add`` calls, so the count survives ``save_replay_buffer``) the buffer
+returns ordinary 1-step samples.
+
+Use it with no other change to SB3::
+
+    SAC(SparseSACPolicy, env, replay_buffer_class=NStepSoftReplayBuffer,
+        replay_buffer_kwargs=dict(n_steps=3, n_step_delay=100_000, gamma=0.99))
+
+The SAC model whose entropy terms are needed is the one sampling the buffer: it is found on the call
+stack of ``sample`` (the ``self`` of ``SAC.train`` whose ``replay_buffer`` is this buffer), as the sparse
+policies find their algorithm; :meth:`NStepSoftReplayBuffer.bind` makes the link explicit.
+"""
+
+from __future__ import annotations
+
+import sys
+import weakref
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.type_aliases import ReplayBufferSamples
+from stable_baselines3.common.vec_env import VecNormalize
+
+
+class NStepSoftReplayBuffer(ReplayBuffer):
+    """Replay buffer with delayed n-step (soft, for SAC) returns.
+
+    :param n_steps: horizon n >= 1 of the returns once switched on (default 3).
+    :param n_step_delay: env steps before n-step returns are used (1-step until then).
+    :param gamma: discount; must equal the algorithm's.
+    """
+
+    def __init__(self, *args: Any, n_steps: int = 3, n_step_delay: int = 0, gamma: float = 0.99, **kwargs: Any):
+        if kwargs.get("optimize_memory_usage"):
+            raise ValueError("NStepSoftReplayBuffer does not support optimize_memory_usage=True")
+        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
+            raise ValueError(f"n_steps must be an int >= 1, got {n_steps!r}")
+        if n_step_delay < 0:
+            raise ValueError(f"n_step_delay must be >= 0, got {n_step_delay!r}")
+        super().__init__(*args, **kwargs)
+        self.n_steps, self.n_step_delay, self.gamma = n_steps, n_step_delay, gamma
+        self.num_timesteps = 0
+        self._model_ref: weakref.ReferenceType | None = None  # never pickled
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_model_ref"] = None
+        return state
+
+    def add(self, *args: Any, **kwargs: Any) -> None:
+        super().add(*args, **kwargs)
+        self.num_timesteps += self.n_envs
+
+    def bind(self, model: Any) -> None:
+        """Use ``model``'s actor and entropy coefficient for the soft terms (SAC); TD3 needs none."""
+        if getattr(model, "replay_buffer", None) is not self:
+            raise ValueError("bind() expects the SB3 algorithm whose replay_buffer is this buffer")
+        self._model_ref = weakref.ref(model)
+
+    def _model(self) -> Any:
+        model = self._model_ref() if self._model_ref is not None else None
+        if model is not None and model.replay_buffer is self:
+            return model
+        frame = sys._getframe(1)
+        while frame is not None:
+            candidate = frame.f_locals.get("self")
+            if candidate is not self and getattr(candidate, "replay_buffer", None) is self:
+                self._model_ref = weakref.ref(candidate)
+                return candidate
+            frame = frame.f_back
+        return None
+
+    @property
+    def active_n(self) -> int:
+        return self.n_steps if self.num_timesteps >= self.n_step_delay else 1
+
+    def _entropy_coef(self) -> torch.Tensor | None:
+        """SAC's current entropy coefficient; ``None`` for TD3 (or with no model sampling)."""
+        model = self._model()
+        log_coef = getattr(model, "log_ent_coef", None)
+        if log_coef is not None:
+            return torch.exp(log_coef.detach())
+        return getattr(model, "ent_coef_tensor", None)
+
+    def _get_samples(self, batch_inds: np.ndarray, env: VecNormalize | None = None) -> ReplayBufferSamples:
+        n = self.active_n
+        env_inds = np.random.randint(0, high=self.n_envs, size=(len(batch_inds),))
+        steps = np.arange(n)
+        idx = (batch_inds[:, None] + steps[None, :]) % self.buffer_size  # (batch, n)
+        # how many transitions from batch_inds onwards are already written (the window cannot pass pos)
+        avail = (self.pos - batch_inds) % self.buffer_size
+        avail = np.where(avail == 0, self.buffer_size if self.full else 0, avail)
+        e = env_inds[:, None]
+        ended = np.logical_or(self.dones[idx, e] > 0, self.timeouts[idx, e] > 0)  # episode ends after step k
+        # step k is in the window if it is written and no earlier step of the window ended an episode
+        ended_before = np.concatenate([np.zeros((len(batch_inds), 1), bool), np.cumsum(ended, axis=1)[:, :-1] > 0], axis=1)
+        in_window = (steps[None, :] < avail[:, None]) & ~ended_before
+        m = in_window.sum(axis=1)  # >= 1
+        last = idx[np.arange(len(batch_inds)), m - 1]
+        rewards = self._normalize_reward(self.rewards[idx, e], env)
+        discounts_k = self.gamma ** steps.astype(np.float32)
+        returns = (rewards * discounts_k * in_window).sum(axis=1, keepdims=True)
+        dones = (self.dones[last, env_inds] * (1 - self.timeouts[last, env_inds]))[:, None]
+        next_obs = self._normalize_obs(self.next_observations[last, env_inds, :], env)
+        samples = ReplayBufferSamples(
+            observations=self.to_torch(self._normalize_obs(self.observations[batch_inds, env_inds, :], env)),
+            actions=self.to_torch(self.actions[batch_inds, env_inds, :]),
+            next_observations=self.to_torch(next_obs),
+            dones=self.to_torch(dones.astype(np.float32)),
+            rewards=self.to_torch(returns.astype(np.float32)),
+            discounts=self.to_torch((self.gamma**m)[:, None].astype(np.float32)),
+        )
+        alpha = self._entropy_coef()
+        if alpha is not None and n > 1:
+            obs = self._normalize_obs(self.observations[idx[:, 1:], e, :], env)  # (batch, n-1, obs)
+            with torch.no_grad():
+                flat = self.to_torch(obs.reshape(-1, obs.shape[-1]))
+                _, log_prob = self._model().actor.action_log_prob(flat)
+            log_prob = log_prob.reshape(len(batch_inds), n - 1)
+            weight = self.to_torch((discounts_k[1:] * in_window[:, 1:]).astype(np.float32))
+            bonus = -(alpha * (log_prob * weight).sum(dim=1, keepdim=True))
+            samples = samples._replace(rewards=samples.rewards + bonus)
+        return samples
