@@ -188,3 +188,80 @@ def test_controller_state_round_trip_gives_identical_updates():
     for a, b in zip(masked_layers(net), masked_layers(net2)):
         assert torch.equal(a.mask, b.mask)
         assert torch.equal(a.weight, b.weight)
+
+
+def _loss(net, x, y):
+    return ((net(x) - y) ** 2).mean()
+
+
+def test_accumulated_grow_signal_equals_concatenated_batches():
+    """With the weights held fixed (lr 0), the mean of k batch gradients is the concatenated batch's
+    gradient, so accumulating k batches must grow exactly what RigL grows from the concatenated batch."""
+    k = 4
+    gen = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(16, 8, generator=gen), torch.randn(16, 2, generator=gen)) for _ in range(k)]
+    config = TopologyConfig(
+        topology="rigl",
+        update_interval=8,
+        drop_fraction=0.3,
+        drop_schedule="constant",
+        grow_signal="accumulate",
+        grow_batches=k,
+    )
+    net = make_net(seed=5)
+    reference = make_net(seed=5)
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    ctrl = TopologyController(masked_layers(net), config, seed=0, progress_fn=lambda: 0.0)
+    ctrl.attach(opt)
+    seen = []
+    ctrl.listeners.append(lambda c: seen.append([l.mask.clone() for l in c.layers]))
+    noise = (torch.randn(16, 8, generator=gen), torch.randn(16, 2, generator=gen))
+    for step in range(8):  # steps 1..4 are outside the window, 5..8 inside, 8 updates
+        x, y = batches[step - 4] if step >= 4 else noise
+        opt.zero_grad()
+        _loss(net, x, y).backward()
+        opt.step()
+    assert ctrl.n_updates == 1
+
+    ref_layers = masked_layers(reference)
+    reference.zero_grad()
+    _loss(reference, torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])).backward()
+    generator = torch.Generator()
+    generator.set_state(TopologyController(ref_layers, config, seed=0).get_extra_state()["rng_state"])
+    for layer, mask in zip(ref_layers, seen[0]):
+        expected = make_updater("rigl").update(layer.weight, layer.mask, 0.3, layer.weight.grad, generator)
+        assert torch.equal(expected.mask, mask)
+
+
+def test_momentum_grow_signal_is_an_exponential_average():
+    config = TopologyConfig(
+        topology="rigl", update_interval=3, grow_signal="momentum", grow_momentum=0.5, drop_schedule="constant"
+    )
+    net = make_net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    ctrl = TopologyController(masked_layers(net), config, seed=0, progress_fn=lambda: 0.0)
+    ctrl.attach(opt)
+    gen = torch.Generator().manual_seed(0)
+    grads = []
+    for _ in range(2):
+        x, y = torch.randn(8, 8, generator=gen), torch.randn(8, 2, generator=gen)
+        opt.zero_grad()
+        _loss(net, x, y).backward()
+        grads.append(masked_layers(net)[1].weight.grad.clone())
+        opt.step()
+    # ema_1 = 0.5 * g1 ; ema_2 = 0.5 * ema_1 + 0.5 * g2
+    torch.testing.assert_close(ctrl.get_extra_state()["grow_signal"][1], 0.25 * grads[0] + 0.5 * grads[1])
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        (dict(grow_signal="ema"), "'ema'.*batch, accumulate, momentum"),
+        (dict(grow_batches=0), "grow_batches"),
+        (dict(grow_batches=5, update_interval=4), "cannot exceed"),
+        (dict(grow_momentum=1.0), "grow_momentum"),
+    ],
+)
+def test_grow_signal_config_errors(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        TopologyConfig(**kwargs)

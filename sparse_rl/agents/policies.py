@@ -55,6 +55,9 @@ class SparsityConfig:
     :param dense_first_layer: keep the input layer(s) dense.
     :param dense_last_layer: keep the output layer(s) dense.
     :param sparse_init: rescale each neuron's initial weights by ``sqrt(dense fan-in / actual fan-in)``.
+    :param grow_signal: ``batch``, ``accumulate`` or ``momentum`` (see :class:`TopologyConfig`).
+    :param grow_batches: batches averaged by ``grow_signal="accumulate"``.
+    :param grow_momentum: factor of ``grow_signal="momentum"``.
     """
 
     sparsity: float | None = None
@@ -69,6 +72,9 @@ class SparsityConfig:
     dense_first_layer: bool = False
     dense_last_layer: bool = False
     sparse_init: bool = False
+    grow_signal: str = "batch"
+    grow_batches: int = 1
+    grow_momentum: float = 0.9
 
     def __post_init__(self) -> None:
         for name in ("sparsity", "actor_sparsity", "critic_sparsity"):
@@ -98,6 +104,9 @@ class SparsityConfig:
             drop_fraction=self.drop_fraction,
             drop_schedule=self.drop_schedule,
             end_fraction=self.end_fraction,
+            grow_signal=self.grow_signal,
+            grow_batches=self.grow_batches,
+            grow_momentum=self.grow_momentum,
         )
 
 

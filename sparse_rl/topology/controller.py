@@ -27,6 +27,8 @@ from sparse_rl.sparse.layers import MaskedLinear
 from sparse_rl.topology.schedules import get_schedule
 from sparse_rl.topology.updaters import Updater, make_updater
 
+GROW_SIGNALS = ("batch", "accumulate", "momentum")
+
 
 @dataclass
 class TopologyConfig:
@@ -37,6 +39,11 @@ class TopologyConfig:
     :param drop_fraction: fraction of each layer's active weights dropped at an update, in (0, 1].
     :param drop_schedule: decay of the drop fraction over training (``constant``, ``cosine``).
     :param end_fraction: fraction of training after which the topology is frozen, in (0, 1].
+    :param grow_signal: dense-gradient signal of gradient-based growth: ``batch`` (the update step's
+        batch, RigL), ``accumulate`` (mean over the last ``grow_batches`` optimizer steps before the
+        update) or ``momentum`` (exponential average with factor ``grow_momentum``, SNFS-style).
+    :param grow_batches: batches averaged by ``accumulate``, 1 <= k <= update_interval.
+    :param grow_momentum: averaging factor of ``momentum``, in [0, 1).
     """
 
     topology: str = "rigl"
@@ -44,10 +51,21 @@ class TopologyConfig:
     drop_fraction: float = 0.3
     drop_schedule: str = "cosine"
     end_fraction: float = 0.8
+    grow_signal: str = "batch"
+    grow_batches: int = 1
+    grow_momentum: float = 0.9
 
     def __post_init__(self) -> None:
         make_updater(self.topology)
         get_schedule(self.drop_schedule)
+        if self.grow_signal not in GROW_SIGNALS:
+            raise ValueError(f"unknown grow_signal {self.grow_signal!r}; known: {', '.join(GROW_SIGNALS)}")
+        if isinstance(self.grow_batches, bool) or not isinstance(self.grow_batches, int) or self.grow_batches < 1:
+            raise ValueError(f"grow_batches must be an int >= 1, got {self.grow_batches!r}")
+        if isinstance(self.update_interval, int) and self.grow_batches > self.update_interval:
+            raise ValueError(f"grow_batches ({self.grow_batches}) cannot exceed update_interval ({self.update_interval})")
+        if not 0.0 <= self.grow_momentum < 1.0:
+            raise ValueError(f"grow_momentum must be in [0, 1), got {self.grow_momentum!r}")
         if isinstance(self.update_interval, bool) or not isinstance(self.update_interval, int):
             raise TypeError(f"update_interval must be a positive int, got {self.update_interval!r}")
         if self.update_interval <= 0:
@@ -147,6 +165,8 @@ class TopologyController(nn.Module):
         self._rng_state = generator.get_state()
         self._due = False
         self._grads: list[torch.Tensor | None] | None = None
+        #: running gradient signal (sum for ``accumulate``, average for ``momentum``), per layer
+        self._signal: list[torch.Tensor] | None = None
         self._handles: list[Any] = []
 
     # ----------------------------------------------------------------- state
@@ -158,6 +178,7 @@ class TopologyController(nn.Module):
             "last_grown": self.last_grown,
             "last_fraction": self.last_fraction,
             "rng_state": self._rng_state.clone(),
+            "grow_signal": None if self._signal is None else [t.clone() for t in self._signal],
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
@@ -167,6 +188,8 @@ class TopologyController(nn.Module):
         self.last_grown = int(state["last_grown"])
         self.last_fraction = float(state["last_fraction"])
         self._rng_state = state["rng_state"].detach().to("cpu", torch.uint8).clone()
+        signal = state.get("grow_signal")
+        self._signal = None if signal is None else [t.to(l.weight.device).clone() for t, l in zip(signal, self._layers)]
 
     @property
     def layers(self) -> list[MaskedLinear]:
@@ -203,15 +226,40 @@ class TopologyController(nn.Module):
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self.step += 1
         self._due = self.is_update_step(self.step)
-        if self._due and self.updater.needs_grad:
-            self._grads = [
-                layer.weight.grad.detach().clone() if layer.weight.grad is not None else None for layer in self._layers
-            ]
+        if self.updater.needs_grad:
+            self._track_gradients()
         with torch.no_grad():
             pairs = [(l.weight.grad, l.mask) for l in self._layers if l.weight.grad is not None]
             if pairs:
                 grads, masks = zip(*pairs)
                 torch._foreach_mul_(list(grads), list(masks))
+
+    @torch.no_grad()
+    def _track_gradients(self) -> None:
+        """Keep the dense-gradient signal that growth will use (before the gradients are masked)."""
+        signal, cfg = self.config.grow_signal, self.config
+        grads = [l.weight.grad for l in self._layers]
+        if any(g is None for g in grads):
+            return
+        if signal == "momentum":
+            if self._signal is None:
+                self._signal = [torch.zeros_like(g) for g in grads]
+            torch._foreach_lerp_(self._signal, grads, 1.0 - cfg.grow_momentum)
+        elif signal == "accumulate":
+            until_update = -self.step % cfg.update_interval  # 0 on update steps
+            if until_update < cfg.grow_batches:
+                if self._signal is None or until_update == cfg.grow_batches - 1:
+                    self._signal = [torch.zeros_like(g) for g in grads]
+                torch._foreach_add_(self._signal, grads)
+        if self._due:
+            if signal == "batch":
+                self._grads = [g.detach().clone() for g in grads]
+            elif signal == "accumulate":
+                assert self._signal is not None
+                self._grads = [t / cfg.grow_batches for t in self._signal]
+                self._signal = None
+            else:
+                self._grads = [t.clone() for t in self._signal or []]
 
     def _post_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._due:
