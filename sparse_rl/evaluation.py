@@ -15,6 +15,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv
 
 from sparse_rl.agents import sparsity_report
+from sparse_rl.agents.diagnostics import model_diagnostics
 
 EVAL_FIELDS = [
     "timesteps",
@@ -32,6 +33,9 @@ EVAL_FIELDS = [
     "critic_flops",
     "actor_dense_flops",
     "critic_dense_flops",
+    "actor_dormant",
+    "critic_dormant",
+    "critic_grad_snr",
 ]
 
 
@@ -45,7 +49,8 @@ def return_stats(returns: list[float] | np.ndarray) -> dict[str, float]:
 
 
 def evaluate(model: BaseAlgorithm, env: VecEnv, episodes: int) -> dict[str, Any]:
-    """Run ``episodes`` deterministic episodes; return their statistics with the model's sparsity."""
+    """Run ``episodes`` deterministic episodes; return their statistics with the model's sparsity and,
+    once the replay buffer has data, dormant-neuron fractions and the critic's gradient SNR."""
     returns, _ = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=True, return_episode_rewards=True)
     row: dict[str, Any] = {"episodes": episodes, **return_stats(returns)}
     report = sparsity_report(model)
@@ -54,6 +59,7 @@ def evaluate(model: BaseAlgorithm, env: VecEnv, episodes: int) -> dict[str, Any]
         row[f"{net}_itop_rate"] = report[net]["itop_rate"]
         row[f"{net}_flops"] = report[net]["flops"]
         row[f"{net}_dense_flops"] = report[net]["dense_flops"]
+    row.update(model_diagnostics(model))
     return row
 
 
@@ -84,7 +90,7 @@ class SparseEvalCallback(BaseCallback):
         row["wall_clock_s"] = time.time() - self.start_time
         new = not self.csv_path.exists()
         with open(self.csv_path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=EVAL_FIELDS)
+            writer = csv.DictWriter(f, fieldnames=EVAL_FIELDS, restval="")
             if new:
                 writer.writeheader()
             writer.writerow(row)

@@ -28,7 +28,7 @@ def _read_evaluations(run_dir: Path) -> dict[str, np.ndarray]:
         rows = list(csv.DictReader(f))
     if not rows:
         raise RunError(f"{str(path)!r} is empty")
-    return {key: np.array([float(r[key]) for r in rows]) for key in rows[0]}
+    return {key: np.array([float(r[key]) if r[key] not in ("", None) else np.nan for r in rows]) for key in rows[0]}
 
 
 def _band(curves: list[dict[str, np.ndarray]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

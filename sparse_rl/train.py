@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads <= 0:
             raise ConfigError(f"--threads must be positive, got {args.threads}")
         run_dir = train(args)
-    except (ConfigError, RunError, ValueError, TypeError) as err:
+    except (ConfigError, RunError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"run finished: {run_dir}")

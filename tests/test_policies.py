@@ -209,3 +209,20 @@ def test_sparse_sac_learns_pendulum():
     mean, _ = evaluate_policy(model, model.get_env(), n_eval_episodes=10, deterministic=True)
     assert sparsity_report(model)["actor"]["density"] == pytest.approx(0.2, abs=1e-3)
     assert mean > -400, mean
+
+
+@pytest.mark.parametrize("algo, policy", ALGOS)
+def test_diagnostics_on_replay_data_leave_rngs_untouched(algo, policy):
+    from sparse_rl.agents.diagnostics import model_diagnostics
+
+    model = small_model(algo, policy)
+    assert model_diagnostics(model) == {}  # empty buffer
+    model.learn(300)
+    before = _rng_states()
+    d = model_diagnostics(model, batch_size=64)
+    after = _rng_states()
+    assert torch.equal(before[0], after[0]) and before[2] == after[2]
+    assert all(np.array_equal(a, b) for a, b in zip(before[1][1:2], after[1][1:2]))
+    assert 0.0 <= d["actor_dormant"] <= 1.0 and 0.0 <= d["critic_dormant"] <= 1.0
+    assert d["critic_grad_snr"] > 0
+    assert all(p.grad is None for p in model.policy.critic.parameters())

@@ -265,3 +265,36 @@ def test_momentum_grow_signal_is_an_exponential_average():
 def test_grow_signal_config_errors(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         TopologyConfig(**kwargs)
+
+
+def test_dormant_fraction_on_a_constructed_network():
+    from sparse_rl.topology.diagnostics import dormant_neurons
+
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 1))
+    with torch.no_grad():
+        for layer in (net[0], net[2]):
+            layer.weight.fill_(0.0)
+        # layer 1: neurons output 1, 1, 1, 1, 0 (dead), 0.05 (score 0.05 / 0.675 = 0.074 <= 0.1)
+        net[0].bias.copy_(torch.tensor([1.0, 1.0, 1.0, 1.0, -1.0, 0.05]))
+        # layer 2: inputs are the constant layer-1 outputs; biases make outputs 2, 2, 0, 0.5 (score 0.44)
+        net[2].bias.copy_(torch.tensor([2.0, 2.0, -3.0, 0.5]))
+    x = torch.randn(32, 4)
+    result = dormant_neurons(net, lambda: net(x), tau=0.1)
+    assert result["layers"] == [pytest.approx(2 / 6), pytest.approx(1 / 4)]
+    assert result["fraction"] == pytest.approx(3 / 10)
+    assert result["masks"][0].tolist() == [False, False, False, False, True, True]
+    strict = dormant_neurons(net, lambda: net(x), tau=0.0)
+    assert strict["fraction"] == pytest.approx(2 / 10)
+
+
+def test_gradient_snr_agreeing_vs_noisy_batches():
+    from sparse_rl.topology.diagnostics import gradient_snr
+
+    w = torch.zeros(3, requires_grad=True)
+    target = torch.tensor([1.0, -2.0, 0.5])
+    same = [lambda: ((w - target) ** 2).sum() for _ in range(4)]
+    assert gradient_snr([w], same) > 1e6  # identical gradients: no noise
+    gen = torch.Generator().manual_seed(0)
+    noisy_targets = [torch.randn(3, generator=gen) * 10 for _ in range(8)]
+    noisy = [lambda t=t: ((w - t) ** 2).sum() for t in noisy_targets]
+    assert gradient_snr([w], noisy) < 1.0
