@@ -110,3 +110,77 @@ def test_bad_arguments():
         NStepSoftReplayBuffer(10, OBS, ACT, n_steps=0)
     with pytest.raises(ValueError, match="n_step_delay"):
         NStepSoftReplayBuffer(10, OBS, ACT, n_step_delay=-1)
+
+
+def test_dynamic_buffer_shrink_rule_on_a_scripted_sequence(tmp_path):
+    from sparse_rl.agents.replay import DynamicReplayBuffer
+
+    buf = DynamicReplayBuffer(
+        100,
+        OBS,
+        ACT,
+        check_interval=20,
+        probe_size=10,
+        mismatch_threshold=0.2,
+        shrink_fraction=0.1,
+        min_size=80,
+        n_steps=1,
+        gamma=0.99,
+    )
+    policy = {"action": 0.0}
+    buf.set_policy_fn(lambda obs: np.full((len(obs), 1), policy["action"], np.float32))
+
+    def add(t):
+        obs = np.array([[t, 0]], np.float32)
+        buf.add(obs, obs, np.zeros((1, 1)), np.array([float(t)]), np.array([False]), [{}])
+
+    for t in range(100):  # fills the buffer; the policy never changes: mismatch 0, no shrink
+        add(t)
+    assert buf.full and buf.capacity == 100 and buf.last_mismatch == 0.0 and buf.shrinks == 0
+    policy["action"] = 1.0  # now every stored mean action (0) is off by 1: mismatch 0.5 > 0.2
+    for t in range(100, 120):
+        add(t)
+    # at t = 119 (120 adds): drop the oldest 10 of 100, capacity 100 -> 90
+    assert buf.last_mismatch == pytest.approx(0.5) and buf.shrinks == 1 and buf.capacity == 90
+    assert buf.full and buf.pos == 0
+    assert sorted(buf.rewards[:90, 0].tolist()) == [float(t) for t in range(30, 120)]
+    for t in range(120, 140):  # next check: 90 -> 81, keep the newest 81
+        add(t)
+    assert buf.capacity == 81 and buf.shrinks == 2
+    assert sorted(buf.rewards[:81, 0].tolist()) == [float(t) for t in range(59, 140)]
+    for t in range(140, 160):  # never below min_size=80
+        add(t)
+    assert buf.capacity == 80
+    policy["action"] = 0.5  # mean actions stored since t=100 were 1 -> mismatch 0.125 < 0.2 ... but the
+    for t in range(160, 200):  # oldest probe now holds mean action 1: 0.5*0.25 = 0.125, no shrink
+        add(t)
+    assert buf.capacity == 80 and buf.last_mismatch == pytest.approx(0.125)
+    # state survives pickling (as save_replay_buffer does)
+    again = pickle.loads(pickle.dumps(buf))
+    assert again.capacity == 80 and again.shrinks == buf.shrinks and again._policy_fn is None
+    np.testing.assert_array_equal(again.mean_actions[:80], buf.mean_actions[:80])
+    assert again.sample(16).observations.shape == (16, 2)
+
+
+def test_dynamic_buffer_with_stock_sac(tmp_path):
+    from stable_baselines3.common.logger import configure
+
+    from sparse_rl.agents.replay import DynamicReplayBuffer
+
+    model = SAC(
+        SparseSACPolicy,
+        "Pendulum-v1",
+        policy_kwargs=dict(net_arch=[32, 32]),
+        learning_starts=50,
+        batch_size=32,
+        replay_buffer_class=DynamicReplayBuffer,
+        seed=0,
+        replay_buffer_kwargs=dict(check_interval=100, probe_size=64, mismatch_threshold=0.0, min_size=150),
+    )
+    model.set_logger(configure(str(tmp_path), ["csv"]))
+    model.learn(300, log_interval=1)
+    buf = model.replay_buffer
+    assert buf.shrinks >= 1 and buf.capacity < 1_000_000 and buf.last_mismatch > 0
+    # stored mean actions are the deterministic actions of the policy at collection time
+    assert np.abs(buf.mean_actions[: buf.pos]).max() <= 1.0
+    assert "replay/capacity" in (tmp_path / "progress.csv").read_text().splitlines()[0]

@@ -136,3 +136,122 @@ class NStepSoftReplayBuffer(ReplayBuffer):
             bonus = -(alpha * (log_prob * weight).sum(dim=1, keepdim=True))
             samples = samples._replace(rewards=samples.rewards + bonus)
         return samples
+
+
+class DynamicReplayBuffer(NStepSoftReplayBuffer):
+    """:class:`NStepSoftReplayBuffer` whose capacity shrinks when its oldest data is off-policy (RLx2).
+
+    Each transition also stores the behaviour policy's mean action (deterministic action, scaled to
+    [-1, 1]). Every ``check_interval`` env steps, the policy mismatch on the ``probe_size`` oldest
+    transitions, ``0.5 * mean((pi(s) - a_mean)^2)``, is compared with ``mismatch_threshold``; above it,
+    the oldest ``shrink_fraction`` of the stored transitions are dropped and the capacity shrinks by the
+    same fraction, never below ``min_size``. Capacity never grows back. ``capacity``, ``last_mismatch``
+    and the shrink count are attributes (pickled with the buffer) and go to the model's logger as
+    ``replay/size``, ``replay/capacity`` and ``replay/mismatch``.
+
+    The mean actions come from the model that fills the buffer (found on the stack of ``add``, like the
+    SAC model of the n-step terms); :meth:`set_policy_fn` supplies any ``obs -> scaled action`` function.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        check_interval: int = 10_000,
+        probe_size: int = 2048,
+        mismatch_threshold: float = 0.2,
+        shrink_fraction: float = 0.1,
+        min_size: int = 100_000,
+        **kwargs: Any,
+    ):
+        super().__init__(*args, **kwargs)
+        for name, value, ok in (
+            ("check_interval", check_interval, isinstance(check_interval, int) and check_interval > 0),
+            ("probe_size", probe_size, isinstance(probe_size, int) and probe_size > 0),
+            ("mismatch_threshold", mismatch_threshold, mismatch_threshold >= 0),
+            ("shrink_fraction", shrink_fraction, 0 < shrink_fraction < 1),
+            ("min_size", min_size, isinstance(min_size, int) and min_size > 0),
+        ):
+            if not ok:
+                raise ValueError(f"invalid {name}={value!r}")
+        self.check_interval, self.probe_size = check_interval, probe_size
+        self.mismatch_threshold, self.shrink_fraction, self.min_size = mismatch_threshold, shrink_fraction, min_size
+        self.mean_actions = np.zeros((self.buffer_size, self.n_envs, self.action_dim), dtype=np.float32)
+        self.last_mismatch = float("nan")
+        self.shrinks = 0
+        self._policy_fn: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_policy_fn"] = None
+        return state
+
+    @property
+    def capacity(self) -> int:
+        return self.buffer_size
+
+    def set_policy_fn(self, fn: Any) -> None:
+        """``fn(obs: np.ndarray (n, obs_dim)) -> np.ndarray (n, act_dim)``: the mean action in [-1, 1]."""
+        self._policy_fn = fn
+
+    def _mean_action(self, obs: np.ndarray) -> np.ndarray:
+        if self._policy_fn is not None:
+            return np.asarray(self._policy_fn(obs), dtype=np.float32)
+        model = self._model()
+        if model is None:
+            raise RuntimeError("DynamicReplayBuffer needs the model filling it (or set_policy_fn)")
+        with torch.no_grad():
+            actions = model.policy._predict(model.policy.obs_to_tensor(obs)[0], deterministic=True)
+        return actions.cpu().numpy().reshape(len(obs), -1)
+
+    def add(
+        self,
+        obs: np.ndarray,
+        next_obs: np.ndarray,
+        action: np.ndarray,
+        reward: np.ndarray,
+        done: np.ndarray,
+        infos: list[dict[str, Any]],
+    ) -> None:
+        pos = self.pos
+        self.mean_actions[pos] = self._mean_action(np.asarray(obs).reshape(self.n_envs, -1))
+        super().add(obs, next_obs, action, reward, done, infos)
+        if self.num_timesteps % self.check_interval < self.n_envs:
+            self.check_mismatch()
+
+    def _chronological(self) -> np.ndarray:
+        """Buffer positions from oldest to newest."""
+        if self.full:
+            return np.concatenate([np.arange(self.pos, self.buffer_size), np.arange(0, self.pos)])
+        return np.arange(0, self.pos)
+
+    def check_mismatch(self) -> float:
+        """Measure the mismatch on the oldest transitions and shrink if it is above the threshold."""
+        order = self._chronological()
+        if len(order) == 0:
+            return float("nan")
+        oldest = order[: self.probe_size]
+        obs = self.observations[oldest].reshape(len(oldest) * self.n_envs, -1)
+        stored = self.mean_actions[oldest].reshape(len(oldest) * self.n_envs, -1)
+        self.last_mismatch = float(0.5 * np.mean((self._mean_action(obs) - stored) ** 2))
+        if self.last_mismatch > self.mismatch_threshold and self.buffer_size > self.min_size:
+            self._shrink(order)
+        model = self._model()
+        if model is not None and getattr(model, "_logger", None) is not None:
+            model.logger.record("replay/mismatch", self.last_mismatch)
+            model.logger.record("replay/capacity", self.buffer_size)
+            model.logger.record("replay/size", len(self._chronological()) * self.n_envs)
+        return self.last_mismatch
+
+    def _shrink(self, order: np.ndarray) -> None:
+        count = len(order)
+        capacity = max(self.min_size, int(self.buffer_size * (1 - self.shrink_fraction)))
+        keep = max(min(count, self.min_size), count - int(count * self.shrink_fraction))
+        keep = min(keep, capacity)
+        newest = order[count - keep :]
+        for name in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts", "mean_actions"):
+            array = getattr(self, name)
+            array[:keep] = array[newest]
+        self.buffer_size = capacity
+        self.full = keep == capacity
+        self.pos = keep % capacity
+        self.shrinks += 1
