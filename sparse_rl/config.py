@@ -70,6 +70,18 @@ class TrainConfig(SparsityConfig):
     """train SB3's dense MlpPolicy instead (the baseline)"""
     weight_decay: float = 0.0
     """Adam weight decay of actor and critic"""
+    # --- replay for non-stationary targets (sparse_rl.agents.replay)
+    n_steps: int = 1
+    """horizon of (soft) n-step TD targets; 1 = ordinary 1-step targets"""
+    n_step_delay: int = 0
+    """env steps before n-step targets switch on"""
+    dynamic_buffer: bool = False
+    """shrink the replay capacity when the oldest data is off-policy (RLx2)"""
+    buffer_check_interval: int = 10_000
+    buffer_probe_size: int = 2048
+    buffer_mismatch_threshold: float = 0.2
+    buffer_shrink_fraction: float = 0.1
+    buffer_min_size: int = 100_000
 
 
 @dataclass
@@ -188,7 +200,9 @@ def validate(config: TrainConfig) -> None:
     for key in ("n_timesteps", "n_envs", "batch_size", "buffer_size", "train_freq", "eval_episodes"):
         if getattr(config, key) <= 0:
             raise ConfigError(f"{key} must be positive, got {getattr(config, key)!r}")
-    for key in ("eval_freq", "checkpoint_freq", "learning_starts"):
+    if config.n_steps < 1:
+        raise ConfigError(f"n_steps must be >= 1, got {config.n_steps!r}")
+    for key in ("eval_freq", "checkpoint_freq", "learning_starts", "n_step_delay"):
         if getattr(config, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {getattr(config, key)!r}")
     if not config.learning_rate > 0:

@@ -24,6 +24,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 import sparse_rl
 from sparse_rl.agents import SparseSACPolicy, SparseTD3Policy, sparsity_report
+from sparse_rl.agents.replay import DynamicReplayBuffer, NStepSoftReplayBuffer
 from sparse_rl.config import SPARSE_KEYS, TrainConfig, config_from_dict
 from sparse_rl.envs.state import get_env_state, set_env_state
 
@@ -67,6 +68,21 @@ def build_model(
         train_freq=config.train_freq,
         gradient_steps=config.gradient_steps,
     )
+    if config.dynamic_buffer:
+        kwargs["replay_buffer_class"] = DynamicReplayBuffer
+        kwargs["replay_buffer_kwargs"] = dict(
+            n_steps=config.n_steps,
+            n_step_delay=config.n_step_delay,
+            gamma=config.gamma,
+            check_interval=config.buffer_check_interval,
+            probe_size=config.buffer_probe_size,
+            mismatch_threshold=config.buffer_mismatch_threshold,
+            shrink_fraction=config.buffer_shrink_fraction,
+            min_size=config.buffer_min_size,
+        )
+    elif config.n_steps > 1:
+        kwargs["replay_buffer_class"] = NStepSoftReplayBuffer
+        kwargs["replay_buffer_kwargs"] = dict(n_steps=config.n_steps, n_step_delay=config.n_step_delay, gamma=config.gamma)
     if algo == "sac":
         kwargs["ent_coef"] = config.ent_coef  # type: ignore[attr-defined]
     else:

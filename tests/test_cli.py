@@ -216,3 +216,43 @@ def test_env_names():
     assert resolve_env_id("Hopper-v4") == "Hopper-v4"
     with pytest.raises(ValueError, match="Walker2d"):
         resolve_env_id("Walker")
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3"])
+def test_nstep_and_dynamic_buffer_from_the_cli(algo, tmp_path, capsys):
+    sets = [
+        "n_steps=3",
+        "n_step_delay=150",
+        "dynamic_buffer=True",
+        "buffer_check_interval=100",
+        "buffer_probe_size=64",
+        "buffer_mismatch_threshold=0.0",
+        "buffer_min_size=200",
+        "grow_signal='accumulate'",
+        "grow_batches=5",
+    ]
+    argv = ["--algo", algo, "--env", "Pendulum", "--run-dir", tmp_path, *TINY]
+    for item in sets:
+        argv += ["--set", item]
+    code, _, err = run_cli(train, argv, capsys)
+    assert code == 0, err
+    model = load_run_model(tmp_path)
+    assert type(model.replay_buffer).__name__ == "DynamicReplayBuffer"
+    assert model.replay_buffer_kwargs["n_steps"] == 3 and model.policy.sparse_config.grow_signal == "accumulate"
+
+
+def test_rlx2_presets_hold_the_published_settings():
+    for algo, buffer, floor in (("sac", 3_000_000, 200_000), ("td3", 1_000_000, 100_000)):
+        c = resolve_config(algo, "HalfCheetah-v5", "rlx2")
+        assert (c.distribution, c.topology, c.update_interval, c.drop_fraction, c.drop_schedule) == (
+            "er",
+            "rigl",
+            10_000,
+            0.5,
+            "cosine",
+        )
+        assert (c.n_steps, c.dynamic_buffer, c.buffer_size, c.buffer_min_size) == (3, True, buffer, floor)
+        assert (c.buffer_check_interval, c.buffer_probe_size, c.buffer_mismatch_threshold) == (10_000, 2048, 0.2)
+        assert (c.actor_sparsity, c.critic_sparsity) == (0.9, 0.85)
+        hopper = resolve_config(algo, "Hopper-v5", "rlx2")
+        assert (hopper.actor_sparsity, hopper.critic_sparsity) == (0.98, 0.95)
