@@ -61,8 +61,15 @@ def test_separate_actor_critic_sparsity_and_dense_layers(algo, policy):
 
 
 @pytest.mark.parametrize("algo, policy", ALGOS)
-def test_target_networks_follow_online_masks(algo, policy):
-    model = small_model(algo, policy, policy_kwargs=dict(update_interval=10, drop_schedule="constant", end_fraction=1.0))
+@pytest.mark.parametrize("rewire", [False, True])
+def test_target_networks_follow_online_masks(algo, policy, rewire):
+    model = small_model(
+        algo,
+        policy,
+        policy_kwargs=dict(
+            update_interval=10, drop_schedule="constant", end_fraction=1.0, rewire_dormant=rewire, dormant_tau=0.3
+        ),
+    )
     model.learn(400)
     pairs = [(model.policy.critic, model.policy.critic_target)]
     if algo is TD3:
@@ -76,6 +83,8 @@ def test_target_networks_follow_online_masks(algo, policy):
     report = sparsity_report(model)
     assert report["critic"]["topology_updates"] > 10
     assert report["critic"]["itop_rate"] > report["critic"]["density"]
+    assert report["critic"]["density"] == pytest.approx(0.2, abs=1e-3)
+    assert (report["critic"]["last_rewired"] > 0) == rewire
 
 
 @pytest.mark.parametrize("algo, policy", ALGOS)

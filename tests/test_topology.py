@@ -298,3 +298,39 @@ def test_gradient_snr_agreeing_vs_noisy_batches():
     noisy_targets = [torch.randn(3, generator=gen) * 10 for _ in range(8)]
     noisy = [lambda t=t: ((w - t) ** 2).sum() for t in noisy_targets]
     assert gradient_snr([w], noisy) < 1.0
+
+
+def test_rewire_dormant_rows_keeps_counts_and_restarts_outgoing():
+    net = make_net(density=0.3)
+    layers = masked_layers(net)
+    target = make_net(seed=1, density=0.3)
+    target.load_state_dict(net.state_dict())
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    # drop fraction ~0: SET itself changes nothing, so per-row counts isolate the rewiring
+    config = TopologyConfig(
+        topology="set", update_interval=4, drop_fraction=1e-6, drop_schedule="constant", rewire_dormant=True
+    )
+    ctrl = TopologyController(layers, config, seed=0, targets=[masked_layers(target)], progress_fn=lambda: 0.0)
+    ctrl.attach(opt)
+    dormant = torch.zeros(32, dtype=torch.bool)
+    dormant[[3, 7]] = True
+    ctrl.dormant_fn = lambda: {1: (dormant, [2])}
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        train_step(net, opt, gen)
+    row_counts = layers[1].mask.sum(dim=1).clone()
+    nnz = [l.nnz for l in layers]
+    train_step(net, opt, gen)  # step 4: SET update, then rewiring
+    assert ctrl.last_rewired == 2
+    assert [l.nnz for l in layers] == nnz
+    assert torch.equal(layers[1].mask.sum(dim=1)[[3, 7]], row_counts[[3, 7]])
+    for r in (3, 7):
+        active = layers[1].mask[r]
+        assert torch.all(layers[1].weight[r][active] != 0) and torch.all(layers[1].weight[r][~active] == 0)
+        assert torch.all(opt.state[layers[1].weight]["exp_avg"][r] == 0)
+        assert torch.all(layers[2].weight[:, r] == 0)  # outgoing restarts at zero
+        assert torch.all(opt.state[layers[2].weight]["exp_avg_sq"][:, r] == 0)
+    t = masked_layers(target)
+    assert torch.equal(t[1].mask, layers[1].mask)
+    torch.testing.assert_close(t[1].weight[[3, 7]], layers[1].weight[[3, 7]])
+    assert torch.all(t[2].weight[:, [3, 7]] == 0)

@@ -58,6 +58,9 @@ class SparsityConfig:
     :param grow_signal: ``batch``, ``accumulate`` or ``momentum`` (see :class:`TopologyConfig`).
     :param grow_batches: batches averaged by ``grow_signal="accumulate"``.
     :param grow_momentum: factor of ``grow_signal="momentum"``.
+    :param rewire_dormant: neuron-level regrowth of dormant neurons at topology updates (measured on a
+        replay batch; see :class:`TopologyConfig`).
+    :param dormant_tau: ReDo threshold for ``rewire_dormant``.
     """
 
     sparsity: float | None = None
@@ -75,6 +78,8 @@ class SparsityConfig:
     grow_signal: str = "batch"
     grow_batches: int = 1
     grow_momentum: float = 0.9
+    rewire_dormant: bool = False
+    dormant_tau: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("sparsity", "actor_sparsity", "critic_sparsity"):
@@ -86,7 +91,7 @@ class SparsityConfig:
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value!r}")
         check_distribution(self.distribution)
-        for name in ("dense_first_layer", "dense_last_layer", "sparse_init"):
+        for name in ("dense_first_layer", "dense_last_layer", "sparse_init", "rewire_dormant"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         self.topology_config()  # validates topology, schedule, interval and fractions
@@ -107,6 +112,8 @@ class SparsityConfig:
             grow_signal=self.grow_signal,
             grow_batches=self.grow_batches,
             grow_momentum=self.grow_momentum,
+            rewire_dormant=self.rewire_dormant,
+            dormant_tau=self.dormant_tau,
         )
 
 
@@ -183,6 +190,8 @@ class SparsePolicyMixin:
             )
             controller.attach(network.optimizer)
             controller.listeners.append(partial(self._record_update, name))
+            if config.rewire_dormant:
+                controller.dormant_fn = partial(self._dormant_rows, name)
             self.add_module(f"{name}_topology", controller)  # type: ignore[attr-defined]
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
@@ -220,6 +229,32 @@ class SparsePolicyMixin:
         logger = self._model().logger
         for key, value in controller.stats().items():
             logger.record(f"sparsity/{name}_{key}", value)
+
+    def _dormant_rows(self, name: str, batch_size: int = 256) -> dict[int, tuple[torch.Tensor, list[int]]]:
+        """Dormant rows of ``name``'s layers on a replay batch, keyed by controller layer index."""
+        from sparse_rl.agents.diagnostics import preserved_rng
+        from sparse_rl.topology.diagnostics import dormant_units
+
+        buffer = getattr(self._model(), "replay_buffer", None)
+        if buffer is None or buffer.size() == 0:
+            return {}
+        network = getattr(self, name)
+        with preserved_rng():
+            data = buffer.sample(batch_size)
+            if name == "actor":
+                units = dormant_units(
+                    network, lambda: self._predict(data.observations, deterministic=True), self.sparse_config.dormant_tau
+                )
+            else:
+                units = dormant_units(
+                    network, lambda: network(data.observations, data.actions), self.sparse_config.dormant_tau
+                )
+        index = {id(layer): i for i, layer in enumerate(getattr(self, f"{name}_topology").layers)}
+        return {
+            index[id(producer)]: (rows, [index[id(c)] for c in consumers if id(c) in index])
+            for producer, rows, consumers in units
+            if id(producer) in index
+        }
 
     def topology_controllers(self) -> dict[str, TopologyController]:
         """The controller of each network, by network name (``actor``, ``critic``)."""

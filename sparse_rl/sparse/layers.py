@@ -129,14 +129,15 @@ def replace_linears(module: nn.Module) -> list[MaskedLinear]:
     :return: the new layers in definition order.
     """
     layers: list[MaskedLinear] = []
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, MaskedLinear):
-                layers.append(child)
-            elif isinstance(child, nn.Linear):
-                new = MaskedLinear.from_linear(child)
-                setattr(parent, name, new)
-                layers.append(new)
+    named = dict(module.named_modules())
+    for name, child in list(named.items()):  # pre-order: the order layers are defined in
+        if isinstance(child, MaskedLinear):
+            layers.append(child)
+        elif isinstance(child, nn.Linear):
+            parent_name, _, attr = name.rpartition(".")
+            new = MaskedLinear.from_linear(child)
+            setattr(named[parent_name], attr, new)
+            layers.append(new)
     return layers
 
 

@@ -44,6 +44,9 @@ class TopologyConfig:
         update) or ``momentum`` (exponential average with factor ``grow_momentum``, SNFS-style).
     :param grow_batches: batches averaged by ``accumulate``, 1 <= k <= update_interval.
     :param grow_momentum: averaging factor of ``momentum``, in [0, 1).
+    :param rewire_dormant: at each update, give dormant neurons (ReDo score <= ``dormant_tau``) new
+        random incoming connections (same count, fresh init) and zero their outgoing weights.
+    :param dormant_tau: dormancy threshold, >= 0.
     """
 
     topology: str = "rigl"
@@ -54,6 +57,8 @@ class TopologyConfig:
     grow_signal: str = "batch"
     grow_batches: int = 1
     grow_momentum: float = 0.9
+    rewire_dormant: bool = False
+    dormant_tau: float = 0.1
 
     def __post_init__(self) -> None:
         make_updater(self.topology)
@@ -64,6 +69,8 @@ class TopologyConfig:
             raise ValueError(f"grow_batches must be an int >= 1, got {self.grow_batches!r}")
         if isinstance(self.update_interval, int) and self.grow_batches > self.update_interval:
             raise ValueError(f"grow_batches ({self.grow_batches}) cannot exceed update_interval ({self.update_interval})")
+        if not self.dormant_tau >= 0:
+            raise ValueError(f"dormant_tau must be >= 0, got {self.dormant_tau!r}")
         if not 0.0 <= self.grow_momentum < 1.0:
             raise ValueError(f"grow_momentum must be in [0, 1), got {self.grow_momentum!r}")
         if isinstance(self.update_interval, bool) or not isinstance(self.update_interval, int):
@@ -155,6 +162,9 @@ class TopologyController(nn.Module):
         self.progress_fn = progress_fn
         #: called with this controller after every topology update (for logging)
         self.listeners: list[Callable[[TopologyController], None]] = []
+        #: for ``rewire_dormant``: returns ``{layer index: (dormant rows bool (out,), consumer layer indices)}``
+        self.dormant_fn: Callable[[], dict[int, tuple[torch.Tensor, list[int]]]] | None = None
+        self.last_rewired = 0
         self.step = 0
         self.n_updates = 0
         self.last_dropped = 0
@@ -177,6 +187,7 @@ class TopologyController(nn.Module):
             "last_dropped": self.last_dropped,
             "last_grown": self.last_grown,
             "last_fraction": self.last_fraction,
+            "last_rewired": self.last_rewired,
             "rng_state": self._rng_state.clone(),
             "grow_signal": None if self._signal is None else [t.clone() for t in self._signal],
         }
@@ -187,6 +198,7 @@ class TopologyController(nn.Module):
         self.last_dropped = int(state["last_dropped"])
         self.last_grown = int(state["last_grown"])
         self.last_fraction = float(state["last_fraction"])
+        self.last_rewired = int(state.get("last_rewired", 0))
         self._rng_state = state["rng_state"].detach().to("cpu", torch.uint8).clone()
         signal = state.get("grow_signal")
         self._signal = None if signal is None else [t.to(l.weight.device).clone() for t, l in zip(signal, self._layers)]
@@ -292,20 +304,67 @@ class TopologyController(nn.Module):
             changed = result.changed
             layer.weight.masked_fill_(changed, 0.0)
             layer.set_mask(result.mask)
-            if optimizer is not None:
-                for slot in optimizer.state.get(layer.weight, {}).values():
-                    if isinstance(slot, torch.Tensor) and slot.shape == layer.weight.shape:
-                        slot.masked_fill_(changed, 0)
+            self._zero_state(optimizer, layer, changed)
             for target in self._targets:
                 target[i].weight.masked_fill_(changed, 0.0)
                 target[i].set_mask(result.mask)
             dropped += int(result.dropped.sum())
             grown += int(result.grown.sum())
+        if self.config.rewire_dormant and self.dormant_fn is not None:
+            self.last_rewired = self._rewire(self.dormant_fn(), optimizer, generator)
         self._rng_state = generator.get_state()
         self.n_updates += 1
         self.last_dropped, self.last_grown, self.last_fraction = dropped, grown, fraction
         for listener in self.listeners:
             listener(self)
+
+    def _rewire(
+        self,
+        dormant: dict[int, tuple[torch.Tensor, list[int]]],
+        optimizer: torch.optim.Optimizer | None,
+        generator: torch.Generator,
+    ) -> int:
+        """Neuron-level regrowth of the dormant rows; returns how many neurons were rewired."""
+        rewired = 0
+        for i, (rows, consumers) in dormant.items():
+            layer = self._layers[i]
+            rows_idx = rows.nonzero().flatten().tolist()
+            if not rows_idx or layer.nnz == layer.mask.numel():
+                continue
+            bound = 1.0 / layer.in_features**0.5
+            changed = torch.zeros_like(layer.mask)
+            for r in rows_idx:
+                k = int(layer.mask[r].sum())
+                new_row = torch.zeros(layer.in_features, dtype=torch.bool)
+                new_row[torch.randperm(layer.in_features, generator=generator)[:k]] = True
+                init = (torch.rand(layer.in_features, generator=generator) * 2 - 1) * bound
+                layer.mask[r] = new_row.to(layer.mask.device)
+                layer.weight[r] = (init * new_row).to(layer.weight)
+                changed[r] = True
+            layer.explored.logical_or_(layer.mask)
+            self._zero_state(optimizer, layer, changed)
+            for target in self._targets:
+                target[i].mask.copy_(layer.mask)
+                target[i].explored.logical_or_(layer.mask)
+                target[i].weight[changed] = layer.weight[changed]
+            for j in consumers:  # outgoing weights restart at zero (ReDo)
+                consumer = self._layers[j]
+                cols = torch.zeros_like(consumer.mask)
+                cols[:, rows_idx] = True
+                consumer.weight.masked_fill_(cols, 0.0)
+                self._zero_state(optimizer, consumer, cols)
+                for target in self._targets:
+                    target[j].weight.masked_fill_(cols, 0.0)
+            rewired += len(rows_idx)
+        return rewired
+
+    @staticmethod
+    def _zero_state(optimizer: torch.optim.Optimizer | None, layer: MaskedLinear, positions: torch.Tensor) -> None:
+        if optimizer is None:
+            return
+        for slot in optimizer.state.get(layer.weight, {}).values():
+            if isinstance(slot, torch.Tensor) and slot.shape == layer.weight.shape:
+                slot.masked_fill_(positions, 0)
 
     def stats(self, per_layer: bool = False) -> dict[str, Any]:
         """Density, ITOP rate, FLOPs and the last update's counts."""
@@ -316,6 +375,7 @@ class TopologyController(nn.Module):
             last_dropped=self.last_dropped,
             last_grown=self.last_grown,
             last_drop_fraction=self.last_fraction,
+            last_rewired=self.last_rewired,
         )
         return stats
 

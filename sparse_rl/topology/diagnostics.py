@@ -70,3 +70,46 @@ def gradient_snr(params: Iterable[torch.Tensor], losses: Iterable[Callable[[], t
     mean = g.mean(dim=0)
     noise = ((g - mean) ** 2).sum(dim=1).mean()
     return float((mean**2).sum() / noise.clamp(min=1e-30))
+
+
+@torch.no_grad()
+def dormant_units(
+    network: nn.Module, forward: Callable[[], Any], tau: float = 0.1
+) -> list[tuple[nn.Linear, torch.Tensor, list[nn.Linear]]]:
+    """Dormant neurons with their place in the network, from the order modules are called in.
+
+    :return: per hidden layer ``(producer, dormant rows, consumers)``: the linear layer whose outputs the
+        activation applies to, a bool tensor over its outputs, and the linear layers called next that
+        take those outputs as input (e.g. SAC's ``mu`` and ``log_std`` heads).
+    """
+    calls: list[tuple[nn.Module, torch.Tensor | None]] = []
+    hooks = [
+        m.register_forward_hook(
+            lambda mod, _i, out: calls.append((mod, out.detach() if isinstance(mod, ACTIVATIONS) else None))
+        )
+        for m in network.modules()
+        if isinstance(m, (nn.Linear, *ACTIVATIONS))
+    ]
+    try:
+        forward()
+    finally:
+        for h in hooks:
+            h.remove()
+    units = []
+    for pos, (_, out) in enumerate(calls):
+        if out is None:
+            continue
+        producer = next((m for m, _ in reversed(calls[:pos]) if isinstance(m, nn.Linear)), None)
+        if producer is None:
+            continue
+        consumers = []
+        for m, o in calls[pos + 1 :]:
+            if o is not None:
+                break
+            if isinstance(m, nn.Linear) and m.in_features == producer.out_features:
+                consumers.append(m)
+        if not consumers:  # an output squashing (TD3's final tanh), not a hidden layer
+            continue
+        activity = out.abs().reshape(-1, out.shape[-1]).mean(dim=0)
+        units.append((producer, activity / activity.mean().clamp(min=1e-12) <= tau, consumers))
+    return units
