@@ -2,7 +2,9 @@
 
 Both models are built and warmed up (past ``learning_starts``), then trained in alternating chunks of
 ``--chunk`` env steps so machine noise hits both alike. Each round gives a ratio
-sparse steps/s ÷ dense steps/s; the median over rounds is the result.
+sparse steps/s ÷ dense steps/s; the median over rounds is the result. Steps/s are given per second of
+wall-clock and per second of this process's CPU time (the latter is robust to other load on a shared
+machine).
 
     python benchmarks/overhead.py --env HalfCheetah-v5 --rounds 7 --chunk 1000
 """
@@ -63,12 +65,15 @@ def main() -> None:
         model.learn(args.warmup, callback=pin[name])
 
     rates: dict[str, list[float]] = {name: [] for name in models}
+    cpu_rates: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(args.rounds):
         for name, model in models.items():
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             model.learn(args.chunk, reset_num_timesteps=False, callback=pin[name])
             rates[name].append(args.chunk / (time.perf_counter() - start))
+            cpu_rates[name].append(args.chunk / (time.process_time() - cpu_start))
     ratios = [s / d for s, d in zip(rates["sparse"], rates["dense"])]
+    cpu_ratios = [s / d for s, d in zip(cpu_rates["sparse"], cpu_rates["dense"])]
 
     report = sparsity_report(models["sparse"])
     print(f"env={args.env} sparsity={args.sparsity} topology={args.topology} threads={args.threads}")
@@ -77,13 +82,15 @@ def main() -> None:
         f"actor {report['actor']['topology_updates']}, critic {report['critic']['topology_updates']}"
     )
     print()
-    print("| round | dense steps/s | sparse steps/s | ratio |")
-    print("|---|---|---|---|")
-    for i, (d, s, r) in enumerate(zip(rates["dense"], rates["sparse"], ratios), 1):
-        print(f"| {i} | {d:.1f} | {s:.1f} | {r:.3f} |")
+    print("| round | dense steps/s | sparse steps/s | ratio (wall) | dense steps/CPU-s | sparse steps/CPU-s | ratio (CPU) |")
+    print("|---|---|---|---|---|---|---|")
+    rows = zip(rates["dense"], rates["sparse"], ratios, cpu_rates["dense"], cpu_rates["sparse"], cpu_ratios)
+    for i, row in enumerate(rows, 1):
+        print(f"| {i} | " + " | ".join(f"{v:.3f}" if j in (2, 5) else f"{v:.1f}" for j, v in enumerate(row)) + " |")
+    med = statistics.median
     print(
-        f"| median | {statistics.median(rates['dense']):.1f} | {statistics.median(rates['sparse']):.1f} | "
-        f"{statistics.median(ratios):.3f} |"
+        f"| median | {med(rates['dense']):.1f} | {med(rates['sparse']):.1f} | {med(ratios):.3f} | "
+        f"{med(cpu_rates['dense']):.1f} | {med(cpu_rates['sparse']):.1f} | {med(cpu_ratios):.3f} |"
     )
 
 
