@@ -1,0 +1,107 @@
+"""Shared helpers of the learning benchmarks: run CLI trainings in parallel, summarise run directories."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Run:
+    name: str  # group name, e.g. "rigl"
+    seed: int
+    run_dir: Path
+    args: list[str]  # python -m sparse_rl.train arguments (without --seed/--run-dir)
+
+    def command(self) -> list[str]:
+        if (self.run_dir / "config.yaml").is_file():  # started before: continue from its checkpoint
+            return [sys.executable, "-m", "sparse_rl.train", "--resume", str(self.run_dir), "--no-progress"]
+        return [
+            sys.executable,
+            "-m",
+            "sparse_rl.train",
+            *self.args,
+            "--seed",
+            str(self.seed),
+            "--run-dir",
+            str(self.run_dir),
+            "--no-progress",
+        ]
+
+
+def run_all(runs: list[Run], jobs: int, log_dir: Path) -> None:
+    """Run every unfinished run (no summary.json yet), ``jobs`` at a time, one torch thread each."""
+    todo = [r for r in runs if not (r.run_dir / "summary.json").is_file()]
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    def one(run: Run) -> int:
+        with open(log_dir / f"{run.run_dir.name}.log", "w") as f:
+            return subprocess.call(run.command(), stdout=f, stderr=subprocess.STDOUT)
+
+    start = time.time()
+    with ThreadPoolExecutor(jobs) as pool:
+        codes = list(pool.map(one, todo))
+    print(f"{len(todo)} runs in {(time.time() - start) / 60:.1f} min, exit codes {codes}")
+
+
+def summarize(groups: dict[str, list[Path]]) -> list[dict]:
+    """Final return mean and 95% CI (1.96·sd/√n over seeds), density, FLOPs ratio, wall-clock per group."""
+    rows = []
+    for name, dirs in groups.items():
+        summaries = [json.loads((d / "summary.json").read_text()) for d in dirs if (d / "summary.json").is_file()]
+        if not summaries:
+            continue
+        finals = [s["final_eval"]["return_mean"] for s in summaries]
+        sp = [s["sparsity"] for s in summaries]
+        rows.append(
+            {
+                "method": name,
+                "seeds": len(finals),
+                "final_return_mean": statistics.mean(finals),
+                "ci95": 1.96 * statistics.stdev(finals) / math.sqrt(len(finals)) if len(finals) > 1 else float("nan"),
+                "actor_density": statistics.mean(p["actor"]["density"] for p in sp),
+                "critic_density": statistics.mean(p["critic"]["density"] for p in sp),
+                # a gradient step costs ~3 forward passes of actor and critic, sparse or dense alike
+                "train_flops_ratio": statistics.mean(
+                    (p["actor"]["flops"] + p["critic"]["flops"]) / (p["actor"]["dense_flops"] + p["critic"]["dense_flops"])
+                    for p in sp
+                ),
+                "wall_clock_min": statistics.median(s["wall_clock_s"] for s in summaries) / 60,
+                "finals": finals,
+            }
+        )
+    return rows
+
+
+def markdown(rows: list[dict], baseline: str = "dense") -> str:
+    base = next((r["final_return_mean"] for r in rows if r["method"] == baseline), None)
+    lines = [
+        "| method | seeds | final return (mean ± 95% CI) | per seed | ratio to dense | actor / critic density | training FLOPs vs dense | wall-clock (median) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = f"{r['final_return_mean'] / base:.2f}" if base else "-"
+        per_seed = ", ".join(f"{v:.0f}" for v in r["finals"])
+        lines.append(
+            f"| {r['method']} | {r['seeds']} | {r['final_return_mean']:.0f} ± {r['ci95']:.0f} | {per_seed} | {ratio} | "
+            f"{r['actor_density']:.3f} / {r['critic_density']:.3f} | {r['train_flops_ratio']:.3f} | {r['wall_clock_min']:.0f} min |"
+        )
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = [k for k in rows[0] if k != "finals"] if rows else []
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)

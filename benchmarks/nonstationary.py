@@ -1,0 +1,125 @@
+"""Non-stationarity benchmark: dense, RigL, RLx2 and sparse_rl (+ one-component ablation), SAC.
+
+For each env x sparsity x seed, through the CLI (``--jobs`` at a time, resumable):
+
+- ``dense``: SB3's MlpPolicy;  ``rigl``: the rigl preset;
+- ``rlx2``: the rlx2 preset with its horizons scaled to the budget (RLx2 switches n-step targets on at
+  10% of training and never shrinks the buffer below 1/15 of its size: 300k and 2e5 of 3M steps; at
+  150k steps the published absolute values would never act);
+- ``sparse_rl+all``: the sparse_rl preset with every candidate component (delayed 3-step soft targets,
+  dynamic replay, momentum grow signal, dormant-neuron rewiring), and ``-<component>`` with one removed.
+
+All sparse methods use the same actor and critic sparsity. Writes ``docs/results/nonstationary.csv``, one
+learning-curve PNG per env and sparsity, and prints the Markdown tables for ``docs/benchmarks.md``.
+
+    python benchmarks/nonstationary.py --envs HalfCheetah-v5 Hopper-v5 --sparsities 0.9 0.95 --seeds 0 1 \\
+        --n-timesteps 150000 --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from common import Run, markdown, run_all, summarize, write_csv
+
+
+def components(n: int) -> dict[str, list[str]]:
+    delay, floor = n // 10, max(n // 15, 10_000)
+    return {
+        "nstep": ["n_steps=3", f"n_step_delay={delay}"],
+        "dynamic": ["dynamic_buffer=True", f"buffer_min_size={floor}", f"buffer_check_interval={max(n // 300, 500)}"],
+        "momentum": ["grow_signal='momentum'"],
+        "rewire": ["rewire_dormant=True"],
+    }
+
+
+def methods(n: int) -> dict[str, tuple[str, list[str]]]:
+    comp = components(n)
+    every = [s for sets in comp.values() for s in sets]
+    out = {
+        "dense": ("dense", []),
+        "rigl": ("rigl", []),
+        "rlx2": (
+            "rlx2",
+            [
+                f"n_step_delay={n // 10}",
+                f"buffer_min_size={max(n // 15, 10_000)}",
+                f"buffer_check_interval={max(n // 300, 500)}",
+                "learning_starts=10000",
+            ],
+        ),
+        "sparse_rl+all": ("sparse_rl", every),
+    }
+    for name, sets in comp.items():
+        out[f"sparse_rl-{name}"] = ("sparse_rl", [s for s in every if s not in sets])
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--envs", nargs="+", default=["HalfCheetah-v5", "Hopper-v5"])
+    p.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.95])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--n-timesteps", type=int, default=150_000)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--root", type=Path, default=Path("runs/nonstationary"))
+    p.add_argument("--out", type=Path, default=Path("docs/results"))
+    p.add_argument("--report-only", action="store_true")
+    args = p.parse_args()
+
+    runs: list[Run] = []
+    for env in args.envs:
+        for sparsity in args.sparsities:
+            for seed in args.seeds:
+                for name, (preset, sets) in methods(args.n_timesteps).items():
+                    if name == "dense" and sparsity != args.sparsities[0]:
+                        continue  # one dense baseline per env
+                    cli = [
+                        "--algo",
+                        "sac",
+                        "--env",
+                        env,
+                        "--preset",
+                        preset,
+                        "--n-timesteps",
+                        str(args.n_timesteps),
+                        "--set",
+                        f"actor_sparsity={sparsity}",
+                        "--set",
+                        f"critic_sparsity={sparsity}",
+                        "--set",
+                        "eval_episodes=5",
+                    ]
+                    for s in sets:
+                        cli += ["--set", s]
+                    tag = "dense" if name == "dense" else f"{name}-{sparsity}"
+                    runs.append(Run(f"{env}|{tag}", seed, args.root / env / f"{tag}-s{seed}", cli))
+    if not args.report_only:
+        run_all(runs, args.jobs, args.root / "logs")
+    from sparse_rl.plot import plot_runs
+
+    all_rows = []
+    for env in args.envs:
+        for sparsity in args.sparsities:
+            names = [
+                n
+                for n in dict.fromkeys(r.name for r in runs)
+                if n.startswith(f"{env}|") and (n.endswith(f"-{sparsity}") or n.endswith("|dense"))
+            ]
+            groups = {n.split("|", 1)[1]: [r.run_dir for r in runs if r.name == n] for n in names}
+            rows = summarize(groups)
+            for r in rows:
+                r["env"], r["sparsity"] = env, sparsity
+            all_rows += rows
+            print(f"\nSAC on {env}, {sparsity:.0%} sparsity, {args.n_timesteps} steps:\n")
+            print(markdown(rows))
+            done = [d for dirs in groups.values() for d in dirs if (d / "evaluations.csv").is_file()]
+            if done:
+                plot_runs(done, args.out / f"nonstationary-{env}-{sparsity}.png", title=f"SAC {env}, {sparsity:.0%}")
+    if all_rows:
+        write_csv(all_rows, args.out / "nonstationary.csv")
+
+
+if __name__ == "__main__":
+    main()
