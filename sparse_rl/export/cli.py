@@ -170,7 +170,7 @@ def report(graph: ActorGraph) -> list[str]:
     if arm_toolchain() is None:
         lines += ["", "Cortex-M4 sizes: arm-none-eabi-gcc not found (apt-get install gcc-arm-none-eabi)"]
         return lines
-    lines += ["", "Cortex-M4F (arm-none-eabi-gcc -O2, object file): | variant | flash | RAM |", "|---|---|---|"]
+    lines += ["", "Cortex-M4F (arm-none-eabi-gcc -O2, object file, bytes):", "", "| variant | flash | RAM |", "|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         for name, quantize, dense in (
             ("C float32", "none", False),
