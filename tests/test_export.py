@@ -236,3 +236,19 @@ def test_dense_sb3_model_exports(tmp_path):
     cli.export(graph, "sparse", tmp_path / "d.npz")
     obs = observations(m, 100)
     assert np.abs(SparsePolicy.load(tmp_path / "d.npz").act(obs) - torch_actions(m, obs)).max() <= FLOAT_TOL * 4
+
+
+def test_custom_features_extractor_is_refused():
+    from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+
+    class Conv1dFeatures(BaseFeaturesExtractor):
+        def __init__(self, observation_space):
+            super().__init__(observation_space, features_dim=8)
+            self.net = nn.Sequential(nn.Unflatten(1, (1, 3)), nn.Conv1d(1, 8, 3), nn.Flatten())
+
+        def forward(self, obs):
+            return self.net(obs)
+
+    model = SAC("MlpPolicy", "Pendulum-v1", policy_kwargs=dict(features_extractor_class=Conv1dFeatures))
+    with pytest.raises(ExportError, match="Conv1dFeatures"):
+        extract_actor(model)
