@@ -39,49 +39,33 @@ DEFAULT_SPARSITY = 0.9
 
 
 @dataclass
-class SparsityConfig:
-    """The sparse part of ``policy_kwargs`` (everything else goes to SB3's policy).
+class SparsityConfig(TopologyConfig):
+    """The sparse part of ``policy_kwargs`` (everything else goes to SB3's policy). The topology fields
+    (``topology`` ... ``dormant_tau``) are :class:`TopologyConfig`'s, shared by actor and critic.
 
     :param sparsity: fraction of zero weights in actor *and* critic, in [0, 1); default 0.9.
     :param actor_sparsity: overrides ``sparsity`` for the actor (and its target).
     :param critic_sparsity: overrides ``sparsity`` for the critic (and its target).
     :param distribution: per-layer density distribution: ``uniform``, ``er`` or ``erk``.
-    :param topology: ``static``, ``set``, ``rigl`` or any registered updater.
-    :param update_interval: optimizer steps between topology updates, counted per network
-        (TD3 steps its actor every ``policy_delay`` critic steps).
-    :param drop_fraction: fraction of active weights replaced at an update, in (0, 1].
-    :param drop_schedule: ``constant`` or ``cosine`` decay of the drop fraction.
-    :param end_fraction: fraction of ``total_timesteps`` after which the topology is frozen, in (0, 1].
     :param dense_first_layer: keep the input layer(s) dense.
     :param dense_last_layer: keep the output layer(s) dense.
     :param sparse_init: rescale each neuron's initial weights by ``sqrt(dense fan-in / actual fan-in)``.
-    :param grow_signal: ``batch``, ``accumulate`` or ``momentum`` (see :class:`TopologyConfig`).
-    :param grow_batches: batches averaged by ``grow_signal="accumulate"``.
-    :param grow_momentum: factor of ``grow_signal="momentum"``.
-    :param rewire_dormant: neuron-level regrowth of dormant neurons at topology updates (measured on a
-        replay batch; see :class:`TopologyConfig`).
-    :param dormant_tau: ReDo threshold for ``rewire_dormant``.
+
+    ``update_interval`` is counted in each network's own optimizer steps (TD3 steps its actor every
+    ``policy_delay`` critic steps) and ``end_fraction`` in fractions of the algorithm's ``total_timesteps``.
     """
 
     sparsity: float | None = None
     actor_sparsity: float | None = None
     critic_sparsity: float | None = None
     distribution: str = "erk"
-    topology: str = "rigl"
-    update_interval: int = 1000
-    drop_fraction: float = 0.5
-    drop_schedule: str = "cosine"
-    end_fraction: float = 0.8
+    drop_fraction: float = 0.5  # Graesser et al. 2022's SAC setting (TopologyConfig's generic default: 0.3)
     dense_first_layer: bool = False
     dense_last_layer: bool = False
     sparse_init: bool = False
-    grow_signal: str = "batch"
-    grow_batches: int = 1
-    grow_momentum: float = 0.9
-    rewire_dormant: bool = False
-    dormant_tau: float = 0.1
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # topology, schedule, interval, fractions, grow signal
         for name in ("sparsity", "actor_sparsity", "critic_sparsity"):
             value = getattr(self, name)
             if value is None:
@@ -94,7 +78,6 @@ class SparsityConfig:
         for name in ("dense_first_layer", "dense_last_layer", "sparse_init", "rewire_dormant"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        self.topology_config()  # validates topology, schedule, interval and fractions
 
     def network_sparsity(self, network: str) -> float:
         own = getattr(self, f"{network}_sparsity")
@@ -103,18 +86,7 @@ class SparsityConfig:
         return float(self.sparsity) if self.sparsity is not None else DEFAULT_SPARSITY
 
     def topology_config(self) -> TopologyConfig:
-        return TopologyConfig(
-            topology=self.topology,
-            update_interval=self.update_interval,
-            drop_fraction=self.drop_fraction,
-            drop_schedule=self.drop_schedule,
-            end_fraction=self.end_fraction,
-            grow_signal=self.grow_signal,
-            grow_batches=self.grow_batches,
-            grow_momentum=self.grow_momentum,
-            rewire_dormant=self.rewire_dormant,
-            dormant_tau=self.dormant_tau,
-        )
+        return TopologyConfig(**{f.name: getattr(self, f.name) for f in fields(TopologyConfig)})
 
 
 SPARSE_KWARGS = frozenset(f.name for f in fields(SparsityConfig))
