@@ -235,3 +235,34 @@ def test_diagnostics_on_replay_data_leave_rngs_untouched(algo, policy):
     assert 0.0 <= d["actor_dormant"] <= 1.0 and 0.0 <= d["critic_dormant"] <= 1.0
     assert d["critic_grad_snr"] > 0
     assert all(p.grad is None for p in model.policy.critic.parameters())
+
+
+def test_the_user_snippet(tmp_path):
+    """The README/issue snippet, with smaller budgets."""
+    model = SAC(
+        SparseSACPolicy,
+        "HalfCheetah-v5",
+        policy_kwargs=dict(sparsity=0.9, topology="rigl"),
+        seed=0,
+        learning_starts=100,
+        batch_size=64,
+    )
+    model.learn(400)
+    report = sparsity_report(model)
+    assert report["actor"]["density"] == pytest.approx(0.1, abs=1e-4)
+    model.save(tmp_path / "cheetah")
+    loaded = SAC.load(tmp_path / "cheetah")
+    for (name, a), (_, b) in zip(model.policy.named_buffers(), loaded.policy.named_buffers()):
+        if name.endswith("mask"):
+            assert torch.equal(a, b), name
+    td3 = TD3(
+        SparseTD3Policy,
+        "Hopper-v5",
+        policy_kwargs=dict(actor_sparsity=0.9, critic_sparsity=0.8),
+        learning_starts=100,
+        batch_size=64,
+    )
+    td3.learn(300)
+    td3_report = sparsity_report(td3)
+    assert td3_report["actor"]["density"] == pytest.approx(0.1, abs=1e-4)
+    assert td3_report["critic"]["density"] == pytest.approx(0.2, abs=1e-4)
