@@ -252,3 +252,15 @@ def test_custom_features_extractor_is_refused():
     model = SAC("MlpPolicy", "Pendulum-v1", policy_kwargs=dict(features_extractor_class=Conv1dFeatures))
     with pytest.raises(ExportError, match="Conv1dFeatures"):
         extract_actor(model)
+
+
+def test_run_without_model(tmp_path, capsys):
+    from sparse_rl.config import config_to_dict, resolve_config
+    from sparse_rl.run import write_yaml
+
+    run = tmp_path / "run"
+    config = config_to_dict(resolve_config("sac", "Pendulum-v1"))
+    write_yaml(run / "config.yaml", {"algo": "sac", "env": "Pendulum-v1", "seed": 0, "label": "x", "config": config})
+    code, lines = run_cli([run, "--format", "sparse", "--out", tmp_path / "p.npz"], capsys)
+    assert code == 2 and len(lines) == 1 and "has no model yet" in lines[0]
+    assert not (tmp_path / "p.npz").exists()
