@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sparse_rl.run import RunError, read_run
+from sparse_rl.run import RunError, default_file_mode, read_run
 
 
 def _read_evaluations(run_dir: Path) -> dict[str, np.ndarray]:
@@ -71,6 +71,7 @@ def plot_runs(run_dirs: list[Path], out: Path, title: str | None = None) -> Path
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".png")
     os.close(fd)
+    os.chmod(tmp, default_file_mode())
     try:
         fig.savefig(tmp, dpi=110)
         os.replace(tmp, out)
