@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import sys
 import weakref
 from dataclasses import dataclass, fields
 from functools import partial
@@ -32,6 +31,7 @@ from stable_baselines3.sac.policies import SACPolicy
 from stable_baselines3.td3.policies import TD3Policy
 from torch import nn
 
+from sparse_rl.agents.owner import find_owner
 from sparse_rl.sparse import MaskedLinear, check_distribution, masked_layers, replace_linears, sparsify
 from sparse_rl.topology import TopologyConfig, TopologyController, sparse_seed
 
@@ -179,20 +179,13 @@ class SparsePolicyMixin:
         self._model_ref = weakref.ref(model)
 
     def _model(self) -> Any:
-        model = self._model_ref() if self._model_ref is not None else None
-        if model is not None and getattr(model, "policy", None) is self:
-            return model
-        frame = sys._getframe(1)
-        while frame is not None:
-            candidate = frame.f_locals.get("self")
-            if candidate is not self and getattr(candidate, "policy", None) is self and hasattr(candidate, "num_timesteps"):
-                self._model_ref = weakref.ref(candidate)
-                return candidate
-            frame = frame.f_back
-        raise RuntimeError(
-            f"{type(self).__name__} cannot find the SB3 algorithm training it; call policy.bind(model) "
-            "or set the controllers' progress_fn when training with a custom loop"
-        )
+        model, self._model_ref = find_owner(self, "policy", self._model_ref)
+        if model is None:
+            raise RuntimeError(
+                f"{type(self).__name__} cannot find the SB3 algorithm training it; call policy.bind(model) "
+                "or set the controllers' progress_fn when training with a custom loop"
+            )
+        return model
 
     def _training_progress(self) -> float:
         return 1.0 - float(self._model()._current_progress_remaining)

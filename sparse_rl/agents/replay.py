@@ -26,7 +26,6 @@ policies find their algorithm; :meth:`NStepSoftReplayBuffer.bind` makes the link
 
 from __future__ import annotations
 
-import sys
 import weakref
 from typing import Any
 
@@ -35,6 +34,8 @@ import torch
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
+
+from sparse_rl.agents.owner import find_owner
 
 
 class NStepSoftReplayBuffer(ReplayBuffer):
@@ -73,17 +74,8 @@ class NStepSoftReplayBuffer(ReplayBuffer):
         self._model_ref = weakref.ref(model)
 
     def _model(self) -> Any:
-        model = self._model_ref() if self._model_ref is not None else None
-        if model is not None and model.replay_buffer is self:
-            return model
-        frame = sys._getframe(1)
-        while frame is not None:
-            candidate = frame.f_locals.get("self")
-            if candidate is not self and getattr(candidate, "replay_buffer", None) is self:
-                self._model_ref = weakref.ref(candidate)
-                return candidate
-            frame = frame.f_back
-        return None
+        model, self._model_ref = find_owner(self, "replay_buffer", self._model_ref)
+        return model
 
     @property
     def active_n(self) -> int:
