@@ -30,6 +30,10 @@ from sparse_rl.envs.state import get_env_state, set_env_state
 
 ALGOS: dict[str, tuple[type[BaseAlgorithm], type]] = {"sac": (SAC, SparseSACPolicy), "td3": (TD3, SparseTD3Policy)}
 MODEL_FILE = "model.zip"
+#: TrainConfig fields passed unchanged to SAC/TD3
+SB3_KEYS = ("learning_rate", "buffer_size", "learning_starts", "batch_size", "tau", "gamma", "train_freq", "gradient_steps")
+#: DynamicReplayBuffer kwargs, each from TrainConfig's ``buffer_<name>``
+DYNAMIC_BUFFER_KEYS = ("check_interval", "probe_size", "mismatch_threshold", "shrink_fraction", "min_size")
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -58,31 +62,12 @@ def build_model(
     else:
         policy = sparse_policy
         policy_kwargs.update({k: getattr(config, k) for k in SPARSE_KEYS})
-    kwargs: dict[str, Any] = dict(
-        learning_rate=config.learning_rate,
-        buffer_size=config.buffer_size,
-        learning_starts=config.learning_starts,
-        batch_size=config.batch_size,
-        tau=config.tau,
-        gamma=config.gamma,
-        train_freq=config.train_freq,
-        gradient_steps=config.gradient_steps,
-    )
-    if config.dynamic_buffer:
-        kwargs["replay_buffer_class"] = DynamicReplayBuffer
-        kwargs["replay_buffer_kwargs"] = dict(
-            n_steps=config.n_steps,
-            n_step_delay=config.n_step_delay,
-            gamma=config.gamma,
-            check_interval=config.buffer_check_interval,
-            probe_size=config.buffer_probe_size,
-            mismatch_threshold=config.buffer_mismatch_threshold,
-            shrink_fraction=config.buffer_shrink_fraction,
-            min_size=config.buffer_min_size,
-        )
-    elif config.n_steps > 1:
-        kwargs["replay_buffer_class"] = NStepSoftReplayBuffer
+    kwargs: dict[str, Any] = {key: getattr(config, key) for key in SB3_KEYS}
+    if config.dynamic_buffer or config.n_steps > 1:
+        kwargs["replay_buffer_class"] = DynamicReplayBuffer if config.dynamic_buffer else NStepSoftReplayBuffer
         kwargs["replay_buffer_kwargs"] = dict(n_steps=config.n_steps, n_step_delay=config.n_step_delay, gamma=config.gamma)
+        if config.dynamic_buffer:
+            kwargs["replay_buffer_kwargs"].update({key: getattr(config, f"buffer_{key}") for key in DYNAMIC_BUFFER_KEYS})
     if algo == "sac":
         kwargs["ent_coef"] = config.ent_coef  # type: ignore[attr-defined]
     else:
