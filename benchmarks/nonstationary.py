@@ -126,9 +126,14 @@ def main() -> None:
             all_rows += rows
             print(f"\nSAC on {env}, {sparsity:.0%} sparsity, {args.n_timesteps} steps:\n")
             print(markdown(rows))
-            done = [d for dirs in groups.values() for d in dirs if (d / "evaluations.csv").is_file()]
+            done = [(name, d) for name, dirs in groups.items() for d in dirs if (d / "summary.json").is_file()]
             if done:
-                plot_runs(done, args.out / f"nonstationary-{env}-{sparsity}.png", title=f"SAC {env}, {sparsity:.0%}")
+                plot_runs(
+                    [d for _, d in done],
+                    args.out / f"nonstationary-{env}-{sparsity}.png",
+                    title=f"SAC {env}, {sparsity:.0%} (mean ± 95% CI over seeds)",
+                    labels=[name for name, _ in done],
+                )
     if all_rows:
         write_csv(all_rows, args.out / "nonstationary.csv")
 

@@ -40,17 +40,28 @@ def _band(curves: list[dict[str, np.ndarray]], key: str) -> tuple[np.ndarray, np
     return x, mean, half
 
 
-def plot_runs(run_dirs: list[Path], out: Path, title: str | None = None) -> Path:
-    """Write a PNG of learning curves (left) and density/ITOP (right) for ``run_dirs``."""
+def plot_runs(run_dirs: list[Path], out: Path, title: str | None = None, labels: list[str] | None = None) -> Path:
+    """Write a PNG of learning curves (left) and density/ITOP (right) for ``run_dirs``.
+
+    Runs are grouped by ``labels`` (one per run) when given, else by the label and env in their config;
+    the config's label names algorithm, topology and sparsity only, so variants that differ in other
+    settings (n-step targets, replay) need explicit labels to be drawn apart.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if labels is not None and len(labels) != len(run_dirs):
+        raise ValueError(f"got {len(labels)} labels for {len(run_dirs)} runs; give one label per run")
     groups: dict[str, list[dict[str, np.ndarray]]] = defaultdict(list)
-    for run_dir in run_dirs:
-        info = read_run(run_dir)
-        groups[f"{info['label']} ({info['env']})"].append(_read_evaluations(run_dir))
+    for i, run_dir in enumerate(run_dirs):
+        if labels is None:
+            info = read_run(run_dir)
+            label = f"{info['label']} ({info['env']})"
+        else:
+            label = labels[i]
+        groups[label].append(_read_evaluations(run_dir))
     if not groups:
         raise RunError("no runs to plot")
     fig, (ax_ret, ax_sp) = plt.subplots(1, 2, figsize=(12, 4.5))

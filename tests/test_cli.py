@@ -256,3 +256,20 @@ def test_rlx2_presets_hold_the_published_settings():
         assert (c.actor_sparsity, c.critic_sparsity) == (0.9, 0.85)
         hopper = resolve_config(algo, "Hopper-v5", "rlx2")
         assert (hopper.actor_sparsity, hopper.critic_sparsity) == (0.98, 0.95)
+
+
+def test_plot_runs_groups_by_explicit_labels_and_checks_their_count(tmp_path):
+    from sparse_rl.plot import plot_runs
+
+    header = "timesteps,return_mean,actor_density,actor_itop_rate\n"
+    dirs = []
+    for i in range(3):
+        d = tmp_path / f"r{i}"
+        d.mkdir()
+        (d / "evaluations.csv").write_text(header + f"100,{i},0.1,0.1\n200,{2 * i},0.1,0.2\n")
+        dirs.append(d)  # no config.yaml: with explicit labels the config is not needed
+    out = plot_runs(dirs, tmp_path / "p.png", labels=["a", "a", "b"])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="got 2 labels for 3 runs"):
+        plot_runs(dirs, tmp_path / "q.png", labels=["a", "b"])
+    assert not (tmp_path / "q.png").exists()
