@@ -59,6 +59,8 @@ def summarize(groups: dict[str, list[Path]]) -> list[dict]:
         if not summaries:
             continue
         finals = [s["final_eval"]["return_mean"] for s in summaries]
+        # one evaluation is noisy (a single bad episode moves it); the last three are steadier
+        lasts = [_last_evaluations(d) for d in dirs if (d / "summary.json").is_file()]
         sp = [s["sparsity"] for s in summaries]
         rows.append(
             {
@@ -73,6 +75,7 @@ def summarize(groups: dict[str, list[Path]]) -> list[dict]:
                     (p["actor"]["flops"] + p["critic"]["flops"]) / (p["actor"]["dense_flops"] + p["critic"]["dense_flops"])
                     for p in sp
                 ),
+                "last3_return_mean": statistics.mean(lasts),
                 "wall_clock_min": statistics.median(s["wall_clock_s"] for s in summaries) / 60,
                 "finals": finals,
             }
@@ -80,17 +83,28 @@ def summarize(groups: dict[str, list[Path]]) -> list[dict]:
     return rows
 
 
+def _last_evaluations(run_dir: Path, k: int = 3) -> float:
+    """Mean evaluation return over the last ``k`` evaluations of a run."""
+    import csv
+
+    with open(run_dir / "evaluations.csv") as f:
+        returns = [float(r["return_mean"]) for r in csv.DictReader(f)]
+    return statistics.mean(returns[-k:])
+
+
 def markdown(rows: list[dict], baseline: str = "dense") -> str:
     base = next((r["final_return_mean"] for r in rows if r["method"] == baseline), None)
+    base3 = next((r["last3_return_mean"] for r in rows if r["method"] == baseline), None)
     lines = [
-        "| method | seeds | final return (mean ± 95% CI) | per seed | ratio to dense | actor / critic density | training FLOPs vs dense | wall-clock (median) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | seeds | final return (mean ± 95% CI) | per seed | ratio to dense | last 3 evals | actor / critic density | training FLOPs vs dense | wall-clock (median) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ratio = f"{r['final_return_mean'] / base:.2f}" if base else "-"
         per_seed = ", ".join(f"{v:.0f}" for v in r["finals"])
         lines.append(
             f"| {r['method']} | {r['seeds']} | {r['final_return_mean']:.0f} ± {r['ci95']:.0f} | {per_seed} | {ratio} | "
+            f"{r['last3_return_mean']:.0f}" + (f" ({r['last3_return_mean'] / base3:.2f})" if base3 else "") + " | "
             f"{r['actor_density']:.3f} / {r['critic_density']:.3f} | {r['train_flops_ratio']:.3f} | {r['wall_clock_min']:.0f} min |"
         )
     return "\n".join(lines)
