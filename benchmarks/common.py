@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import statistics
@@ -55,12 +56,13 @@ def summarize(groups: dict[str, list[Path]]) -> list[dict]:
     """Final return mean and 95% CI (1.96·sd/√n over seeds), density, FLOPs ratio, wall-clock per group."""
     rows = []
     for name, dirs in groups.items():
-        summaries = [json.loads((d / "summary.json").read_text()) for d in dirs if (d / "summary.json").is_file()]
+        finished = [d for d in dirs if (d / "summary.json").is_file()]
+        summaries = [json.loads((d / "summary.json").read_text()) for d in finished]
         if not summaries:
             continue
         finals = [s["final_eval"]["return_mean"] for s in summaries]
         # one evaluation is noisy (a single bad episode moves it); the last three are steadier
-        lasts = [_last_evaluations(d) for d in dirs if (d / "summary.json").is_file()]
+        lasts = [_last_evaluations(d) for d in finished]
         sp = [s["sparsity"] for s in summaries]
         rows.append(
             {
@@ -85,8 +87,6 @@ def summarize(groups: dict[str, list[Path]]) -> list[dict]:
 
 def _last_evaluations(run_dir: Path, k: int = 3) -> float:
     """Mean evaluation return over the last ``k`` evaluations of a run."""
-    import csv
-
     with open(run_dir / "evaluations.csv") as f:
         returns = [float(r["return_mean"]) for r in csv.DictReader(f)]
     return statistics.mean(returns[-k:])
@@ -111,8 +111,6 @@ def markdown(rows: list[dict], baseline: str = "dense") -> str:
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    import csv
-
     path.parent.mkdir(parents=True, exist_ok=True)
     keys = [k for k in rows[0] if k != "finals"] if rows else []
     with open(path, "w", newline="") as f:

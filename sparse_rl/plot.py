@@ -54,13 +54,10 @@ def plot_runs(run_dirs: list[Path], out: Path, title: str | None = None, labels:
 
     if labels is not None and len(labels) != len(run_dirs):
         raise ValueError(f"got {len(labels)} labels for {len(run_dirs)} runs; give one label per run")
+    if labels is None:
+        labels = [f"{info['label']} ({info['env']})" for info in map(read_run, run_dirs)]
     groups: dict[str, list[dict[str, np.ndarray]]] = defaultdict(list)
-    for i, run_dir in enumerate(run_dirs):
-        if labels is None:
-            info = read_run(run_dir)
-            label = f"{info['label']} ({info['env']})"
-        else:
-            label = labels[i]
+    for label, run_dir in zip(labels, run_dirs):
         groups[label].append(_read_evaluations(run_dir))
     if not groups:
         raise RunError("no runs to plot")
