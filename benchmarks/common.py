@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from sparse_rl.run import CHECKPOINT_DIR, MODEL_FILE
+
 
 @dataclass
 class Run:
@@ -22,8 +24,9 @@ class Run:
     args: list[str]  # python -m sparse_rl.train arguments (without --seed/--run-dir)
 
     def command(self) -> list[str]:
-        if (self.run_dir / "config.yaml").is_file():  # started before: continue from its checkpoint
+        if (self.run_dir / CHECKPOINT_DIR / MODEL_FILE).is_file():  # started before: continue from its checkpoint
             return [sys.executable, "-m", "sparse_rl.train", "--resume", str(self.run_dir), "--no-progress"]
+        # never started, or stopped before its first checkpoint: start afresh
         return [
             sys.executable,
             "-m",
@@ -34,6 +37,7 @@ class Run:
             "--run-dir",
             str(self.run_dir),
             "--no-progress",
+            "--overwrite",
         ]
 
 
