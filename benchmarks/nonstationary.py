@@ -6,9 +6,11 @@ For each env x sparsity x seed, through the CLI (``--jobs`` at a time, resumable
 - ``rlx2``: the rlx2 preset with its horizons scaled to the budget (RLx2 switches n-step targets on at
   10% of training and never shrinks the buffer below 1/15 of its size: 300k and 2e5 of 3M steps; at
   150k steps the published absolute values would never act);
-- ``sparse_rl+all``: the sparse_rl preset with every candidate component (delayed 3-step soft targets,
-  dynamic replay, momentum grow signal, dormant-neuron rewiring), ``-<component>`` with one removed, and
-  ``+accumulate`` with the accumulated grow signal (10 batches) in momentum's place.
+- ``sparse_rl+all``: plain RigL (the rigl preset) with every candidate component (delayed 3-step soft
+  targets, dynamic replay, momentum grow signal, dormant-neuron rewiring), ``-<component>`` with one
+  removed, and ``+accumulate`` with the accumulated grow signal (10 batches) in momentum's place. The
+  components are added to the rigl preset, not the sparse_rl one, so that removing one really removes it
+  whatever the sparse_rl preset holds; ``sparse_rl+all`` is the sparse_rl preset with the horizons scaled.
 
 All sparse methods use the same actor and critic sparsity. Writes ``docs/results/nonstationary.csv``, one
 learning-curve PNG per env and sparsity, and prints the Markdown tables for ``docs/benchmarks.md``.
@@ -50,14 +52,14 @@ def methods(n: int) -> dict[str, tuple[str, list[str]]]:
                 "learning_starts=10000",
             ],
         ),
-        "sparse_rl+all": ("sparse_rl", every),
+        "sparse_rl+all": ("rigl", every),
     }
     for name, sets in comp.items():
-        out[f"sparse_rl-{name}"] = ("sparse_rl", [s for s in every if s not in sets])
+        out[f"sparse_rl-{name}"] = ("rigl", [s for s in every if s not in sets])
     # the other robust grow signal in momentum's place: the mean of the last 10 batches, about the
     # effective window of momentum 0.9 (sparse_rl-momentum is the single-batch RigL signal)
     accumulate = ["grow_signal='accumulate'", "grow_batches=10"]
-    out["sparse_rl+accumulate"] = ("sparse_rl", [s for s in every if s not in comp["momentum"]] + accumulate)
+    out["sparse_rl+accumulate"] = ("rigl", [s for s in every if s not in comp["momentum"]] + accumulate)
     return out
 
 
