@@ -66,7 +66,7 @@ def summarize(groups: dict[str, list[Path]]) -> list[dict]:
             continue
         finals = [s["final_eval"]["return_mean"] for s in summaries]
         # one evaluation is noisy (a single bad episode moves it); the last three are steadier
-        lasts = [_last_evaluations(d) for d in finished]
+        curves = [_evaluations(d) for d in finished]
         sp = [s["sparsity"] for s in summaries]
         rows.append(
             {
@@ -81,7 +81,9 @@ def summarize(groups: dict[str, list[Path]]) -> list[dict]:
                     (p["actor"]["flops"] + p["critic"]["flops"]) / (p["actor"]["dense_flops"] + p["critic"]["dense_flops"])
                     for p in sp
                 ),
-                "last3_return_mean": statistics.mean(lasts),
+                "last3_return_mean": statistics.mean(statistics.mean(r for _, r in c[-3:]) for c in curves),
+                # the area under the later learning curve: every evaluation after the first third of training
+                "late_return_mean": statistics.mean(statistics.mean(r for t, r in c if t > c[-1][0] / 3) for c in curves),
                 "wall_clock_min": statistics.median(s["wall_clock_s"] for s in summaries) / 60,
                 "finals": finals,
             }
@@ -89,26 +91,29 @@ def summarize(groups: dict[str, list[Path]]) -> list[dict]:
     return rows
 
 
-def _last_evaluations(run_dir: Path, k: int = 3) -> float:
-    """Mean evaluation return over the last ``k`` evaluations of a run."""
+def _evaluations(run_dir: Path) -> list[tuple[int, float]]:
+    """(timesteps, mean evaluation return) of every evaluation of a run, in order."""
     with open(run_dir / "evaluations.csv") as f:
-        returns = [float(r["return_mean"]) for r in csv.DictReader(f)]
-    return statistics.mean(returns[-k:])
+        return [(int(r["timesteps"]), float(r["return_mean"])) for r in csv.DictReader(f)]
 
 
 def markdown(rows: list[dict], baseline: str = "dense") -> str:
     base = next((r["final_return_mean"] for r in rows if r["method"] == baseline), None)
-    base3 = next((r["last3_return_mean"] for r in rows if r["method"] == baseline), None)
+    base_rows = [r for r in rows if r["method"] == baseline]
+
+    def vs_base(r: dict, key: str) -> str:
+        return f"{r[key]:.0f}" + (f" ({r[key] / base_rows[0][key]:.2f})" if base_rows else "")
+
     lines = [
-        "| method | seeds | final return (mean ± 95% CI) | per seed | ratio to dense | last 3 evals | actor / critic density | training FLOPs vs dense | wall-clock (median) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | seeds | final return (mean ± 95% CI) | per seed | ratio to dense | last 3 evals | evals after ⅓ | actor / critic density | training FLOPs vs dense | wall-clock (median) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ratio = f"{r['final_return_mean'] / base:.2f}" if base else "-"
         per_seed = ", ".join(f"{v:.0f}" for v in r["finals"])
         lines.append(
             f"| {r['method']} | {r['seeds']} | {r['final_return_mean']:.0f} ± {r['ci95']:.0f} | {per_seed} | {ratio} | "
-            f"{r['last3_return_mean']:.0f}" + (f" ({r['last3_return_mean'] / base3:.2f})" if base3 else "") + " | "
+            f"{vs_base(r, 'last3_return_mean')} | {vs_base(r, 'late_return_mean')} | "
             f"{r['actor_density']:.3f} / {r['critic_density']:.3f} | {r['train_flops_ratio']:.3f} | {r['wall_clock_min']:.0f} min |"
         )
     return "\n".join(lines)
