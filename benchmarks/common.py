@@ -66,7 +66,8 @@ def summarize(groups: dict[str, list[Path]]) -> list[dict]:
             continue
         finals = [s["final_eval"]["return_mean"] for s in summaries]
         # one evaluation is noisy (a single bad episode moves it); the last three are steadier
-        curves = [_evaluations(d) for d in finished]
+        evals = [_evaluations(d) for d in finished]
+        curves = [[(int(e["timesteps"]), float(e["return_mean"])) for e in ev] for ev in evals]
         sp = [s["sparsity"] for s in summaries]
         rows.append(
             {
@@ -85,16 +86,23 @@ def summarize(groups: dict[str, list[Path]]) -> list[dict]:
                 # the area under the later learning curve: every evaluation after the first third of training
                 "late_return_mean": statistics.mean(statistics.mean(r for t, r in c if t > c[-1][0] / 3) for c in curves),
                 "wall_clock_min": statistics.median(s["wall_clock_s"] for s in summaries) / 60,
+                # ReDo dormant fractions at the last evaluation (runs from before the diagnostics: empty)
+                **{
+                    f"{net}_dormant_final": statistics.mean(float(ev[-1][f"{net}_dormant"]) for ev in evals)
+                    if all(ev[-1].get(f"{net}_dormant") for ev in evals)
+                    else ""
+                    for net in ("actor", "critic")
+                },
                 "finals": finals,
             }
         )
     return rows
 
 
-def _evaluations(run_dir: Path) -> list[tuple[int, float]]:
-    """(timesteps, mean evaluation return) of every evaluation of a run, in order."""
+def _evaluations(run_dir: Path) -> list[dict[str, str]]:
+    """The rows of a run's evaluations.csv, in order."""
     with open(run_dir / "evaluations.csv") as f:
-        return [(int(r["timesteps"]), float(r["return_mean"])) for r in csv.DictReader(f)]
+        return list(csv.DictReader(f))
 
 
 def markdown(rows: list[dict], baseline: str = "dense") -> str:
