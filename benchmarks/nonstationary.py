@@ -10,7 +10,7 @@ For each env x sparsity x seed, through the CLI (``--jobs`` at a time, resumable
   targets, dynamic replay, momentum grow signal, dormant-neuron rewiring), ``-<component>`` with one
   removed, and ``+accumulate`` with the accumulated grow signal (10 batches) in momentum's place. The
   components are added to the rigl preset, not the sparse_rl one, so that removing one really removes it
-  whatever the sparse_rl preset holds; ``sparse_rl+all`` is the sparse_rl preset with the horizons scaled.
+  whatever the sparse_rl preset holds.
 
 All sparse methods use the same actor and critic sparsity. Writes ``docs/results/nonstationary.csv``, one
 learning-curve PNG per env and sparsity, and prints the Markdown tables for ``docs/benchmarks.md``.
