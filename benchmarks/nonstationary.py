@@ -10,7 +10,8 @@ For each env x sparsity x seed, through the CLI (``--jobs`` at a time, resumable
   targets, dynamic replay, momentum grow signal, dormant-neuron rewiring), ``-<component>`` with one
   removed, and ``+accumulate`` with the accumulated grow signal (10 batches) in momentum's place. The
   components are added to the rigl preset, not the sparse_rl one, so that removing one really removes it
-  whatever the sparse_rl preset holds.
+  whatever the sparse_rl preset holds;
+- ``rigl+momentum``: plain RigL with the momentum grow signal and nothing else.
 
 All sparse methods use the same actor and critic sparsity. Writes ``docs/results/nonstationary.csv``, one
 learning-curve PNG per env and sparsity, and prints the Markdown tables for ``docs/benchmarks.md``.
@@ -60,6 +61,8 @@ def methods(n: int) -> dict[str, tuple[str, list[str]]]:
     # effective window of momentum 0.9 (sparse_rl-momentum is the single-batch RigL signal)
     accumulate = ["grow_signal='accumulate'", "grow_batches=10"]
     out["sparse_rl+accumulate"] = ("rigl", [s for s in every if s not in comp["momentum"]] + accumulate)
+    # the one component that helped inside the bundle, on plain RigL alone
+    out["rigl+momentum"] = ("rigl", comp["momentum"])
     return out
 
 
