@@ -106,7 +106,6 @@ def _evaluations(run_dir: Path) -> list[dict[str, str]]:
 
 
 def markdown(rows: list[dict], baseline: str = "dense") -> str:
-    base = next((r["final_return_mean"] for r in rows if r["method"] == baseline), None)
     base_rows = [r for r in rows if r["method"] == baseline]
 
     def vs_base(r: dict, key: str) -> str:
@@ -117,7 +116,7 @@ def markdown(rows: list[dict], baseline: str = "dense") -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        ratio = f"{r['final_return_mean'] / base:.2f}" if base else "-"
+        ratio = f"{r['final_return_mean'] / base_rows[0]['final_return_mean']:.2f}" if base_rows else "-"
         per_seed = ", ".join(f"{v:.0f}" for v in r["finals"])
         lines.append(
             f"| {r['method']} | {r['seeds']} | {r['final_return_mean']:.0f} ± {r['ci95']:.0f} | {per_seed} | {ratio} | "
