@@ -24,9 +24,12 @@ class Run:
     args: list[str]  # python -m sparse_rl.train arguments (without --seed/--run-dir)
 
     def command(self) -> list[str]:
-        if (self.run_dir / CHECKPOINT_DIR / MODEL_FILE).is_file():  # started before: continue from its checkpoint
+        ckpt = self.run_dir / CHECKPOINT_DIR
+        if (ckpt / MODEL_FILE).is_file() and (ckpt / "replay_buffer.pkl").is_file():
+            # started before with its replay buffer checkpointed: continue exactly where it stopped
             return [sys.executable, "-m", "sparse_rl.train", "--resume", str(self.run_dir), "--no-progress"]
-        # never started, or stopped before its first checkpoint: start afresh
+        # never started, or its checkpoint lacks the replay buffer: resuming with an empty buffer would be
+        # a different experiment from the uninterrupted runs it is compared with, so start afresh
         return [
             sys.executable,
             "-m",
