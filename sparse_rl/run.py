@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import pickle
@@ -160,6 +162,35 @@ def restore_checkpoint_state(model: BaseAlgorithm, run_dir: Path) -> None:
     torch.set_rng_state(extra["torch"])
     np.random.set_state(extra["numpy"])
     random.setstate(extra["random"])
+
+
+def rewind_evaluations(path: Path, timesteps: int) -> float:
+    """Drop the rows of an ``evaluations.csv`` made after ``timesteps``, the step a resumed run restarts from.
+
+    Without this, a run resumed from a checkpoint older than its last evaluation would list those
+    evaluations twice. Returns the ``wall_clock_s`` of the last row kept (0.0 if none), so that the resumed
+    run's clock continues from it.
+    """
+    if not path.is_file():
+        return 0.0
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = list(reader.fieldnames or [])
+        rows = list(reader)
+    if "timesteps" not in fields or "wall_clock_s" not in fields:
+        raise RunError(f"{str(path)!r} is not an evaluations file: its header {fields} lacks timesteps or wall_clock_s")
+    try:
+        kept = [row for row in rows if int(row["timesteps"]) <= timesteps]
+        last_clock = float(kept[-1]["wall_clock_s"]) if kept else 0.0
+    except (TypeError, ValueError) as err:
+        raise RunError(f"corrupt evaluations file {str(path)!r}: {err}") from None
+    if len(kept) < len(rows):
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(kept)
+        atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+    return last_clock
 
 
 class CheckpointCallback(BaseCallback):

@@ -37,6 +37,7 @@ from sparse_rl.run import (
     load_run_model,
     read_run,
     restore_checkpoint_state,
+    rewind_evaluations,
     run_label,
     save_checkpoint,
     summary,
@@ -185,7 +186,10 @@ def train(args: argparse.Namespace, extra_callbacks: list[BaseCallback] | None =
     evaluator = None
     callbacks: list[BaseCallback] = []
     if config.eval_freq > 0:
-        evaluator = SparseEvalCallback(eval_env, config.eval_freq, config.eval_episodes, run_dir / "evaluations.csv", start)
+        eval_csv = run_dir / "evaluations.csv"
+        # a resumed run repeats the evaluations made after its checkpoint: drop the old ones, continue the clock
+        clock_before = rewind_evaluations(eval_csv, model.num_timesteps) if args.resume is not None else 0.0
+        evaluator = SparseEvalCallback(eval_env, config.eval_freq, config.eval_episodes, eval_csv, start - clock_before)
         callbacks.append(evaluator)
     if config.checkpoint_freq > 0:
         callbacks.append(CheckpointCallback(run_dir, config.checkpoint_freq, save_buffer))

@@ -1,3 +1,4 @@
+import csv
 import json
 
 import pytest
@@ -8,7 +9,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from sparse_rl import evaluate, plot, train
 from sparse_rl.config import CONFIG_CLASSES, available_presets, resolve_config
 from sparse_rl.envs import SHORT_NAMES, resolve_env_id
-from sparse_rl.run import load_run_model
+from sparse_rl.run import RunError, load_run_model, rewind_evaluations
 
 TINY = [
     "--n-timesteps",
@@ -156,6 +157,32 @@ def test_bad_input_exits_2_with_one_clear_line(argv, needle, capsys):
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
+
+
+def test_resume_lists_each_evaluation_once(tmp_path, capsys):
+    # checkpoint at 200 steps, evaluations every 100, crash after 330: the evaluation at 300 is made
+    # before the crash and again after resuming from the 200-step checkpoint; it must be listed once
+    argv = ["--algo", "sac", "--env", "Pendulum", "--run-dir", tmp_path, *TINY, "--n-timesteps", "500"]
+    argv += ["--eval-freq", "100", "--eval-episodes", "1", "--set", "checkpoint_freq=200"]
+    with pytest.raises(KeyboardInterrupt):
+        train.train(train.build_parser().parse_args([str(a) for a in argv]), extra_callbacks=[Crash(330)])
+    before = list(csv.DictReader(open(tmp_path / "evaluations.csv")))
+    assert [int(r["timesteps"]) for r in before] == [100, 200, 300]
+    code, _, err = run_cli(train, ["--resume", tmp_path, "--no-progress"], capsys)
+    assert code == 0, err
+    after = list(csv.DictReader(open(tmp_path / "evaluations.csv")))
+    assert [int(r["timesteps"]) for r in after] == [100, 200, 300, 400, 500]
+    assert after[:2] == before[:2]
+    clocks = [float(r["wall_clock_s"]) for r in after]
+    assert clocks == sorted(clocks)  # the resumed run's clock continues from the last kept row
+
+
+def test_rewind_evaluations_rejects_a_foreign_file(tmp_path):
+    path = tmp_path / "evaluations.csv"
+    path.write_text("step,reward\n1,2\n")
+    with pytest.raises(RunError, match="lacks timesteps"):
+        rewind_evaluations(path, 100)
+    assert path.read_text() == "step,reward\n1,2\n"
 
 
 def test_resume_of_corrupt_run(tmp_path, capsys):
