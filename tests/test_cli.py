@@ -119,6 +119,7 @@ def test_resume_equals_uninterrupted(algo, tmp_path, capsys):
     assert not (tmp_path / "b" / "model.zip").exists()
     code, _, err = run_cli(train, ["--resume", tmp_path / "b", "--no-progress"], capsys)
     assert code == 0, err
+    assert "warning" not in err
     a, b = load_run_model(tmp_path / "a"), load_run_model(tmp_path / "b")
     assert a.num_timesteps == b.num_timesteps == 500
     sd_a, sd_b = a.policy.state_dict(), b.policy.state_dict()
@@ -170,6 +171,7 @@ def test_resume_lists_each_evaluation_once(tmp_path, capsys):
     assert [int(r["timesteps"]) for r in before] == [100, 200, 300]
     code, _, err = run_cli(train, ["--resume", tmp_path, "--no-progress"], capsys)
     assert code == 0, err
+    assert "warning:" in err and "no replay buffer" in err  # not started with --save-replay-buffer
     after = list(csv.DictReader(open(tmp_path / "evaluations.csv")))
     assert [int(r["timesteps"]) for r in after] == [100, 200, 300, 400, 500]
     assert after[:2] == before[:2]
