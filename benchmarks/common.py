@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from sparse_rl.run import CHECKPOINT_DIR, MODEL_FILE
+from sparse_rl.run import CHECKPOINT_DIR, MODEL_FILE, REPLAY_BUFFER_FILE
 
 
 @dataclass
@@ -25,7 +25,7 @@ class Run:
 
     def command(self) -> list[str]:
         ckpt = self.run_dir / CHECKPOINT_DIR
-        if (ckpt / MODEL_FILE).is_file() and (ckpt / "replay_buffer.pkl").is_file():
+        if (ckpt / MODEL_FILE).is_file() and (ckpt / REPLAY_BUFFER_FILE).is_file():
             # started before with its replay buffer checkpointed: continue exactly where it stopped
             return [sys.executable, "-m", "sparse_rl.train", "--resume", str(self.run_dir), "--no-progress"]
         # never started, or its checkpoint lacks the replay buffer: resuming with an empty buffer would be

@@ -37,6 +37,7 @@ SB3_KEYS = ("learning_rate", "buffer_size", "learning_starts", "batch_size", "ta
 #: DynamicReplayBuffer kwargs, each from TrainConfig's ``buffer_<name>``
 DYNAMIC_BUFFER_KEYS = ("check_interval", "probe_size", "mismatch_threshold", "shrink_fraction", "min_size")
 CHECKPOINT_DIR = "checkpoints"
+REPLAY_BUFFER_FILE = "replay_buffer.pkl"  # inside CHECKPOINT_DIR, only with --save-replay-buffer
 
 
 class RunError(ValueError):
@@ -130,7 +131,7 @@ def save_checkpoint(model: BaseAlgorithm, run_dir: Path, save_replay_buffer: boo
     """
     ckpt = run_dir / CHECKPOINT_DIR
     if save_replay_buffer and getattr(model, "replay_buffer", None) is not None:
-        atomic_write(ckpt / "replay_buffer.pkl", model.save_replay_buffer)  # type: ignore[attr-defined]
+        atomic_write(ckpt / REPLAY_BUFFER_FILE, model.save_replay_buffer)  # type: ignore[attr-defined]
     extra = {
         "timesteps": int(model.num_timesteps),
         "torch": torch.get_rng_state(),
@@ -145,7 +146,7 @@ def save_checkpoint(model: BaseAlgorithm, run_dir: Path, save_replay_buffer: boo
 def restore_checkpoint_state(model: BaseAlgorithm, run_dir: Path) -> None:
     """Restore the training env, the global RNGs and the replay buffer saved beside the checkpoint."""
     ckpt = run_dir / CHECKPOINT_DIR
-    buffer = ckpt / "replay_buffer.pkl"
+    buffer = ckpt / REPLAY_BUFFER_FILE
     if buffer.is_file():
         model.load_replay_buffer(buffer)  # type: ignore[attr-defined]
     state_file = ckpt / "state.pkl"

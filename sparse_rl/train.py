@@ -30,6 +30,7 @@ from sparse_rl.evaluation import SparseEvalCallback
 from sparse_rl.run import (
     CHECKPOINT_DIR,
     MODEL_FILE,
+    REPLAY_BUFFER_FILE,
     CheckpointCallback,
     RunError,
     atomic_write,
@@ -178,7 +179,7 @@ def train(args: argparse.Namespace, extra_callbacks: list[BaseCallback] | None =
         model = load_run_model(run_dir, env=env, device=args.device, prefer_checkpoint=True)
         model.tensorboard_log = tb
         restore_checkpoint_state(model, run_dir)
-        if not (run_dir / CHECKPOINT_DIR / "replay_buffer.pkl").is_file() and model.num_timesteps < config.n_timesteps:
+        if not (run_dir / CHECKPOINT_DIR / REPLAY_BUFFER_FILE).is_file() and model.num_timesteps < config.n_timesteps:
             print(
                 f"warning: {run_dir}/checkpoints holds no replay buffer, so training continues from an empty one "
                 "(a different run from an uninterrupted one); start runs with --save-replay-buffer to resume exactly",
