@@ -50,7 +50,8 @@ def run_all(runs: list[Run], jobs: int, log_dir: Path) -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
 
     def one(run: Run) -> int:
-        with open(log_dir / f"{run.run_dir.name}.log", "w") as f:
+        # the parent folder is the env in the benchmarks' layouts: same-named runs on two envs keep their logs
+        with open(log_dir / f"{run.run_dir.parent.name}-{run.run_dir.name}.log", "w") as f:
             return subprocess.call(run.command(), stdout=f, stderr=subprocess.STDOUT)
 
     start = time.time()
