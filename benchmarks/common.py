@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from sparse_rl.run import CHECKPOINT_DIR, MODEL_FILE, REPLAY_BUFFER_FILE
+from sparse_rl.run import CHECKPOINT_DIR, EVALUATIONS_FILE, MODEL_FILE, checkpoint_has_replay_buffer
 
 
 @dataclass
@@ -25,7 +25,7 @@ class Run:
 
     def command(self) -> list[str]:
         ckpt = self.run_dir / CHECKPOINT_DIR
-        if (ckpt / MODEL_FILE).is_file() and (ckpt / REPLAY_BUFFER_FILE).is_file():
+        if (ckpt / MODEL_FILE).is_file() and checkpoint_has_replay_buffer(self.run_dir):
             # started before with its replay buffer checkpointed: continue exactly where it stopped
             return [sys.executable, "-m", "sparse_rl.train", "--resume", str(self.run_dir), "--no-progress"]
         # never started, or its checkpoint lacks the replay buffer: resuming with an empty buffer would be
@@ -105,7 +105,7 @@ def summarize(groups: dict[str, list[Path]]) -> list[dict]:
 
 def _evaluations(run_dir: Path) -> list[dict[str, str]]:
     """The rows of a run's evaluations.csv, in order."""
-    with open(run_dir / "evaluations.csv") as f:
+    with open(run_dir / EVALUATIONS_FILE) as f:
         return list(csv.DictReader(f))
 
 

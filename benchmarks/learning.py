@@ -15,6 +15,8 @@ from pathlib import Path
 
 from common import Run, markdown, run_all, summarize, write_csv
 
+from sparse_rl.run import EVALUATIONS_FILE
+
 METHODS = ["dense", "static", "set", "rigl"]
 
 
@@ -60,7 +62,7 @@ def main() -> None:
     write_csv(rows, args.out / "learning.csv")
     from sparse_rl.plot import plot_runs
 
-    done = [d for dirs in groups.values() for d in dirs if (d / "evaluations.csv").is_file()]
+    done = [d for dirs in groups.values() for d in dirs if (d / EVALUATIONS_FILE).is_file()]
     plot_runs(done, args.out / "learning.png", title=f"SAC {args.env}, {args.sparsity:.0%} sparsity")
     print(f"SAC on {args.env}, {args.n_timesteps} steps, final evaluation (5 episodes per seed):\n")
     print(markdown(rows))

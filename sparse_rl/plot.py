@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sparse_rl.run import RunError, default_file_mode, read_run
+from sparse_rl.run import EVALUATIONS_FILE, RunError, default_file_mode, read_run
 
 
 def _read_evaluations(run_dir: Path) -> dict[str, np.ndarray]:
-    path = run_dir / "evaluations.csv"
+    path = run_dir / EVALUATIONS_FILE
     if not path.is_file():
         raise RunError(f"run {str(run_dir)!r} has no evaluations.csv yet")
     with open(path) as f:

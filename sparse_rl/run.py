@@ -38,6 +38,7 @@ SB3_KEYS = ("learning_rate", "buffer_size", "learning_starts", "batch_size", "ta
 DYNAMIC_BUFFER_KEYS = ("check_interval", "probe_size", "mismatch_threshold", "shrink_fraction", "min_size")
 CHECKPOINT_DIR = "checkpoints"
 REPLAY_BUFFER_FILE = "replay_buffer.pkl"  # inside CHECKPOINT_DIR, only with --save-replay-buffer
+EVALUATIONS_FILE = "evaluations.csv"
 
 
 class RunError(ValueError):
@@ -143,12 +144,16 @@ def save_checkpoint(model: BaseAlgorithm, run_dir: Path, save_replay_buffer: boo
     atomic_write(ckpt / MODEL_FILE, model.save)
 
 
+def checkpoint_has_replay_buffer(run_dir: Path) -> bool:
+    """Whether the run's checkpoint holds its replay buffer, i.e. ``--resume`` will continue exactly."""
+    return (run_dir / CHECKPOINT_DIR / REPLAY_BUFFER_FILE).is_file()
+
+
 def restore_checkpoint_state(model: BaseAlgorithm, run_dir: Path) -> None:
     """Restore the training env, the global RNGs and the replay buffer saved beside the checkpoint."""
     ckpt = run_dir / CHECKPOINT_DIR
-    buffer = ckpt / REPLAY_BUFFER_FILE
-    if buffer.is_file():
-        model.load_replay_buffer(buffer)  # type: ignore[attr-defined]
+    if checkpoint_has_replay_buffer(run_dir):
+        model.load_replay_buffer(ckpt / REPLAY_BUFFER_FILE)  # type: ignore[attr-defined]
     state_file = ckpt / "state.pkl"
     if not state_file.is_file():
         return

@@ -29,12 +29,13 @@ from sparse_rl.envs import make_env, resolve_env_id
 from sparse_rl.evaluation import SparseEvalCallback
 from sparse_rl.run import (
     CHECKPOINT_DIR,
+    EVALUATIONS_FILE,
     MODEL_FILE,
-    REPLAY_BUFFER_FILE,
     CheckpointCallback,
     RunError,
     atomic_write,
     build_model,
+    checkpoint_has_replay_buffer,
     load_run_model,
     read_run,
     restore_checkpoint_state,
@@ -179,9 +180,9 @@ def train(args: argparse.Namespace, extra_callbacks: list[BaseCallback] | None =
         model = load_run_model(run_dir, env=env, device=args.device, prefer_checkpoint=True)
         model.tensorboard_log = tb
         restore_checkpoint_state(model, run_dir)
-        if not (run_dir / CHECKPOINT_DIR / REPLAY_BUFFER_FILE).is_file() and model.num_timesteps < config.n_timesteps:
+        if not checkpoint_has_replay_buffer(run_dir) and model.num_timesteps < config.n_timesteps:
             print(
-                f"warning: {run_dir}/checkpoints holds no replay buffer, so training continues from an empty one "
+                f"warning: {run_dir / CHECKPOINT_DIR} holds no replay buffer, so training continues from an empty one "
                 "(a different run from an uninterrupted one); start runs with --save-replay-buffer to resume exactly",
                 file=sys.stderr,
             )
@@ -193,7 +194,7 @@ def train(args: argparse.Namespace, extra_callbacks: list[BaseCallback] | None =
     evaluator = None
     callbacks: list[BaseCallback] = []
     if config.eval_freq > 0:
-        eval_csv = run_dir / "evaluations.csv"
+        eval_csv = run_dir / EVALUATIONS_FILE
         # a resumed run repeats the evaluations made after its checkpoint: drop the old ones, continue the clock
         clock_before = rewind_evaluations(eval_csv, model.num_timesteps) if args.resume is not None else 0.0
         evaluator = SparseEvalCallback(eval_env, config.eval_freq, config.eval_episodes, eval_csv, start - clock_before)
