@@ -87,30 +87,9 @@ class Crash(BaseCallback):
 
 @pytest.mark.parametrize("algo", ["sac", "td3"])
 def test_resume_equals_uninterrupted(algo, tmp_path, capsys):
-    argv = [
-        "--algo",
-        algo,
-        "--env",
-        "Pendulum",
-        "--topology",
-        "set",
-        "--set",
-        "checkpoint_freq=150",
-        "--save-replay-buffer",
-        "--n-timesteps",
-        "500",
-        "--set",
-        "learning_starts=100",
-        "--set",
-        "batch_size=32",
-        "--set",
-        "net_arch=[32, 32]",
-        "--set",
-        "update_interval=20",
-        "--eval-freq",
-        "0",
-        "--no-progress",
-    ]
+    # TINY, with later flags overriding it: a checkpoint before the crash, no evaluations.
+    argv = ["--algo", algo, "--env", "Pendulum", "--topology", "set", "--set", "checkpoint_freq=150", "--save-replay-buffer",
+            *TINY, "--n-timesteps", "500", "--set", "update_interval=20", "--eval-freq", "0"]
     parser = train.build_parser()
     code, _, err = run_cli(train, [*argv, "--run-dir", tmp_path / "a"], capsys)
     assert code == 0, err
