@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import statistics
@@ -10,10 +11,22 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sparse_rl.run import CHECKPOINT_DIR, EVALUATIONS_FILE, MODEL_FILE, checkpoint_has_replay_buffer
+from sparse_rl.run import (
+    CHECKPOINT_DIR,
+    EVALUATIONS_FILE,
+    MODEL_FILE,
+    SUMMARY_FILE,
+    atomic_write,
+    checkpoint_has_replay_buffer,
+)
+
+#: The files of a finished run that the reports read (a few kB). ``runs/`` is not in git and goes with
+#: the machine, so ``keep_results`` copies these into the repository's results folder, from which
+#: ``--report-only`` re-makes every table and figure on a fresh clone.
+KEPT_FILES = ("config.yaml", EVALUATIONS_FILE, SUMMARY_FILE)
 
 
 @dataclass
@@ -46,7 +59,7 @@ class Run:
 
 def run_all(runs: list[Run], jobs: int, log_dir: Path) -> None:
     """Run every unfinished run (no summary.json yet), ``jobs`` at a time, one torch thread each."""
-    todo = [r for r in runs if not (r.run_dir / "summary.json").is_file()]
+    todo = [r for r in runs if not finished(r.run_dir)]
     log_dir.mkdir(parents=True, exist_ok=True)
 
     def one(run: Run) -> int:
@@ -60,17 +73,40 @@ def run_all(runs: list[Run], jobs: int, log_dir: Path) -> None:
     print(f"{len(todo)} runs in {(time.time() - start) / 60:.1f} min, exit codes {codes}")
 
 
+def finished(run_dir: Path) -> bool:
+    return (run_dir / SUMMARY_FILE).is_file()
+
+
+def keep_results(runs: list[Run], root: Path, store: Path) -> list[Run]:
+    """Copy each finished run's ``KEPT_FILES`` from under ``root`` to the same place under ``store``.
+
+    Returns the runs with ``run_dir`` pointing at the stored copy wherever the run directory itself is
+    not finished (another machine ran it), so that reports read every finished run either way.
+    """
+    out = []
+    for run in runs:
+        kept = store / run.run_dir.relative_to(root)
+        if finished(run.run_dir):
+            for name in KEPT_FILES:
+                data = (run.run_dir / name).read_bytes()
+                atomic_write(kept / name, lambda f, data=data: f.write(data))
+        elif finished(kept):
+            run = replace(run, run_dir=kept)
+        out.append(run)
+    return out
+
+
 def summarize(groups: dict[str, list[Path]]) -> list[dict]:
     """Final return mean and 95% CI (1.96·sd/√n over seeds), density, FLOPs ratio, wall-clock per group."""
     rows = []
     for name, dirs in groups.items():
-        finished = [d for d in dirs if (d / "summary.json").is_file()]
-        summaries = [json.loads((d / "summary.json").read_text()) for d in finished]
+        done = [d for d in dirs if finished(d)]
+        summaries = [json.loads((d / SUMMARY_FILE).read_text()) for d in done]
         if not summaries:
             continue
         finals = [s["final_eval"]["return_mean"] for s in summaries]
         # one evaluation is noisy (a single bad episode moves it); the last three are steadier
-        evals = [_evaluations(d) for d in finished]
+        evals = [_evaluations(d) for d in done]
         curves = [[(int(e["timesteps"]), float(e["return_mean"])) for e in ev] for ev in evals]
         sp = [s["sparsity"] for s in summaries]
         rows.append(
@@ -121,7 +157,7 @@ def markdown(rows: list[dict], baseline: str = "dense") -> str:
     ]
     for r in rows:
         ratio = f"{r['final_return_mean'] / base_rows[0]['final_return_mean']:.2f}" if base_rows else "-"
-        per_seed = ", ".join(f"{v:.0f}" for v in r["finals"])
+        per_seed = ", ".join(f"{v:.0f}" for v in r["finals"]) or "–"
         lines.append(
             f"| {r['method']} | {r['seeds']} | {r['final_return_mean']:.0f} ± {r['ci95']:.0f} | {per_seed} | {ratio} | "
             f"{vs_base(r, 'last3_return_mean')} | {vs_base(r, 'late_return_mean')} | "
@@ -130,10 +166,56 @@ def markdown(rows: list[dict], baseline: str = "dense") -> str:
     return "\n".join(lines)
 
 
+#: CSV columns that hold text or a count; every other column holds a float (or nothing)
+TEXT_COLUMNS = ("method", "env")
+INT_COLUMNS = ("seeds",)
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    keys = [k for k in rows[0] if k != "finals"] if rows else []
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+    """Write ``rows`` (with their per-seed final returns as ``finals``, space-separated) atomically."""
+    keys = [k for k in rows[0] if k != "finals"] + ["finals"] if rows else []
+
+    def write(f) -> None:
+        text = io.StringIO()
+        w = csv.DictWriter(text, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
-        w.writerows(rows)
+        w.writerows({**r, "finals": " ".join(repr(float(v)) for v in r.get("finals", []))} for r in rows)
+        f.write(text.getvalue().encode())
+
+    atomic_write(path, write)
+
+
+def read_csv(path: Path) -> list[dict]:
+    """The rows ``write_csv`` wrote (``[]`` if there is no file); a row from before ``finals`` has ``[]``."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [
+        {
+            **{k: _parse(k, v) for k, v in r.items() if k != "finals"},
+            "finals": [float(v) for v in (r.get("finals") or "").split()],
+        }
+        for r in rows
+    ]
+
+
+def _parse(column: str, value: str) -> str | int | float:
+    if column in TEXT_COLUMNS or value == "":
+        return value
+    return int(value) if column in INT_COLUMNS else float(value)
+
+
+def merge_rows(old: list[dict], new: list[dict], key: tuple[str, ...]) -> list[dict]:
+    """``old`` with each row replaced by the ``new`` row of the same ``key``, then the other new rows.
+
+    A report over some methods (or after ``runs/`` was lost) then updates its rows of the results CSV
+    and keeps the rest instead of dropping them.
+    """
+
+    def k(row: dict) -> tuple[str, ...]:
+        return tuple(str(float(row[c])) if c not in TEXT_COLUMNS else str(row[c]) for c in key)
+
+    fresh = {k(r): r for r in new}
+    merged = [fresh.pop(k(r), r) for r in old]
+    return merged + list(fresh.values())

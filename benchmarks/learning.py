@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import Run, markdown, run_all, summarize, write_csv
-
-from sparse_rl.run import EVALUATIONS_FILE
+from common import Run, finished, keep_results, markdown, merge_rows, read_csv, run_all, summarize, write_csv
 
 METHODS = ["dense", "static", "set", "rigl"]
 
@@ -29,6 +27,12 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--root", type=Path, default=Path("runs/learning"))
     p.add_argument("--out", type=Path, default=Path("docs/results"))
+    p.add_argument(
+        "--store",
+        type=Path,
+        default=Path("docs/results/runs/learning"),
+        help="where finished runs' config, evaluations and summary are kept (in git)",
+    )
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
 
@@ -55,15 +59,27 @@ def main() -> None:
         for seed in args.seeds
         for method in METHODS
     ]
+    # finished runs are kept in the repository (args.store), so a fresh clone skips them and reports them
+    runs = keep_results(runs, args.root, args.store)
     if not args.report_only:
         run_all(runs, args.jobs, args.root / "logs")
+        runs = keep_results(runs, args.root, args.store)
     groups = {m: [r.run_dir for r in runs if r.name == m] for m in METHODS}
-    rows = summarize(groups)
-    write_csv(rows, args.out / "learning.csv")
+    csv_path = args.out / "learning.csv"
+    # rows of methods with no finished run here are kept from the CSV, not dropped
+    rows = merge_rows(read_csv(csv_path), summarize(groups), ("method",))
+    if rows:
+        write_csv(rows, csv_path)
     from sparse_rl.plot import plot_runs
 
-    done = [d for dirs in groups.values() for d in dirs if (d / EVALUATIONS_FILE).is_file()]
-    plot_runs(done, args.out / "learning.png", title=f"SAC {args.env}, {args.sparsity:.0%} sparsity")
+    done = [d for dirs in groups.values() for d in dirs if finished(d)]
+    drawn = {r.name for r in runs if finished(r.run_dir)}
+    if done and drawn >= {r["method"] for r in rows}:
+        plot_runs(done, args.out / "learning.png", title=f"SAC {args.env}, {args.sparsity:.0%} sparsity")
+    else:
+        print(
+            f"kept {args.out / 'learning.png'}: no learning curves on disk for {sorted({r['method'] for r in rows} - drawn)}"
+        )
     print(f"SAC on {args.env}, {args.n_timesteps} steps, final evaluation (5 episodes per seed):\n")
     print(markdown(rows))
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import Run, markdown, run_all, summarize, write_csv
+from common import Run, finished, keep_results, markdown, merge_rows, read_csv, run_all, summarize, write_csv
 
 
 def components(n: int) -> dict[str, list[str]]:
@@ -75,6 +75,12 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--root", type=Path, default=Path("runs/nonstationary"))
     p.add_argument("--out", type=Path, default=Path("docs/results"))
+    p.add_argument(
+        "--store",
+        type=Path,
+        default=Path("docs/results/runs/nonstationary"),
+        help="where finished runs' config, evaluations and summary are kept (in git)",
+    )
     p.add_argument("--methods", nargs="+", help="subset of methods, run in the order given (default: all)")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
@@ -112,35 +118,62 @@ def main() -> None:
                         cli += ["--set", s]
                     tag = "dense" if name == "dense" else f"{name}-{sparsity}"
                     runs.append(Run(f"{env}|{tag}", seed, args.root / env / f"{tag}-s{seed}", cli))
+    # finished runs are kept in the repository (args.store), so a fresh clone skips them and reports them
+    runs = keep_results(runs, args.root, args.store)
     if not args.report_only:
         run_all(runs, args.jobs, args.root / "logs")
+        runs = keep_results(runs, args.root, args.store)
+    report(runs, args.envs, args.sparsities, args.out, args.n_timesteps)
+
+
+def report(runs: list[Run], envs: list[str], sparsities: list[float], out: Path, n_timesteps: int) -> None:
+    """Print one table per env x sparsity, update the results CSV and re-draw the complete figures.
+
+    The CSV keeps the rows of methods not reported this time. A figure is re-drawn only when every
+    method of its table has learning curves on disk; otherwise the available curves go to a
+    ``-partial.png`` beside it, so the figure in the docs never loses a method.
+    """
     from sparse_rl.plot import plot_runs
 
-    all_rows = []
-    for env in args.envs:
-        for sparsity in args.sparsities:
-            names = [
-                n
-                for n in dict.fromkeys(r.name for r in runs)
-                if n.startswith(f"{env}|") and (n.endswith(f"-{sparsity}") or n.endswith("|dense"))
-            ]
-            groups = {n.split("|", 1)[1]: [r.run_dir for r in runs if r.name == n] for n in names}
+    csv_path = out / "nonstationary.csv"
+    figures: dict[tuple[str, float], dict[str, list[Path]]] = {}
+    fresh = []
+    for env in envs:
+        for sparsity in sparsities:
+            groups: dict[str, list[Path]] = {}
+            for r in runs:
+                method = r.name.split("|", 1)[1]
+                if r.name.startswith(f"{env}|") and (method.endswith(f"-{sparsity}") or method == "dense"):
+                    groups.setdefault(method, []).append(r.run_dir)
+            figures[env, sparsity] = groups
             rows = summarize(groups)
-            for r in rows:
-                r["env"], r["sparsity"] = env, sparsity
-            all_rows += rows
-            print(f"\nSAC on {env}, {sparsity:.0%} sparsity, {args.n_timesteps} steps:\n")
-            print(markdown(rows))
-            done = [(name, d) for name, dirs in groups.items() for d in dirs if (d / "summary.json").is_file()]
-            if done:
-                plot_runs(
-                    [d for _, d in done],
-                    args.out / f"nonstationary-{env}-{sparsity}.png",
-                    title=f"SAC {env}, {sparsity:.0%} (mean ± 95% CI over seeds)",
-                    labels=[name for name, _ in done],
-                )
-    if all_rows:
-        write_csv(all_rows, args.out / "nonstationary.csv")
+            for row in rows:
+                row["env"], row["sparsity"] = env, sparsity
+            fresh += rows
+    merged = merge_rows(read_csv(csv_path), fresh, ("env", "sparsity", "method"))
+    for (env, sparsity), groups in figures.items():
+        rows = [r for r in merged if r["env"] == env and float(r["sparsity"]) == sparsity]
+        if not rows:
+            continue
+        print(f"\nSAC on {env}, {sparsity:.0%} sparsity, {n_timesteps} steps:\n")
+        print(markdown(rows))
+        drawn = [(method, d) for method, dirs in groups.items() for d in dirs if finished(d)]
+        if not drawn:
+            continue
+        missing = [r["method"] for r in rows if r["method"] not in {method for method, _ in drawn}]
+        path = out / f"nonstationary-{env}-{sparsity}{'-partial' if missing else ''}.png"
+        plot_runs(
+            [d for _, d in drawn],
+            path,
+            title=f"SAC {env}, {sparsity:.0%} (mean ± 95% CI over seeds)",
+            labels=[method for method, _ in drawn],
+        )
+        if missing:
+            print(f"\nno learning curves on disk for {missing}: wrote {path}, kept the complete figure")
+        else:
+            path.with_name(f"{path.stem}-partial.png").unlink(missing_ok=True)
+    if merged:
+        write_csv(merged, csv_path)
 
 
 if __name__ == "__main__":

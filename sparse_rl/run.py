@@ -39,6 +39,7 @@ DYNAMIC_BUFFER_KEYS = ("check_interval", "probe_size", "mismatch_threshold", "sh
 CHECKPOINT_DIR = "checkpoints"
 REPLAY_BUFFER_FILE = "replay_buffer.pkl"  # inside CHECKPOINT_DIR, only with --save-replay-buffer
 EVALUATIONS_FILE = "evaluations.csv"
+SUMMARY_FILE = "summary.json"  # written when a run finishes
 
 
 class RunError(ValueError):

@@ -31,6 +31,7 @@ from sparse_rl.run import (
     CHECKPOINT_DIR,
     EVALUATIONS_FILE,
     MODEL_FILE,
+    SUMMARY_FILE,
     CheckpointCallback,
     RunError,
     atomic_write,
@@ -215,7 +216,7 @@ def train(args: argparse.Namespace, extra_callbacks: list[BaseCallback] | None =
         final = evaluator.run_evaluation()
     save_checkpoint(model, run_dir, save_buffer)
     atomic_write(run_dir / MODEL_FILE, model.save)
-    write_json(run_dir / "summary.json", summary(model, final, wall, model.num_timesteps - steps_before))
+    write_json(run_dir / SUMMARY_FILE, summary(model, final, wall, model.num_timesteps - steps_before))
     env.close()
     eval_env.close()
     return run_dir
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"run finished: {run_dir}")
-    final = json.loads((run_dir / "summary.json").read_text())
+    final = json.loads((run_dir / SUMMARY_FILE).read_text())
     if final["final_eval"]:
         e = final["final_eval"]
         print(
