@@ -21,6 +21,7 @@ from sparse_rl.run import (
     SUMMARY_FILE,
     atomic_write,
     checkpoint_has_replay_buffer,
+    read_run,
 )
 
 #: The files of a finished run that the reports read (a few kB). ``runs/`` is not in git and goes with
@@ -137,6 +138,24 @@ def summarize(groups: dict[str, list[Path]]) -> list[dict]:
             }
         )
     return rows
+
+
+def curve_table(groups: dict[str, list[Path]], every: int = 2) -> str:
+    """A Markdown table of each finished run's evaluation returns, one row per seed, every ``every``-th evaluation."""
+    lines = []
+    for name, dirs in groups.items():
+        for d in dirs:
+            if finished(d):
+                ev = _evaluations(d)[::every]
+                if not lines:
+                    steps = [f"{int(e['timesteps']) // 1000}k" for e in ev]
+                    lines = ["| run | " + " | ".join(steps) + " |", "|---|" + "---|" * len(steps)]
+                lines.append(
+                    f"| {name}, seed {read_run(d)['seed']} | "
+                    + " | ".join(f"{float(e['return_mean']):.0f}" for e in ev)
+                    + " |"
+                )
+    return "\n".join(lines)
 
 
 def _evaluations(run_dir: Path) -> list[dict[str, str]]:

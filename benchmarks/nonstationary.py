@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import Run, finished, keep_results, markdown, merge_rows, read_csv, run_all, summarize, write_csv
+from common import Run, curve_table, finished, keep_results, markdown, merge_rows, read_csv, run_all, summarize, write_csv
 
 
 def components(n: int) -> dict[str, list[str]]:
@@ -160,6 +160,8 @@ def report(runs: list[Run], envs: list[str], sparsities: list[float], out: Path,
         drawn = [(method, d) for method, dirs in groups.items() for d in dirs if finished(d)]
         if not drawn:
             continue
+        print("\nEvaluation returns per seed (runs with curves on disk):\n")
+        print(curve_table(groups))
         missing = [r["method"] for r in rows if r["method"] not in {method for method, _ in drawn}]
         path = out / f"nonstationary-{env}-{sparsity}{'-partial' if missing else ''}.png"
         plot_runs(
