@@ -11,7 +11,8 @@ For each env x sparsity x seed, through the CLI (``--jobs`` at a time, resumable
   removed, and ``+accumulate`` with the accumulated grow signal (10 batches) in momentum's place. The
   components are added to the rigl preset, not the sparse_rl one, so that removing one really removes it
   whatever the sparse_rl preset holds;
-- ``rigl+momentum``: plain RigL with the momentum grow signal and nothing else.
+- ``rigl+momentum``, ``rigl+nstep``: plain RigL with the momentum grow signal, or the delayed 3-step
+  targets, and nothing else.
 
 All sparse methods use the same actor and critic sparsity. Writes ``docs/results/nonstationary.csv``, one
 learning-curve PNG per env and sparsity, and prints the Markdown tables for ``docs/benchmarks.md``.
@@ -61,8 +62,10 @@ def methods(n: int) -> dict[str, tuple[str, list[str]]]:
     # effective window of momentum 0.9 (sparse_rl-momentum is the single-batch RigL signal)
     accumulate = ["grow_signal='accumulate'", "grow_batches=10"]
     out["sparse_rl+accumulate"] = ("rigl", [s for s in every if s not in comp["momentum"]] + accumulate)
-    # the one component that helped inside the bundle, on plain RigL alone
+    # single components on plain RigL alone: momentum helped inside the bundle on HalfCheetah; the
+    # n-step targets are the suspect for rlx2's and the bundle's early hopping on Hopper
     out["rigl+momentum"] = ("rigl", comp["momentum"])
+    out["rigl+nstep"] = ("rigl", comp["nstep"])
     return out
 
 
