@@ -140,6 +140,11 @@ def summarize(groups: dict[str, list[Path]]) -> list[dict]:
     return rows
 
 
+def without_curves(rows: list[dict], groups: dict[str, list[Path]]) -> list[str]:
+    """The methods of ``rows`` that have no finished run among ``groups`` (a figure of them would lack them)."""
+    return [r["method"] for r in rows if not any(finished(d) for d in groups.get(r["method"], []))]
+
+
 def curve_table(groups: dict[str, list[Path]], every: int = 2) -> str:
     """A Markdown table of each finished run's evaluation returns, one row per seed, every ``every``-th evaluation."""
     lines = []

@@ -13,7 +13,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import Run, finished, keep_results, markdown, merge_rows, read_csv, run_all, summarize, write_csv
+from common import (
+    Run,
+    finished,
+    keep_results,
+    markdown,
+    merge_rows,
+    read_csv,
+    run_all,
+    summarize,
+    without_curves,
+    write_csv,
+)
 
 METHODS = ["dense", "static", "set", "rigl"]
 
@@ -73,13 +84,11 @@ def main() -> None:
     from sparse_rl.plot import plot_runs
 
     done = [d for dirs in groups.values() for d in dirs if finished(d)]
-    drawn = {r.name for r in runs if finished(r.run_dir)}
-    if done and drawn >= {r["method"] for r in rows}:
+    missing = without_curves(rows, groups)
+    if done and not missing:
         plot_runs(done, args.out / "learning.png", title=f"SAC {args.env}, {args.sparsity:.0%} sparsity")
     else:
-        print(
-            f"kept {args.out / 'learning.png'}: no learning curves on disk for {sorted({r['method'] for r in rows} - drawn)}"
-        )
+        print(f"kept {args.out / 'learning.png'}: no learning curves on disk for {missing}")
     print(f"SAC on {args.env}, {args.n_timesteps} steps, final evaluation (5 episodes per seed):\n")
     print(markdown(rows))
 

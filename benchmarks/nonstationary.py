@@ -26,7 +26,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import Run, curve_table, finished, keep_results, markdown, merge_rows, read_csv, run_all, summarize, write_csv
+from common import (
+    Run,
+    curve_table,
+    finished,
+    keep_results,
+    markdown,
+    merge_rows,
+    read_csv,
+    run_all,
+    summarize,
+    without_curves,
+    write_csv,
+)
 
 
 def components(n: int) -> dict[str, list[str]]:
@@ -165,7 +177,7 @@ def report(runs: list[Run], envs: list[str], sparsities: list[float], out: Path,
             continue
         print("\nEvaluation returns per seed (runs with curves on disk):\n")
         print(curve_table(groups))
-        missing = [r["method"] for r in rows if r["method"] not in {method for method, _ in drawn}]
+        missing = without_curves(rows, groups)
         path = out / f"nonstationary-{env}-{sparsity}{'-partial' if missing else ''}.png"
         plot_runs(
             [d for _, d in drawn],
