@@ -3,7 +3,11 @@ import os
 import pytest
 import torch
 
+import tempfile
+
 os.environ.setdefault("MUJOCO_GL", "egl")
+# backend="auto" measures break-even densities once per machine; tests keep that cache to themselves
+os.environ.setdefault("SPARSE_RL_CACHE_DIR", tempfile.mkdtemp(prefix="sparse_rl_test_cache_"))
 torch.set_num_threads(1)
 
 

@@ -32,7 +32,16 @@ from stable_baselines3.td3.policies import TD3Policy
 from torch import nn
 
 from sparse_rl.agents.owner import find_owner
-from sparse_rl.sparse import MaskedLinear, check_distribution, masked_layers, replace_linears, sparsify
+from sparse_rl.sparse import (
+    MaskedLinear,
+    check_backend,
+    check_distribution,
+    masked_layers,
+    replace_linears,
+    sparsify,
+    use_sparse_storage,
+    use_sparse_storage_for,
+)
 from sparse_rl.topology import TopologyConfig, TopologyController, sparse_seed
 
 DEFAULT_SPARSITY = 0.9
@@ -50,6 +59,10 @@ class SparsityConfig(TopologyConfig):
     :param dense_first_layer: keep the input layer(s) dense.
     :param dense_last_layer: keep the output layer(s) dense.
     :param sparse_init: rescale each neuron's initial weights by ``sqrt(dense fan-in / actual fan-in)``.
+    :param backend: how masked layers compute: ``"sparse"`` (CSR kernels; the trained parameters, their
+        optimizer state and target copies hold the nonzeros only), ``"dense"`` (dense kernels on weights
+        with exact zeros) or ``"auto"`` (per layer: sparse below the break-even density measured on this
+        machine, see :mod:`sparse_rl.sparse.backend`). Results agree to float precision.
 
     ``update_interval`` is counted in each network's own optimizer steps (TD3 steps its actor every
     ``policy_delay`` critic steps) and ``end_fraction`` in fractions of the algorithm's ``total_timesteps``.
@@ -63,9 +76,11 @@ class SparsityConfig(TopologyConfig):
     dense_first_layer: bool = False
     dense_last_layer: bool = False
     sparse_init: bool = False
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()  # topology, schedule, interval, fractions, grow signal
+        check_backend(self.backend)
         for name in ("sparsity", "actor_sparsity", "critic_sparsity"):
             value = getattr(self, name)
             if value is None:
@@ -153,6 +168,11 @@ class SparsePolicyMixin:
                 raise ValueError(f"{name}: {err}") from None
             for target in targets:
                 target.load_state_dict(network.state_dict())
+            chosen = [
+                use_sparse_storage(config.backend, l.out_features, l.in_features, l.nnz, l.mask.device) for l in layers
+            ]
+            layers = use_sparse_storage_for(network, layers, chosen, zip(targets, target_layers), network.optimizer)
+            target_layers = [masked_layers(target) for target in targets]
             controller = TopologyController(
                 layers,
                 config.topology_config(),

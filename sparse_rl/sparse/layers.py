@@ -9,8 +9,14 @@
   is done by the topology controller around the optimizer step.
 - ``explored``: which connections were ever active (for the ITOP rate).
 
-The compute path is a module-level function (:func:`set_linear_backend`) so faster sparse kernels can
-replace it without touching the layers.
+:class:`SparseLinear` is the same layer with *sparse storage*: the trained parameter is ``values``, the
+active weights only (CSR order), and forward/backward run sparse kernels (:mod:`sparse_rl.sparse.kernels`),
+so compute, optimizer state and target updates all follow the nonzeros. Both classes share one
+interface (:meth:`MaskedLinear.change_mask`, :meth:`MaskedLinear.set_weights`,
+:meth:`MaskedLinear.dense_grad`) through which topology updates are made, and one ``state_dict`` format
+(dense ``weight`` + ``mask``), so a checkpoint of either loads into either.
+
+The dense compute path is a module-level function (:func:`set_linear_backend`).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparse_rl.sparse.distributions import layer_nonzeros
+from sparse_rl.sparse.kernels import CSRStructure, sparse_linear
 
 LinearBackend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
 
@@ -87,6 +94,10 @@ class MaskedLinear(nn.Linear):
     def density(self) -> float:
         return self.nnz / self.mask.numel()
 
+    @property
+    def dense_shape(self) -> tuple[int, int]:
+        return (self.out_features, self.in_features)
+
     @torch.no_grad()
     def set_mask(self, mask: torch.Tensor) -> None:
         """Replace the mask in place (the buffer object never changes) and zero the absent weights."""
@@ -98,6 +109,44 @@ class MaskedLinear(nn.Linear):
     def apply_mask(self) -> None:
         """Zero the weights of absent connections."""
         self.weight.mul_(self.mask)
+
+    # ---------------------------------------------- interface shared with SparseLinear
+    #: ``"dense"``: the trained parameter is the dense ``weight``; ``"sparse"``: the active ``values``
+    storage: str = "dense"
+    #: set by the topology controller before a backward pass whose dense weight gradient it needs
+    capture_dense_grad: bool = False
+
+    @property
+    def trained_weight(self) -> nn.Parameter:
+        """The parameter the optimizer updates for this layer's weights."""
+        return self.weight
+
+    def dense_grad(self) -> torch.Tensor | None:
+        """The dense gradient of the weight (at absent connections too), or ``None`` if there is none."""
+        return self.weight.grad
+
+    def clear_dense_grad(self) -> None:
+        """Forget a kept dense gradient (sparse storage keeps one only when asked; nothing to do here)."""
+
+    @torch.no_grad()
+    def change_mask(
+        self, mask: torch.Tensor, changed: torch.Tensor | None = None, optimizer: torch.optim.Optimizer | None = None
+    ) -> None:
+        """Make ``mask`` the topology: weights and every optimizer slot of the weight restart at zero where
+        ``changed`` is true (dropped, grown or rewired positions); kept connections keep both."""
+        if changed is not None:
+            self.weight.masked_fill_(changed, 0.0)
+            if optimizer is not None:
+                for slot in optimizer.state.get(self.weight, {}).values():
+                    if isinstance(slot, torch.Tensor) and slot.shape == self.weight.shape:
+                        slot.masked_fill_(changed, 0)
+        self.set_mask(mask)
+
+    @torch.no_grad()
+    def set_weights(self, positions: torch.Tensor, weight: torch.Tensor) -> None:
+        """Write ``weight`` (dense ``[out, in]``) at the active ``positions`` (boolean ``[out, in]``)."""
+        positions = positions & self.mask
+        self.weight[positions] = weight[positions].to(self.weight)
 
     @torch.no_grad()
     def rescale_by_fan_in(self) -> None:
@@ -111,6 +160,176 @@ class MaskedLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, density={self.density:.4f}"
+
+
+
+class SparseLinear(MaskedLinear):
+    """A :class:`MaskedLinear` with sparse storage: the trained parameter is ``values``, its active weights.
+
+    Build one with :meth:`from_masked` (the mask fixes the nonzero count). ``weight`` is a read-only
+    dense view computed from ``values`` (differentiable, so diagnostics and exports that read it keep
+    working); write through :meth:`change_mask` and :meth:`set_weights`. The CSR structure is rebuilt
+    only when the mask changes (it is cached against the mask buffer's version counter), so the per-step
+    cost is O(nonzeros). ``state_dict`` holds the dense ``weight`` exactly as :class:`MaskedLinear`'s.
+    """
+
+    storage = "sparse"
+    values: nn.Parameter
+
+    @classmethod
+    def from_masked(cls, layer: MaskedLinear) -> SparseLinear:
+        """A sparse-storage copy of ``layer`` with the same mask, weights and ITOP record."""
+        if isinstance(layer, SparseLinear):
+            return layer
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.in_features, new.out_features = layer.in_features, layer.out_features
+        weight = layer.weight.detach()
+        new.values = nn.Parameter(weight[layer.mask].clone(), requires_grad=layer.weight.requires_grad)
+        new.bias = layer.bias
+        new.register_buffer("mask", layer.mask.clone())
+        new.register_buffer("explored", layer.explored.clone())
+        new._structure = None
+        new._structure_key = None
+        new._dense_grad = None
+        new.capture_dense_grad = False
+        new.train(layer.training)
+        return new
+
+    # ---------------------------------------------------------------- storage
+    def structure(self) -> CSRStructure:
+        """The CSR structure of the current mask (rebuilt only after the mask changed)."""
+        key = (self.mask._version, self.mask.data_ptr())
+        if self._structure is None or self._structure_key != key:
+            self._structure = CSRStructure.from_mask(self.mask)
+            self._structure_key = key
+        return self._structure
+
+    @property
+    def weight(self) -> torch.Tensor:  # type: ignore[override]
+        return self.structure().dense(self.values)
+
+    @property
+    def trained_weight(self) -> nn.Parameter:
+        return self.values
+
+    @property
+    def nnz(self) -> int:
+        return int(self.values.numel())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sparse_linear(x, self.values, self.bias, self.structure(), self)
+
+    # --------------------------------------------------------- dense gradient
+    def _store_dense_grad(self, grad: torch.Tensor) -> None:
+        # Same accumulation rule as ``.grad``: a backward after ``zero_grad(set_to_none=True)`` starts over.
+        if self.values.grad is None or self._dense_grad is None:
+            self._dense_grad = grad
+        else:
+            self._dense_grad = self._dense_grad + grad
+
+    def dense_grad(self) -> torch.Tensor | None:
+        """The dense weight gradient of the last backward pass made with ``capture_dense_grad`` set."""
+        return self._dense_grad
+
+    def clear_dense_grad(self) -> None:
+        self._dense_grad = None
+
+    # ------------------------------------------------------ topology changes
+    @torch.no_grad()
+    def change_mask(
+        self, mask: torch.Tensor, changed: torch.Tensor | None = None, optimizer: torch.optim.Optimizer | None = None
+    ) -> None:
+        """See :meth:`MaskedLinear.change_mask`; here values, their gradient and every optimizer slot shaped
+        like them are re-laid out for the new structure (kept connections keep theirs, the rest start at 0)."""
+        mask = mask.to(device=self.mask.device, dtype=torch.bool).clone()
+        old = self.structure()
+        source = torch.full((self.mask.numel(),), -1, dtype=torch.int64, device=mask.device)
+        source[old.index] = torch.arange(old.nnz, device=mask.device)
+        if changed is not None:
+            source[changed.reshape(-1).to(mask.device)] = -1
+        self.mask.copy_(mask)
+        self.explored.logical_or_(mask)
+        new = self.structure()
+        src = source[new.index]
+        keep = src >= 0
+        src_kept = src[keep]
+
+        def relayout(t: torch.Tensor) -> torch.Tensor:
+            out = t.new_zeros(new.nnz)
+            out[keep] = t[src_kept]
+            return out
+
+        slots = optimizer.state.get(self.values, {}) if optimizer is not None else {}
+        for name, slot in list(slots.items()):
+            if isinstance(slot, torch.Tensor) and slot.shape == self.values.shape:
+                slots[name] = relayout(slot)
+        if self.values.grad is not None:
+            self.values.grad = relayout(self.values.grad)
+        values = relayout(self.values)
+        if values.shape == self.values.shape:
+            self.values.copy_(values)
+        else:
+            self.values.data = values
+
+    @torch.no_grad()
+    def set_weights(self, positions: torch.Tensor, weight: torch.Tensor) -> None:
+        index = self.structure().index
+        chosen = positions.reshape(-1).to(index.device)[index]
+        self.values[chosen] = weight.reshape(-1).to(self.values)[index][chosen]
+
+    @torch.no_grad()
+    def set_mask(self, mask: torch.Tensor) -> None:
+        self.change_mask(mask)
+
+    @torch.no_grad()
+    def apply_mask(self) -> None:
+        """Nothing to do: absent weights are not stored."""
+
+    @torch.no_grad()
+    def rescale_by_fan_in(self) -> None:
+        fan_in = self.mask.sum(dim=1).clamp(min=1).to(self.values.dtype)
+        scale = torch.sqrt(self.in_features / fan_in)
+        rows = torch.div(self.structure().index, self.in_features, rounding_mode="floor")
+        self.values.mul_(scale[rows])
+
+    # ------------------------------------------------------------ state_dict
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        values = destination.pop(prefix + "values")
+        entries = {prefix + "weight": self.structure().dense(values if keep_vars else values.detach())}
+        for key in [k for k in destination if k.startswith(prefix) and "." not in k[len(prefix) :]]:
+            entries[key] = destination.pop(key)
+        destination.update(entries)  # the same keys, in the same order, as MaskedLinear's
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        weight_key, mask_key = prefix + "weight", prefix + "mask"
+        if weight_key in state_dict and mask_key in state_dict:
+            weight, mask = state_dict.pop(weight_key), state_dict[mask_key]
+            if tuple(weight.shape) != self.dense_shape or tuple(mask.shape) != self.dense_shape:
+                error_msgs.append(
+                    f"size mismatch for {weight_key}: copying a param with shape {tuple(weight.shape)} (mask "
+                    f"{tuple(mask.shape)}), the shape in current model is {self.dense_shape}."
+                )
+                return
+            values = weight.reshape(-1)[mask.reshape(-1).to(torch.bool)]
+            if values.shape != self.values.shape:
+                with torch.no_grad():
+                    self.values.data = self.values.data.new_empty(values.shape)
+            state_dict[prefix + "values"] = values
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, storage=sparse"
 
 
 def random_mask(shape: torch.Size | tuple[int, ...], nnz: int, generator: torch.Generator) -> torch.Tensor:
@@ -167,3 +386,88 @@ def sparsify(
         if sparse_init:
             layer.rescale_by_fan_in()
     return counts
+
+
+def _set_module(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    for child in root.modules():
+        for attr, sub in list(child.named_children()):
+            if sub is old:
+                setattr(child, attr, new)
+                return
+    raise ValueError("layer not found in its network")
+
+
+def use_sparse_storage_for(
+    network: nn.Module,
+    layers: list[MaskedLinear],
+    chosen: list[bool],
+    targets: Iterable[tuple[nn.Module, list[MaskedLinear]]] = (),
+    optimizer: torch.optim.Optimizer | None = None,
+) -> list[MaskedLinear]:
+    """Give the ``chosen`` layers of ``network`` (and the aligned layers of its ``targets``) sparse storage.
+
+    The new :class:`SparseLinear` modules replace the old ones in place; ``optimizer``'s parameter list
+    gets each layer's ``values`` where it had the dense weight (call before the first step), and its
+    ``state_dict`` keeps the dense layout of :class:`MaskedLinear` (see :func:`keep_dense_optimizer_format`).
+
+    :return: the network's layers after the swap, aligned with ``layers``.
+    """
+    new_layers: list[MaskedLinear] = []
+    swapped: dict[int, nn.Parameter] = {}
+    for layer, sparse in zip(layers, chosen):
+        if sparse and layer.storage == "dense":
+            new = SparseLinear.from_masked(layer)
+            _set_module(network, layer, new)
+            swapped[id(layer.weight)] = new.values
+            new_layers.append(new)
+        else:
+            new_layers.append(layer)
+    for target, target_layers in targets:
+        for layer, sparse in zip(target_layers, chosen):
+            if sparse and layer.storage == "dense":
+                _set_module(target, layer, SparseLinear.from_masked(layer))
+    if optimizer is not None and swapped:
+        if optimizer.state:
+            raise RuntimeError("sparse storage must be chosen before the optimizer's first step")
+        for group in optimizer.param_groups:
+            group["params"] = [swapped.get(id(p), p) for p in group["params"]]
+        keep_dense_optimizer_format(optimizer, [l for l in new_layers if isinstance(l, SparseLinear)])
+    return new_layers
+
+
+def _is_values_slot(value: object, layer: SparseLinear) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() == 1 and value.numel() == layer.nnz
+
+
+def _is_dense_slot(value: object, layer: SparseLinear) -> bool:
+    return isinstance(value, torch.Tensor) and value.shape == layer.mask.shape
+
+
+def keep_dense_optimizer_format(optimizer: torch.optim.Optimizer, layers: list[SparseLinear]) -> None:
+    """Make ``optimizer.state_dict()`` store the slots of sparse-storage ``layers`` (Adam's moments, ...)
+    as dense ``[out, in]`` tensors, and ``load_state_dict`` accept either layout, so optimizer state moves
+    between backends like the layers' own ``state_dict`` does. Loading needs the layers' masks loaded first
+    (SB3 loads the policy before its optimizers)."""
+    by_param = {id(layer.values): layer for layer in layers}
+
+    def indexed(opt: torch.optim.Optimizer) -> dict[int, SparseLinear]:
+        params = [p for group in opt.param_groups for p in group["params"]]
+        return {i: by_param[id(p)] for i, p in enumerate(params) if id(p) in by_param}
+
+    def to_dense(opt: torch.optim.Optimizer, state_dict: dict) -> dict:
+        state = dict(state_dict["state"])
+        for i, layer in indexed(opt).items():
+            if i in state:
+                state[i] = {k: layer.structure().dense(v) if _is_values_slot(v, layer) else v for k, v in state[i].items()}
+        return {**state_dict, "state": state}
+
+    def to_values(opt: torch.optim.Optimizer, state_dict: dict) -> dict:
+        state = dict(state_dict["state"])
+        for i, layer in indexed(opt).items():
+            if i in state:
+                m = layer.mask.reshape(-1)
+                state[i] = {k: v.reshape(-1)[m.to(v.device)] if _is_dense_slot(v, layer) else v for k, v in state[i].items()}
+        return {**state_dict, "state": state}
+
+    optimizer.register_state_dict_post_hook(to_dense)
+    optimizer.register_load_state_dict_pre_hook(to_values)

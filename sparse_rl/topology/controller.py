@@ -95,18 +95,22 @@ def layer_flops(layer: nn.Linear, nnz: int | None = None) -> int:
     return 2 * n + (layer.out_features if layer.bias is not None else 0)
 
 
+def _numel(layer: nn.Linear) -> int:
+    return layer.in_features * layer.out_features
+
+
 def _nnz(layer: nn.Linear) -> int:
-    return layer.nnz if isinstance(layer, MaskedLinear) else layer.weight.numel()
+    return layer.nnz if isinstance(layer, MaskedLinear) else _numel(layer)
 
 
 def _explored(layer: nn.Linear) -> int:
-    return int(layer.explored.sum()) if isinstance(layer, MaskedLinear) else layer.weight.numel()
+    return int(layer.explored.sum()) if isinstance(layer, MaskedLinear) else _numel(layer)
 
 
 def network_stats(layers: Sequence[nn.Linear], per_layer: bool = False) -> dict[str, Any]:
     """Density, ITOP rate and FLOPs of a network made of ``layers`` (plain ``nn.Linear`` counts as dense)."""
     nnz = [_nnz(layer) for layer in layers]
-    total = sum(layer.weight.numel() for layer in layers)
+    total = sum(_numel(layer) for layer in layers)
     explored = sum(_explored(layer) for layer in layers)
     stats: dict[str, Any] = {
         "density": sum(nnz) / total if total else 1.0,
@@ -119,10 +123,11 @@ def network_stats(layers: Sequence[nn.Linear], per_layer: bool = False) -> dict[
     if per_layer:
         stats["layers"] = [
             {
-                "shape": list(layer.weight.shape),
+                "shape": [layer.out_features, layer.in_features],
                 "nonzeros": n,
-                "density": n / layer.weight.numel(),
-                "itop_rate": _explored(layer) / layer.weight.numel(),
+                "density": n / _numel(layer),
+                "itop_rate": _explored(layer) / _numel(layer),
+                "storage": getattr(layer, "storage", "dense"),
                 "flops": layer_flops(layer, n),
                 "dense_flops": layer_flops(layer),
             }
@@ -178,6 +183,8 @@ class TopologyController(nn.Module):
         #: running gradient signal (sum for ``accumulate``, average for ``momentum``), per layer
         self._signal: list[torch.Tensor] | None = None
         self._handles: list[Any] = []
+        self._dense_storage = [l for l in self._layers if l.storage == "dense"]
+        self._arm_dense_grads()
 
     # ----------------------------------------------------------------- state
     def get_extra_state(self) -> dict[str, Any]:
@@ -201,7 +208,8 @@ class TopologyController(nn.Module):
         self.last_rewired = int(state.get("last_rewired", 0))
         self._rng_state = state["rng_state"].detach().to("cpu", torch.uint8).clone()
         signal = state.get("grow_signal")
-        self._signal = None if signal is None else [t.to(l.weight.device).clone() for t, l in zip(signal, self._layers)]
+        self._signal = None if signal is None else [t.to(l.mask.device).clone() for t, l in zip(signal, self._layers)]
+        self._arm_dense_grads()
 
     @property
     def layers(self) -> list[MaskedLinear]:
@@ -235,13 +243,33 @@ class TopologyController(nn.Module):
             return False
         return self.progress() < self.config.end_fraction
 
+    def needs_dense_grad(self, step: int) -> bool:
+        """Whether growth will read the dense weight gradient of optimizer step ``step``: on update steps
+        (``batch``), in the ``grow_batches`` steps up to one (``accumulate``), on every step (``momentum``).
+        Layers with sparse storage compute that gradient (one dense ``gᵀx``) only on these steps."""
+        if not (self.updater.changes_topology and self.updater.needs_grad):
+            return False
+        cfg = self.config
+        if cfg.grow_signal == "momentum":
+            return True
+        until_update = -step % cfg.update_interval  # 0 on update steps
+        return until_update < (cfg.grow_batches if cfg.grow_signal == "accumulate" else 1)
+
+    def _arm_dense_grads(self) -> None:
+        """Tell sparse-storage layers whether the next backward pass must keep the dense gradient."""
+        want = self.needs_dense_grad(self.step + 1)
+        for layer in self._layers:
+            layer.capture_dense_grad = want
+
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self.step += 1
         self._due = self.is_update_step(self.step)
         if self.updater.needs_grad:
             self._track_gradients()
-        with torch.no_grad():
-            pairs = [(l.weight.grad, l.mask) for l in self._layers if l.weight.grad is not None]
+        for layer in self._layers:
+            layer.clear_dense_grad()
+        with torch.no_grad():  # sparse storage has no gradient at absent connections to mask
+            pairs = [(l.weight.grad, l.mask) for l in self._dense_storage if l.weight.grad is not None]
             if pairs:
                 grads, masks = zip(*pairs)
                 torch._foreach_mul_(list(grads), list(masks))
@@ -250,7 +278,7 @@ class TopologyController(nn.Module):
     def _track_gradients(self) -> None:
         """Keep the dense-gradient signal that growth will use (before the gradients are masked)."""
         signal, cfg = self.config.grow_signal, self.config
-        grads = [l.weight.grad for l in self._layers]
+        grads = [l.dense_grad() for l in self._layers]
         if any(g is None for g in grads):
             return
         if signal == "momentum":
@@ -278,8 +306,10 @@ class TopologyController(nn.Module):
             self._due = False
             grads, self._grads = self._grads, None
             self.update_topology(optimizer, grads)
-        with torch.no_grad():
-            torch._foreach_mul_([l.weight for l in self._layers], [l.mask for l in self._layers])
+        if self._dense_storage:
+            with torch.no_grad():
+                torch._foreach_mul_([l.weight for l in self._dense_storage], [l.mask for l in self._dense_storage])
+        self._arm_dense_grads()
 
     # ---------------------------------------------------------------- update
     @torch.no_grad()
@@ -302,12 +332,9 @@ class TopologyController(nn.Module):
             grad = grads[i] if grads is not None else None
             result = self.updater.update(layer.weight, layer.mask, fraction, grad, generator)
             changed = result.changed
-            layer.weight.masked_fill_(changed, 0.0)
-            layer.set_mask(result.mask)
-            self._zero_state(optimizer, layer, changed)
+            layer.change_mask(result.mask, changed, optimizer)
             for target in self._targets:
-                target[i].weight.masked_fill_(changed, 0.0)
-                target[i].set_mask(result.mask)
+                target[i].change_mask(result.mask, changed)
             dropped += int(result.dropped.sum())
             grown += int(result.grown.sum())
         if self.config.rewire_dormant and self.dormant_fn is not None:
@@ -333,38 +360,27 @@ class TopologyController(nn.Module):
                 continue
             bound = 1.0 / layer.in_features**0.5
             changed = torch.zeros_like(layer.mask)
+            mask = layer.mask.clone()
+            weight = torch.zeros(layer.dense_shape, dtype=layer.trained_weight.dtype, device=mask.device)
             for r in rows_idx:
-                k = int(layer.mask[r].sum())
+                k = int(mask[r].sum())
                 new_row = torch.zeros(layer.in_features, dtype=torch.bool)
                 new_row[torch.randperm(layer.in_features, generator=generator)[:k]] = True
                 init = (torch.rand(layer.in_features, generator=generator) * 2 - 1) * bound
-                layer.mask[r] = new_row.to(layer.mask.device)
-                layer.weight[r] = (init * new_row).to(layer.weight)
+                mask[r] = new_row.to(mask.device)
+                weight[r] = (init * new_row).to(weight)
                 changed[r] = True
-            layer.explored.logical_or_(layer.mask)
-            self._zero_state(optimizer, layer, changed)
-            for target in self._targets:
-                target[i].mask.copy_(layer.mask)
-                target[i].explored.logical_or_(layer.mask)
-                target[i].weight[changed] = layer.weight[changed]
+            for net, opt in [(layer, optimizer)] + [(target[i], None) for target in self._targets]:
+                net.change_mask(mask, changed, opt)
+                net.set_weights(changed, weight)
             for j in consumers:  # outgoing weights restart at zero (ReDo)
                 consumer = self._layers[j]
                 cols = torch.zeros_like(consumer.mask)
                 cols[:, rows_idx] = True
-                consumer.weight.masked_fill_(cols, 0.0)
-                self._zero_state(optimizer, consumer, cols)
-                for target in self._targets:
-                    target[j].weight.masked_fill_(cols, 0.0)
+                for net, opt in [(consumer, optimizer)] + [(target[j], None) for target in self._targets]:
+                    net.change_mask(consumer.mask, cols, opt)
             rewired += len(rows_idx)
         return rewired
-
-    @staticmethod
-    def _zero_state(optimizer: torch.optim.Optimizer | None, layer: MaskedLinear, positions: torch.Tensor) -> None:
-        if optimizer is None:
-            return
-        for slot in optimizer.state.get(layer.weight, {}).values():
-            if isinstance(slot, torch.Tensor) and slot.shape == layer.weight.shape:
-                slot.masked_fill_(positions, 0)
 
     def stats(self, per_layer: bool = False) -> dict[str, Any]:
         """Density, ITOP rate, FLOPs and the last update's counts."""

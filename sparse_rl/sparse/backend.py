@@ -1,0 +1,155 @@
+"""Which layers compute sparsely: the ``backend`` choice and its measured break-even density (torch only).
+
+- ``"dense"``: every layer keeps dense storage (:class:`~sparse_rl.sparse.MaskedLinear`: dense kernels on
+  a weight with exact zeros).
+- ``"sparse"``: every layer that has absent connections uses sparse storage
+  (:class:`~sparse_rl.sparse.SparseLinear`: CSR kernels, optimizer state over the nonzeros).
+- ``"auto"`` (default): per layer, sparse storage where the layer's density is below the **break-even
+  density measured on this machine** for its shape, dense otherwise. The measurement (forward + backward
+  of one layer at a batch of 256, dense against sparse over a grid of densities, medians) takes from
+  milliseconds for small layers to a few seconds for 1024×1024, and is cached per machine, torch version,
+  thread count and shape in ``$SPARSE_RL_CACHE_DIR`` (default ``~/.cache/sparse_rl``)
+  ``/break_even.json``. On devices other than the CPU, ``auto`` keeps dense storage (not measured yet).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+BACKENDS = ("auto", "sparse", "dense")
+#: densities tried by the calibration, highest first
+CALIBRATION_DENSITIES = (0.6, 0.45, 0.35, 0.27, 0.2, 0.15, 0.11, 0.08, 0.06, 0.04, 0.03, 0.02, 0.01)
+CALIBRATION_BATCH = 256
+
+_memory: dict[str, float] = {}
+
+
+def check_backend(backend: object) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    return str(backend)
+
+
+def cache_path() -> Path:
+    root = os.environ.get("SPARSE_RL_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "sparse_rl")
+    return Path(root) / "break_even.json"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _key(out_features: int, in_features: int, batch: int) -> str:
+    threads = torch.get_num_threads()
+    return f"{_cpu_name()}|torch {torch.__version__}|threads {threads}|{out_features}x{in_features}|batch {batch}"
+
+
+def _median_time(fn, reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_break_even(out_features: int, in_features: int, batch: int = CALIBRATION_BATCH, reps: int = 7) -> float:
+    """The highest density of :data:`CALIBRATION_DENSITIES` from which down sparse storage is faster than
+    dense for forward + backward of one ``[out, in]`` layer at ``batch`` (0.0: never faster). Measures now."""
+    with torch.random.fork_rng(devices=[]):  # measuring must not move the global RNG (seeded runs stay exact)
+        return _measure(out_features, in_features, batch, reps)
+
+
+def _measure(out_features: int, in_features: int, batch: int, reps: int) -> float:
+    from sparse_rl.sparse.layers import MaskedLinear, SparseLinear, random_mask
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, in_features, generator=generator)
+    grad_out = torch.randn(batch, out_features, generator=generator)
+    dense = MaskedLinear(in_features, out_features)
+
+    def step(layer: torch.nn.Module):
+        def run() -> None:
+            inp = x.detach().requires_grad_(True)
+            layer.zero_grad(set_to_none=True)
+            layer(inp).backward(grad_out)
+
+        return run
+
+    dense_time = _median_time(step(dense), reps)
+    numel = out_features * in_features
+    break_even = 0.0
+    for density in reversed(CALIBRATION_DENSITIES):  # lowest first: stop at the first loss
+        nnz = max(1, round(density * numel))
+        dense.set_mask(random_mask(dense.weight.shape, nnz, generator))
+        sparse = SparseLinear.from_masked(dense)
+        if _median_time(step(sparse), reps) >= dense_time:
+            break
+        break_even = density
+    return break_even
+
+
+def break_even_density(out_features: int, in_features: int, batch: int = CALIBRATION_BATCH) -> float:
+    """:func:`measure_break_even`, cached in memory and in :func:`cache_path` (written atomically)."""
+    key = _key(out_features, in_features, batch)
+    if key in _memory:
+        return _memory[key]
+    path = cache_path()
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if not isinstance(cached, dict):
+        cached = {}
+    value = cached.get(key)
+    if not isinstance(value, (int, float)):
+        value = measure_break_even(out_features, in_features, batch)
+        cached[key] = value
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".break_even.", delete=False) as f:
+                json.dump(cached, f, indent=1, sort_keys=True)
+            os.replace(f.name, path)
+        except OSError:
+            pass  # an unwritable cache only costs a new measurement next time
+    _memory[key] = float(value)
+    return float(value)
+
+
+def use_sparse_storage(backend: str, out_features: int, in_features: int, nnz: int, device: torch.device) -> bool:
+    """Whether a layer with ``nnz`` active connections computes sparsely under ``backend``."""
+    check_backend(backend)
+    numel = out_features * in_features
+    if backend == "dense" or nnz >= numel:
+        return False
+    if backend == "sparse":
+        return True
+    if torch.device(device).type != "cpu":
+        return False
+    return nnz / numel <= break_even_density(out_features, in_features)
+
+
+__all__ = [
+    "BACKENDS",
+    "break_even_density",
+    "cache_path",
+    "check_backend",
+    "measure_break_even",
+    "use_sparse_storage",
+]
