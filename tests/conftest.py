@@ -1,9 +1,8 @@
 import os
+import tempfile
 
 import pytest
 import torch
-
-import tempfile
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 # backend="auto" measures break-even densities once per machine; tests keep that cache to themselves

@@ -80,8 +80,10 @@ def _measure(out_features: int, in_features: int, batch: int, reps: int) -> floa
     from sparse_rl.sparse.layers import MaskedLinear, SparseLinear, random_mask
 
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, in_features, generator=generator)
-    grad_out = torch.randn(batch, out_features, generator=generator)
+    # Inputs and output gradients in the layout sparse neighbours produce: transposed views of contiguous
+    # [features, batch] tensors (see sparse_rl.sparse.kernels), so a layer is judged in the network it joins.
+    x = torch.randn(in_features, batch, generator=generator).t()
+    grad_out = torch.randn(out_features, batch, generator=generator).t()
     dense = MaskedLinear(in_features, out_features)
 
     def step(layer: torch.nn.Module):

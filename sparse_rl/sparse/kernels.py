@@ -95,32 +95,34 @@ class SparseLinearFunction(torch.autograd.Function):
         structure: CSRStructure,
         owner: Any,
     ) -> torch.Tensor:
-        y_t = torch.sparse.mm(structure.matrix(values), x.t())
+        x_t = x.t().contiguous()  # free when x came from a sparse layer; one copy (kept for backward) otherwise
+        y_t = torch.sparse.mm(structure.matrix(values), x_t)
         if bias is not None:
             y_t.add_(bias.unsqueeze(1))
         ctx.structure = structure
         ctx.owner = owner
         ctx.has_bias = bias is not None
-        ctx.save_for_backward(x, values)
+        ctx.save_for_backward(x_t, values)
         return y_t.t()
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        x, values = ctx.saved_tensors
+        x_t, values = ctx.saved_tensors
         structure: CSRStructure = ctx.structure
         owner = ctx.owner
-        g_t = grad_out.t()
+        g_t = grad_out.t().contiguous()  # one copy at most, shared by both products below
         grad_x = grad_values = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.sparse.mm(structure.transposed(values), g_t).t()
         if ctx.needs_input_grad[1]:
             if owner is not None and owner.capture_dense_grad:
-                dense = g_t @ x  # the dense gradient, for gradient-based growth
+                dense = g_t @ x_t.t()  # the dense gradient, for gradient-based growth
                 owner._store_dense_grad(dense)
                 grad_values = dense.view(-1).index_select(0, structure.index)
             else:
                 pattern = structure.matrix(values)
-                grad_values = torch.sparse.sampled_addmm(pattern, g_t, x, beta=0.0).values()
+                # x_t.t() is column-major, the layout this SDDMM reads without a copy
+                grad_values = torch.sparse.sampled_addmm(pattern, g_t, x_t.t(), beta=0.0).values()
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_out.sum(0)
         return grad_x, grad_values, grad_bias, None, None

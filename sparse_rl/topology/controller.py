@@ -259,7 +259,8 @@ class TopologyController(nn.Module):
         """Tell sparse-storage layers whether the next backward pass must keep the dense gradient."""
         want = self.needs_dense_grad(self.step + 1)
         for layer in self._layers:
-            layer.capture_dense_grad = want
+            if layer.capture_dense_grad != want:  # nn.Module.__setattr__ is slow: set on change only
+                layer.capture_dense_grad = want
 
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self.step += 1
