@@ -85,11 +85,13 @@ class Crash(BaseCallback):
         return True
 
 
-@pytest.mark.parametrize("algo", ["sac", "td3"])
-def test_resume_equals_uninterrupted(algo, tmp_path, capsys):
+@pytest.mark.parametrize("algo, topology, backend", [("sac", "set", "auto"), ("td3", "set", "auto"),
+                                                     ("sac", "rigl", "sparse"), ("td3", "rigl", "sparse")])
+def test_resume_equals_uninterrupted(algo, topology, backend, tmp_path, capsys):
     # TINY, with later flags overriding it: a checkpoint before the crash, no evaluations.
-    argv = ["--algo", algo, "--env", "Pendulum", "--topology", "set", "--set", "checkpoint_freq=150", "--save-replay-buffer",
-            *TINY, "--n-timesteps", "500", "--set", "update_interval=20", "--eval-freq", "0"]
+    argv = ["--algo", algo, "--env", "Pendulum", "--topology", topology, "--set", "checkpoint_freq=150",
+            "--save-replay-buffer", *TINY, "--n-timesteps", "500", "--set", "update_interval=20", "--eval-freq", "0",
+            "--set", f"backend={backend}"]
     parser = train.build_parser()
     code, _, err = run_cli(train, [*argv, "--run-dir", tmp_path / "a"], capsys)
     assert code == 0, err
@@ -126,6 +128,7 @@ def test_resume_equals_uninterrupted(algo, tmp_path, capsys):
         (["--algo", "td3", "--env", "Pendulum", "--set", "ent_coef=0.1"], "unknown config key 'ent_coef'"),
         (["--algo", "sac", "--env", "Pendulum", "--sparsity", "1.0"], "sparsity must be in [0, 1), got 1.0"),
         (["--algo", "sac", "--env", "Pendulum", "--topology", "foo"], "unknown topology 'foo'"),
+        (["--algo", "sac", "--env", "Pendulum", "--set", "backend=gpu"], "backend must be one of 'auto', 'sparse', 'dense'"),
         (["--algo", "sac", "--env", "Pendulum", "--set", "oops"], "key=value"),
         (["--algo", "sac", "--env", "Pendulum", "--run-dir", "/proc/forbidden/run"], "not writable"),
         (["--resume", "/nonexistent/run"], "does not exist"),

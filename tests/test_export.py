@@ -20,11 +20,11 @@ INT8_MAX_TOL = 0.05
 INT8_MEAN_TOL = 0.01
 
 
-def trained(algo, policy, env_id, sparsity=0.9, steps=300, net_arch=(64, 64)):
+def trained(algo, policy, env_id, sparsity=0.9, steps=300, net_arch=(64, 64), backend="auto"):
     model = algo(
         policy,
         env_id,
-        policy_kwargs=dict(sparsity=sparsity, net_arch=list(net_arch), update_interval=50),
+        policy_kwargs=dict(sparsity=sparsity, net_arch=list(net_arch), update_interval=50, backend=backend),
         learning_starts=100,
         batch_size=64,
         seed=0,
@@ -35,8 +35,10 @@ def trained(algo, policy, env_id, sparsity=0.9, steps=300, net_arch=(64, 64)):
 
 @pytest.fixture(scope="module", params=["sac", "td3"])
 def model(request):
-    algo, policy = (SAC, SparseSACPolicy) if request.param == "sac" else (TD3, SparseTD3Policy)
-    return trained(algo, policy, "Pendulum-v1")
+    # one model per storage of the sparse layers: exports read the same dense weights from both
+    if request.param == "sac":
+        return trained(SAC, SparseSACPolicy, "Pendulum-v1", backend="sparse")
+    return trained(TD3, SparseTD3Policy, "Pendulum-v1", backend="dense")
 
 
 def observations(model, n=1000, seed=0):

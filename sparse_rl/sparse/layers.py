@@ -271,13 +271,15 @@ class SparseLinear(MaskedLinear):
         for name, slot in list(slots.items()):
             if isinstance(slot, torch.Tensor) and slot.shape == self.values.shape:
                 slots[name] = relayout(slot)
-        if self.values.grad is not None:
-            self.values.grad = relayout(self.values.grad)
+        grad = None if self.values.grad is None else relayout(self.values.grad)
         values = relayout(self.values)
         if values.shape == self.values.shape:
             self.values.copy_(values)
         else:
+            self.values.grad = None
             self.values.data = values
+        if grad is not None:
+            self.values.grad = grad
 
     @torch.no_grad()
     def set_weights(self, positions: torch.Tensor, weight: torch.Tensor) -> None:
