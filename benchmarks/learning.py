@@ -1,10 +1,15 @@
 """Learning benchmark: dense vs static vs SET vs RigL, SAC at 90% sparsity, through the CLI.
 
+Also the sparse compute backend: ``rigl-sparse-backend`` is RigL with ``backend=sparse`` (the ``rigl`` rows
+were measured with the dense kernels), ``rigl-wide-0.98`` a 98%-sparse [1024, 1024] RigL SAC on the sparse
+backend, to compare with the dense 256x256 baseline on the same budget.
+
 Runs ``python -m sparse_rl.train`` for every method x seed (``--jobs`` at a time, one torch thread
 each), skipping finished runs and resuming started ones; then writes ``docs/results/learning.csv`` and
 ``docs/results/learning.png`` and prints the Markdown table recorded in ``docs/benchmarks.md``.
 
     python benchmarks/learning.py --env HalfCheetah-v5 --seeds 0 1 --n-timesteps 100000 --jobs 2
+    python benchmarks/learning.py --methods rigl-sparse-backend rigl-wide-0.98 --jobs 2
     python benchmarks/learning.py --report-only        # tables and plots from existing runs
 """
 
@@ -26,7 +31,15 @@ from common import (
     write_csv,
 )
 
-METHODS = ["dense", "static", "set", "rigl"]
+#: method -> its train arguments beyond the shared ones (the preset, then overrides)
+METHODS = {
+    "dense": ["--preset", "dense"],
+    "static": ["--preset", "static"],
+    "set": ["--preset", "set"],
+    "rigl": ["--preset", "rigl"],
+    "rigl-sparse-backend": ["--preset", "rigl", "--set", "backend=sparse"],
+    "rigl-wide-0.98": ["--preset", "rigl", "--set", "sparsity=0.98", "--set", "net_arch=[1024, 1024]", "--set", "backend=sparse"],
+}
 
 
 def main() -> None:
@@ -44,6 +57,7 @@ def main() -> None:
         default=Path("docs/results/runs/learning"),
         help="where finished runs' config, evaluations and summary are kept (in git)",
     )
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
 
@@ -57,25 +71,24 @@ def main() -> None:
                 "sac",
                 "--env",
                 args.env,
-                "--preset",
-                method,
                 "--sparsity",
                 str(args.sparsity),
                 "--n-timesteps",
                 str(args.n_timesteps),
                 "--set",
                 "eval_episodes=5",
+                *METHODS[method],
             ],
         )
         for seed in args.seeds
-        for method in METHODS
+        for method in args.methods
     ]
     # finished runs are kept in the repository (args.store), so a fresh clone skips them and reports them
     runs = keep_results(runs, args.root, args.store)
     if not args.report_only:
         run_all(runs, args.jobs, args.root / "logs")
         runs = keep_results(runs, args.root, args.store)
-    groups = {m: [r.run_dir for r in runs if r.name == m] for m in METHODS}
+    groups = {m: [r.run_dir for r in runs if r.name == m] for m in args.methods}
     csv_path = args.out / "learning.csv"
     # rows of methods with no finished run here are kept from the CSV, not dropped
     rows = merge_rows(read_csv(csv_path), summarize(groups), ("method",))

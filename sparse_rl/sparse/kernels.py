@@ -57,6 +57,9 @@ class CSRStructure:
         if mask.dim() != 2 or mask.dtype != torch.bool:
             raise ValueError(f"a CSR structure needs a 2-D boolean mask, got {mask.dim()}-D {mask.dtype}")
         out, inp = mask.shape
+        # int32 row/column indices when they fit: the CPU kernels (MKL) take them as they are, int64 ones are
+        # converted on every call
+        itype = torch.int32 if mask.numel() < 2**31 else torch.int64
         index = mask.reshape(-1).nonzero().squeeze(1)
         rows = torch.div(index, inp, rounding_mode="floor")
         cols = index - rows * inp
@@ -65,7 +68,9 @@ class CSRStructure:
         perm = torch.argsort(cols * out + rows)
         crow_t = torch.zeros(inp + 1, dtype=torch.int64, device=mask.device)
         crow_t[1:] = torch.cumsum(mask.sum(dim=0), 0)
-        return cls((out, inp), index, crow, cols, crow_t, rows[perm].contiguous(), perm)
+        return cls(
+            (out, inp), index, crow.to(itype), cols.to(itype), crow_t.to(itype), rows[perm].to(itype).contiguous(), perm
+        )
 
     def matrix(self, values: torch.Tensor) -> torch.Tensor:
         """``W`` as a CSR tensor over ``values`` (no copy)."""
@@ -96,9 +101,10 @@ class SparseLinearFunction(torch.autograd.Function):
         owner: Any,
     ) -> torch.Tensor:
         x_t = x.t().contiguous()  # free when x came from a sparse layer; one copy (kept for backward) otherwise
-        y_t = torch.sparse.mm(structure.matrix(values), x_t)
         if bias is not None:
-            y_t.add_(bias.unsqueeze(1))
+            y_t = torch.addmm(bias.unsqueeze(1), structure.matrix(values), x_t)
+        else:
+            y_t = torch.sparse.mm(structure.matrix(values), x_t)
         ctx.structure = structure
         ctx.owner = owner
         ctx.has_bias = bias is not None
