@@ -15,6 +15,7 @@ from sparse_rl.sparse import (
     CSRStructure,
     MaskedLinear,
     SparseLinear,
+    dense_gradient_view,
     kernels,
     masked_layers,
     random_mask,
@@ -330,3 +331,17 @@ def test_no_dense_weight_gradient_on_ordinary_steps(monkeypatch):
         opt.step()
     per_step = [any(calls[i : i + 3]) for i in range(0, len(calls), 3)]
     assert [i + 1 for i, c in enumerate(per_step) if c] == [10, 20, 30]
+
+
+def test_dense_gradient_view_gives_the_dense_storage_gradients():
+    dense_net = _net(dtype=torch.float32)
+    sparse_net = copy.deepcopy(dense_net)
+    use_sparse_storage_for(sparse_net, masked_layers(sparse_net), [True] * 3)
+    x = torch.randn(16, 8)
+    expected = torch.autograd.grad(dense_net(x).pow(2).sum(), list(dense_net.parameters()))
+    with dense_gradient_view(sparse_net) as params:
+        assert [tuple(p.shape) for p in params] == [tuple(p.shape) for p in dense_net.parameters()]
+        got = torch.autograd.grad(sparse_net(x).pow(2).sum(), params)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+    assert all(m._dense_leaf is None for m in masked_layers(sparse_net))  # back to sparse compute

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
+from sparse_rl.sparse import dense_gradient_view
 from sparse_rl.topology.diagnostics import dormant_neurons, gradient_snr
 
 
@@ -64,6 +65,7 @@ def model_diagnostics(model: Any, batch_size: int = 256, tau: float = 0.1, snr_b
         actor = dormant_neurons(policy.actor, lambda: policy._predict(data.observations, deterministic=True), tau)
         critic = dormant_neurons(policy.critic, lambda: policy.critic(data.observations, data.actions), tau)
         batches = [buffer.sample(batch_size) for _ in range(snr_batches)]
-        snr = gradient_snr(policy.critic.parameters(), [lambda b=b: critic_loss(model, b) for b in batches])
+        with dense_gradient_view(policy.critic) as params:  # the same dense gradients on every backend
+            snr = gradient_snr(params, [lambda b=b: critic_loss(model, b) for b in batches])
     policy.critic.zero_grad(set_to_none=True)
     return {"actor_dormant": actor["fraction"], "critic_dormant": critic["fraction"], "critic_grad_snr": snr}

@@ -12,6 +12,7 @@ from sparse_rl.sparse.kernels import CSRStructure, sparse_linear
 from sparse_rl.sparse.layers import (
     MaskedLinear,
     SparseLinear,
+    dense_gradient_view,
     keep_dense_optimizer_format,
     masked_layers,
     random_mask,
@@ -31,6 +32,7 @@ __all__ = [
     "check_backend",
     "check_density",
     "check_distribution",
+    "dense_gradient_view",
     "keep_dense_optimizer_format",
     "layer_nonzeros",
     "masked_layers",

@@ -22,7 +22,8 @@ The dense compute path is a module-level function (:func:`set_linear_backend`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -199,6 +200,7 @@ class SparseLinear(MaskedLinear):
         new._structure = None
         new._structure_key = None
         new._dense_grad = None
+        new._dense_leaf = None
         new.capture_dense_grad = False
         new.train(layer.training)
         return new
@@ -225,6 +227,8 @@ class SparseLinear(MaskedLinear):
         return int(self.values.numel())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._dense_leaf is not None:  # inside dense_gradient_view()
+            return _dense_backend(x, self._dense_leaf, self.bias, self.mask)
         return sparse_linear(x, self.values, self.bias, self.structure(), self)
 
     # --------------------------------------------------------- dense gradient
@@ -395,6 +399,24 @@ def sparsify(
         if sparse_init:
             layer.rescale_by_fan_in()
     return counts
+
+
+@contextmanager
+def dense_gradient_view(module: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Within the block, sparse-storage layers of ``module`` compute with a dense weight tensor (a leaf,
+    equal to their weight), so gradients taken w.r.t. the yielded tensors are the *dense* weight gradients a
+    dense-storage layer would have. Yields ``module``'s trainable tensors in ``parameters()`` order with each
+    sparse layer's ``values`` replaced by its dense leaf. Used by diagnostics that must read the same on
+    both backends (the critic's gradient SNR)."""
+    sparse = [m for m in module.modules() if isinstance(m, SparseLinear)]
+    leaves = {id(m.values): m.weight.detach().requires_grad_(m.values.requires_grad) for m in sparse}
+    for m in sparse:
+        m._dense_leaf = leaves[id(m.values)]
+    try:
+        yield [leaves.get(id(p), p) for p in module.parameters()]
+    finally:
+        for m in sparse:
+            m._dense_leaf = None
 
 
 def _set_module(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
