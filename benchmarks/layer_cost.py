@@ -14,23 +14,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 
 import torch
 
 from sparse_rl.sparse import MaskedLinear, SparseLinear, random_mask
+from sparse_rl.sparse.backend import median_seconds
 
 
 def median_us(fn, reps: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e6 * statistics.median(times)
+    return 1e6 * median_seconds(fn, reps)
 
 
 def tensor_bytes(tensors) -> int:

@@ -29,7 +29,7 @@ import time
 import types
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import stable_baselines3.sac.sac as sb3_sac
@@ -61,6 +61,7 @@ class Config:
     net_arch: list[int]
     sparsity: float | None = None  # None: SB3's dense MlpPolicy
     backend: str = "auto"
+    extra: dict[str, Any] = field(default_factory=dict)  # more policy kwargs
 
 
 def all_configs() -> dict[str, Config]:
@@ -68,7 +69,13 @@ def all_configs() -> dict[str, Config]:
     for sparsity in (0.9, 0.95, 0.98):
         for backend in ("sparse", "auto", "dense"):
             configs.append(Config(f"rigl-{sparsity}-{backend}", [256, 256], sparsity, backend))
-    configs += [Config("wide-0.98-sparse", [1024, 1024], 0.98, "sparse"), Config("dense-1024", [1024, 1024])]
+    # grow_signal=momentum needs the dense gradient on every step: its cost with the sparse backend
+    configs.append(Config("rigl-0.9-auto-momentum", [256, 256], 0.9, "auto", {"grow_signal": "momentum"}))
+    configs += [
+        Config("wide-0.98-sparse", [1024, 1024], 0.98, "sparse"),
+        Config("wide-0.98-auto", [1024, 1024], 0.98, "auto"),
+        Config("dense-1024", [1024, 1024]),
+    ]
     return {c.name: c for c in configs}
 
 
@@ -77,7 +84,7 @@ def build(config: Config, env: str, buffer_size: int) -> SAC:
     if config.sparsity is None:
         return SAC("MlpPolicy", env, policy_kwargs=dict(net_arch=config.net_arch), **common)
     kwargs = dict(sparsity=config.sparsity, topology="rigl", update_interval=1000, backend=config.backend,
-                  net_arch=config.net_arch)
+                  net_arch=config.net_arch, **config.extra)
     return SAC(SparseSACPolicy, env, policy_kwargs=kwargs, **common)
 
 

@@ -20,6 +20,7 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -59,7 +60,8 @@ def _key(out_features: int, in_features: int, batch: int) -> str:
     return f"{_cpu_name()}|torch {torch.__version__}|threads {threads}|{out_features}x{in_features}|batch {batch}"
 
 
-def _median_time(fn, reps: int) -> float:
+def median_seconds(fn: Callable[[], object], reps: int) -> float:
+    """Median wall time of ``fn()`` over ``reps`` calls, after one warm-up call."""
     fn()
     times = []
     for _ in range(reps):
@@ -94,14 +96,14 @@ def _measure(out_features: int, in_features: int, batch: int, reps: int) -> floa
 
         return run
 
-    dense_time = _median_time(step(dense), reps)
+    dense_time = median_seconds(step(dense), reps)
     numel = out_features * in_features
     break_even = 0.0
     for density in reversed(CALIBRATION_DENSITIES):  # lowest first: stop at the first loss
         nnz = max(1, round(density * numel))
         dense.set_mask(random_mask(dense.weight.shape, nnz, generator))
         sparse = SparseLinear.from_masked(dense)
-        if _median_time(step(sparse), reps) >= dense_time:
+        if median_seconds(step(sparse), reps) >= dense_time:
             break
         break_even = density
     return break_even
