@@ -1,15 +1,16 @@
 """Learning benchmark: dense vs static vs SET vs RigL, SAC at 90% sparsity, through the CLI.
 
-Also the sparse compute backend: ``rigl-sparse-backend`` is RigL with ``backend=sparse`` (the ``rigl`` rows
-were measured with the dense kernels), ``rigl-wide-0.98`` a 98%-sparse [1024, 1024] RigL SAC on the sparse
-backend, to compare with the dense 256x256 baseline on the same budget.
+Also the sparse compute backend: ``rigl-sparse-backend`` and ``rigl-dense-backend`` are RigL with
+``backend=sparse`` and ``backend=dense`` on the same code (the ``rigl`` rows come from an earlier version,
+dense kernels), ``rigl-wide-0.98`` a 98%-sparse [1024, 1024] RigL SAC on the sparse backend, to compare
+with the dense 256x256 baseline on the same budget.
 
 Runs ``python -m sparse_rl.train`` for every method x seed (``--jobs`` at a time, one torch thread
 each), skipping finished runs and resuming started ones; then writes ``docs/results/learning.csv`` and
 ``docs/results/learning.png`` and prints the Markdown table recorded in ``docs/benchmarks.md``.
 
     python benchmarks/learning.py --env HalfCheetah-v5 --seeds 0 1 --n-timesteps 100000 --jobs 2
-    python benchmarks/learning.py --methods rigl-sparse-backend rigl-wide-0.98 --jobs 2
+    python benchmarks/learning.py --methods rigl-sparse-backend rigl-dense-backend rigl-wide-0.98 --jobs 2
     python benchmarks/learning.py --report-only        # tables and plots from existing runs
 """
 
@@ -38,6 +39,7 @@ METHODS = {
     "set": ["--preset", "set"],
     "rigl": ["--preset", "rigl"],
     "rigl-sparse-backend": ["--preset", "rigl", "--set", "backend=sparse"],
+    "rigl-dense-backend": ["--preset", "rigl", "--set", "backend=dense"],
     "rigl-wide-0.98": ["--preset", "rigl", "--set", "sparsity=0.98", "--set", "net_arch=[1024, 1024]", "--set", "backend=sparse"],
 }
 
