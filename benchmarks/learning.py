@@ -98,12 +98,15 @@ def main() -> None:
         write_csv(rows, csv_path)
     from sparse_rl.plot import plot_runs
 
-    done = [d for dirs in groups.values() for d in dirs if finished(d)]
+    drawn = [(method, d) for method, dirs in groups.items() for d in dirs if finished(d)]
     missing = without_curves(rows, groups)
-    if done and not missing:
-        plot_runs(done, args.out / "learning.png", title=f"SAC {args.env}, {args.sparsity:.0%} sparsity")
-    else:
-        print(f"kept {args.out / 'learning.png'}: no learning curves on disk for {missing}")
+    # labelled by method: the config's label (algo-topology-sparsity) would merge the backend variants
+    path = args.out / f"learning{'-partial' if missing else ''}.png"
+    if drawn:
+        plot_runs([d for _, d in drawn], path, title=f"SAC {args.env} (mean ± 95% CI over seeds)",
+                  labels=[method for method, _ in drawn])
+    if missing:
+        print(f"no learning curves on disk for {missing}: wrote {path}, kept {args.out / 'learning.png'}")
     print(f"SAC on {args.env}, {args.n_timesteps} steps, final evaluation (5 episodes per seed):\n")
     print(markdown(rows))
 
