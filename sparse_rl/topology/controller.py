@@ -10,6 +10,13 @@ Per optimizer step (``optimizer.step()`` of the network, so actor and critic cou
    positions; copy the new mask into the target networks and zero them there too (so under Polyak
    averaging a target is never denser than its online network); finally re-zero absent weights.
 
+Every change goes through the layers' own interface (``change_mask``, ``set_weights``, ``dense_grad``),
+so the same controller drives layers with dense storage (:class:`~sparse_rl.sparse.MaskedLinear`: the
+masking in steps 1 and 3 applies) and with sparse storage (:class:`~sparse_rl.sparse.SparseLinear`:
+nothing to mask; values and optimizer slots are re-laid out for the new structure). Before each backward
+pass the controller tells sparse layers whether growth will read this step's dense gradient
+(:meth:`TopologyController.needs_dense_grad`), so they compute it only then.
+
 The controller's counters and its random-generator state are module *extra state*, so they are in the
 ``state_dict`` of whatever module owns the controller and survive save/load.
 """
