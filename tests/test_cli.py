@@ -129,6 +129,7 @@ def test_resume_equals_uninterrupted(algo, topology, backend, tmp_path, capsys):
         (["--algo", "sac", "--env", "Pendulum", "--sparsity", "1.0"], "sparsity must be in [0, 1), got 1.0"),
         (["--algo", "sac", "--env", "Pendulum", "--topology", "foo"], "unknown topology 'foo'"),
         (["--algo", "sac", "--env", "Pendulum", "--set", "backend=gpu"], "backend must be one of 'auto', 'sparse', 'dense'"),
+        (["--algo", "sac", "--env", "Pendulum", "--set", "update_interval=0"], "update_interval must be a positive int"),
         (["--algo", "sac", "--env", "Pendulum", "--set", "oops"], "key=value"),
         (["--algo", "sac", "--env", "Pendulum", "--run-dir", "/proc/forbidden/run"], "not writable"),
         (["--resume", "/nonexistent/run"], "does not exist"),

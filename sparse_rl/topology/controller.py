@@ -69,6 +69,11 @@ class TopologyConfig:
 
     def __post_init__(self) -> None:
         make_updater(self.topology)
+        # before anything compared with it (grow_batches), so a bad interval is named as such
+        if isinstance(self.update_interval, bool) or not isinstance(self.update_interval, int):
+            raise TypeError(f"update_interval must be a positive int, got {self.update_interval!r}")
+        if self.update_interval <= 0:
+            raise ValueError(f"update_interval must be a positive int, got {self.update_interval!r}")
         get_schedule(self.drop_schedule)
         if self.grow_signal not in GROW_SIGNALS:
             raise ValueError(f"unknown grow_signal {self.grow_signal!r}; known: {', '.join(GROW_SIGNALS)}")
@@ -80,10 +85,6 @@ class TopologyConfig:
             raise ValueError(f"dormant_tau must be >= 0, got {self.dormant_tau!r}")
         if not 0.0 <= self.grow_momentum < 1.0:
             raise ValueError(f"grow_momentum must be in [0, 1), got {self.grow_momentum!r}")
-        if isinstance(self.update_interval, bool) or not isinstance(self.update_interval, int):
-            raise TypeError(f"update_interval must be a positive int, got {self.update_interval!r}")
-        if self.update_interval <= 0:
-            raise ValueError(f"update_interval must be a positive int, got {self.update_interval!r}")
         for name in ("drop_fraction", "end_fraction"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
