@@ -95,31 +95,26 @@ class Timers:
         self.seconds: dict[str, float] = defaultdict(float)
         self._undo: list[Callable[[], None]] = []
 
-    def wrap(self, owner: Any, attr: str, category: str) -> None:
-        original = getattr(owner, attr)
-
+    def _timed(self, fn: Callable, category: str) -> Callable:
         def timed(*args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
             try:
-                return original(*args, **kwargs)
+                return fn(*args, **kwargs)
             finally:
                 self.seconds[category] += time.perf_counter() - start
 
+        return timed
+
+    def wrap(self, owner: Any, attr: str, category: str) -> None:
+        original = getattr(owner, attr)
         shadows_class_attr = not isinstance(owner, (type, types.ModuleType)) and attr not in vars(owner)
-        setattr(owner, attr, timed)
+        setattr(owner, attr, self._timed(original, category))
         self._undo.append((lambda: delattr(owner, attr)) if shadows_class_attr else (lambda: setattr(owner, attr, original)))
 
     def wrap_hooks(self, hooks: dict, category: str) -> None:
         for key, hook in list(hooks.items()):
-            def timed(*args: Any, _hook: Callable = hook, **kwargs: Any) -> Any:
-                start = time.perf_counter()
-                try:
-                    return _hook(*args, **kwargs)
-                finally:
-                    self.seconds[category] += time.perf_counter() - start
-
-            hooks[key] = timed
-            self._undo.append(lambda k=key, h=hook, d=hooks: d.__setitem__(k, h))
+            hooks[key] = self._timed(hook, category)
+            self._undo.append(lambda k=key, h=hook: hooks.__setitem__(k, h))
 
     def undo(self) -> None:
         for fn in reversed(self._undo):

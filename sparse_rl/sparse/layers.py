@@ -443,20 +443,16 @@ def use_sparse_storage_for(
 
     :return: the network's layers after the swap, aligned with ``layers``.
     """
-    new_layers: list[MaskedLinear] = []
+    new_layers = list(layers)
     swapped: dict[int, nn.Parameter] = {}
-    for layer, sparse in zip(layers, chosen):
-        if sparse and layer.storage == "dense":
-            new = SparseLinear.from_masked(layer)
-            _set_module(network, layer, new)
-            swapped[id(layer.weight)] = new.values
-            new_layers.append(new)
-        else:
-            new_layers.append(layer)
-    for target, target_layers in targets:
-        for layer, sparse in zip(target_layers, chosen):
+    for net, net_layers in [(network, layers), *targets]:
+        for i, (layer, sparse) in enumerate(zip(net_layers, chosen)):
             if sparse and layer.storage == "dense":
-                _set_module(target, layer, SparseLinear.from_masked(layer))
+                new = SparseLinear.from_masked(layer)
+                _set_module(net, layer, new)
+                if net is network:
+                    swapped[id(layer.weight)] = new.values
+                    new_layers[i] = new
     if optimizer is not None and swapped:
         if optimizer.state:
             raise RuntimeError("sparse storage must be chosen before the optimizer's first step")
