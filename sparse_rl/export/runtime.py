@@ -42,6 +42,51 @@ def _activate(x: np.ndarray, name: str) -> np.ndarray:
     return x
 
 
+class PolicyFileError(ValueError):
+    """A policy file is missing a member or holds a malformed one; the message names it and its layer."""
+
+
+class _Checker:
+    """Checks of a loaded file's members, each failing with a message that names the member."""
+
+    def __init__(self, path: str, data: dict[str, np.ndarray]):
+        self.path, self.data = path, data
+
+    def fail(self, message: str) -> PolicyFileError:
+        return PolicyFileError(f"{self.path!r}: {message}")
+
+    def array(self, key: str, kind: str, shape: tuple[int, ...], where: str) -> np.ndarray:
+        kinds = {"u": "unsigned integer", "i": "signed integer", "f": "floating point"}
+        if key not in self.data:
+            raise self.fail(f"{where}: member {key} is missing")
+        value = self.data[key]
+        if value.dtype.kind != kind:
+            raise self.fail(f"{where}: {key} has dtype {value.dtype}, expected {kinds[kind]}")
+        if value.shape != shape:
+            raise self.fail(f"{where}: {key} has shape {value.shape}, expected {shape}")
+        if kind == "f" and not np.all(np.isfinite(value)):
+            raise self.fail(f"{where}: {key} holds NaN or infinite values")
+        return value
+
+    def positive_int(self, mapping: dict, key: str, where: str) -> int:
+        value = mapping.get(key) if isinstance(mapping, dict) else None
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise self.fail(f"{where}: {key} must be a positive int, got {value!r}")
+        return value
+
+    def choice(self, mapping: dict, key: str, allowed: tuple[str, ...], where: str = "meta") -> str:
+        value = mapping.get(key) if isinstance(mapping, dict) else None
+        if value not in allowed:
+            raise self.fail(f"{where}: {key} must be one of {', '.join(allowed)}, got {value!r}")
+        return value
+
+    def meta_list(self, meta: dict, key: str) -> list:
+        value = meta.get(key)
+        if not isinstance(value, list) or not value:
+            raise self.fail(f"meta: {key} must be a non-empty list, got {value!r}")
+        return value
+
+
 @dataclass
 class SparsePolicy:
     """A loaded policy; layers are expanded to dense float32 matrices for numpy's matmul."""
@@ -56,36 +101,70 @@ class SparsePolicy:
 
     @classmethod
     def load(cls, path: str | Path) -> SparsePolicy:
-        with np.load(path, allow_pickle=False) as f:
-            data = {k: f[k] for k in f.files}
+        """Load and validate a policy file.
+
+        :raises PolicyFileError: naming the member (and layer) that is missing or malformed: wrong dtype
+            or shape, row pointers not starting at 0 or decreasing, column indices out of range, lengths
+            that disagree, layers whose sizes do not chain, bounds of the wrong length.
+        """
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                data = {k: f[k] for k in f.files}
+        except (OSError, ValueError) as err:
+            raise PolicyFileError(f"{str(path)!r} is not a readable .npz file: {err}") from None
         if "meta" not in data:
-            raise ValueError(f"{str(path)!r} is not a sparse_rl policy file (no meta)")
-        meta = json.loads(bytes(data["meta"]).decode())
-        if meta.get("format") != FORMAT_NAME or meta.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{str(path)!r}: unsupported format {meta.get('format')!r} v{meta.get('version')!r}")
-        weights, biases = [], []
-        for i, layer in enumerate(meta["layers"]):
-            w = np.zeros((layer["out"], layer["in"]), dtype=np.float32)
-            indptr = data[f"l{i}_indptr"].astype(np.int64)
-            rows = np.repeat(np.arange(layer["out"]), np.diff(indptr))
-            values = data[f"l{i}_values"].astype(np.float32)
-            if meta["dtype"] == "int8":
-                scale, bias = data[f"l{i}_scale_bias"].astype(np.float32)
+            raise PolicyFileError(f"{str(path)!r} is not a sparse_rl policy file (no meta)")
+        try:
+            meta = json.loads(bytes(data["meta"]).decode())
+        except (UnicodeDecodeError, ValueError) as err:
+            raise PolicyFileError(f"{str(path)!r}: meta is not JSON: {err}") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME or meta.get("version") != FORMAT_VERSION:
+            got = meta.get("format") if isinstance(meta, dict) else meta
+            version = meta.get("version") if isinstance(meta, dict) else None
+            raise PolicyFileError(f"{str(path)!r}: unsupported format {got!r} v{version!r}")
+        check = _Checker(str(path), data)
+        layers = check.meta_list(meta, "layers")
+        quantized = check.choice(meta, "dtype", ("float32", "int8")) == "int8"
+        weights, biases, activations = [], [], []
+        width = check.positive_int(meta, "obs_dim", "meta")
+        for i, layer in enumerate(layers):
+            where = f"layer {i}"
+            out, inp = check.positive_int(layer, "out", where), check.positive_int(layer, "in", where)
+            if inp != width:
+                raise PolicyFileError(f"{str(path)!r}: {where} takes {inp} inputs but receives {width}")
+            activations.append(check.choice(layer, "activation", ACTIVATIONS, where))
+            indptr = check.array(f"l{i}_indptr", "u", (out + 1,), where)
+            nnz = int(indptr[-1]) if len(indptr) else 0
+            if indptr[0] != 0 or np.any(np.diff(indptr.astype(np.int64)) < 0):
+                raise PolicyFileError(f"{str(path)!r}: {where}: l{i}_indptr must start at 0 and never decrease")
+            indices = check.array(f"l{i}_indices", "u", (nnz,), where)
+            if nnz and int(indices.max()) >= inp:
+                column = int(indices.max())
+                raise PolicyFileError(f"{str(path)!r}: {where}: l{i}_indices holds column {column}, beyond its {inp} inputs")
+            values = check.array(f"l{i}_values", "i" if quantized else "f", (nnz,), where)
+            rows = np.repeat(np.arange(out), np.diff(indptr.astype(np.int64)))
+            values = values.astype(np.float32)
+            if quantized:
+                scale, bias = check.array(f"l{i}_scale_bias", "f", (2, out), where).astype(np.float32)
                 values = values * scale[rows]
             else:
-                bias = data[f"l{i}_bias"].astype(np.float32)
-            w[rows, data[f"l{i}_indices"].astype(np.int64)] = values
+                bias = check.array(f"l{i}_bias", "f", (out,), where).astype(np.float32)
+            w = np.zeros((out, inp), dtype=np.float32)
+            w[rows, indices.astype(np.int64)] = values
             weights.append(w)
             biases.append(bias)
-        return cls(
-            weights,
-            biases,
-            [layer["activation"] for layer in meta["layers"]],
-            meta["squash"],
-            np.asarray(meta["action_low"], dtype=np.float32),
-            np.asarray(meta["action_high"], dtype=np.float32),
-            meta,
-        )
+            width = out
+        act_dim = check.positive_int(meta, "act_dim", "meta")
+        if width != act_dim:
+            raise PolicyFileError(f"{str(path)!r}: the last layer has {width} outputs but act_dim is {act_dim}")
+        bounds = []
+        for key in ("action_low", "action_high"):
+            bound = np.asarray(meta.get(key), dtype=np.float32) if isinstance(meta.get(key), list) else None
+            if bound is None or bound.shape != (act_dim,):
+                raise PolicyFileError(f"{str(path)!r}: meta {key} must be a list of {act_dim} numbers, got {meta.get(key)!r}")
+            bounds.append(bound)
+        squash = check.choice(meta, "squash", ("tanh", "none"))
+        return cls(weights, biases, activations, squash, bounds[0], bounds[1], meta)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Actions for one observation ``(obs_dim,)`` or a batch ``(n, obs_dim)``; float32."""
