@@ -29,6 +29,10 @@ from typing import Any
 import yaml
 
 from sparse_rl.agents.policies import SparsityConfig
+from sparse_rl.agents.replay import DynamicReplayBuffer, NStepSoftReplayBuffer
+
+#: DynamicReplayBuffer options, each from TrainConfig's ``buffer_<name>``
+DYNAMIC_BUFFER_KEYS = ("check_interval", "probe_size", "mismatch_threshold", "shrink_fraction", "min_size")
 
 
 class ConfigError(ValueError):
@@ -200,13 +204,47 @@ def validate(config: TrainConfig) -> None:
     for key in ("n_timesteps", "n_envs", "batch_size", "buffer_size", "train_freq", "eval_episodes"):
         if getattr(config, key) <= 0:
             raise ConfigError(f"{key} must be positive, got {getattr(config, key)!r}")
-    if config.n_steps < 1:
-        raise ConfigError(f"n_steps must be >= 1, got {config.n_steps!r}")
-    for key in ("eval_freq", "checkpoint_freq", "learning_starts", "n_step_delay"):
+    for key in ("eval_freq", "checkpoint_freq", "learning_starts"):
         if getattr(config, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {getattr(config, key)!r}")
     if not config.learning_rate > 0:
         raise ConfigError(f"learning_rate must be positive, got {config.learning_rate!r}")
+    if not 0 < config.tau <= 1:
+        raise ConfigError(f"tau must be in (0, 1], got {config.tau!r}")
+    if not 0 <= config.gamma <= 1:
+        raise ConfigError(f"gamma must be in [0, 1], got {config.gamma!r}")
+    if config.gradient_steps == 0 or config.gradient_steps < -1:
+        raise ConfigError(f"gradient_steps must be positive or -1 (as many as env steps), got {config.gradient_steps!r}")
+    if not config.net_arch or any(width <= 0 for width in config.net_arch):
+        raise ConfigError(f"net_arch must be a non-empty list of positive widths, got {config.net_arch!r}")
+    if config.weight_decay < 0:
+        raise ConfigError(f"weight_decay must be >= 0, got {config.weight_decay!r}")
+    if isinstance(config, SACConfig):
+        ent = config.ent_coef
+        ok = ent > 0 if isinstance(ent, float) else ent == "auto" or _auto_with_init(ent)
+        if not ok:
+            raise ConfigError(f"ent_coef must be a positive number, 'auto' or 'auto_<initial value>', got {ent!r}")
+    if isinstance(config, TD3Config):
+        if config.policy_delay < 1:
+            raise ConfigError(f"policy_delay must be >= 1, got {config.policy_delay!r}")
+        for key in ("target_policy_noise", "target_noise_clip", "action_noise_std"):
+            if getattr(config, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(config, key)!r}")
+    # the replay buffer's options are checked by the buffer classes themselves, here before anything runs
+    try:
+        NStepSoftReplayBuffer.check_options(n_steps=config.n_steps, n_step_delay=config.n_step_delay)
+        kwargs = {key: getattr(config, f"buffer_{key}") for key in DYNAMIC_BUFFER_KEYS}
+        DynamicReplayBuffer.check_dynamic_options(**kwargs, prefix="buffer_")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _auto_with_init(value: str) -> bool:
+    head, _, init = value.partition("_")
+    try:
+        return head == "auto" and float(init) > 0
+    except ValueError:
+        return False
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:

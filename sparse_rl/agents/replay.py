@@ -38,6 +38,10 @@ from stable_baselines3.common.vec_env import VecNormalize
 from sparse_rl.agents.owner import find_owner
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class NStepSoftReplayBuffer(ReplayBuffer):
     """Replay buffer with delayed n-step (soft, for SAC) returns.
 
@@ -49,14 +53,19 @@ class NStepSoftReplayBuffer(ReplayBuffer):
     def __init__(self, *args: Any, n_steps: int = 3, n_step_delay: int = 0, gamma: float = 0.99, **kwargs: Any):
         if kwargs.get("optimize_memory_usage"):
             raise ValueError("NStepSoftReplayBuffer does not support optimize_memory_usage=True")
-        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
-            raise ValueError(f"n_steps must be an int >= 1, got {n_steps!r}")
-        if n_step_delay < 0:
-            raise ValueError(f"n_step_delay must be >= 0, got {n_step_delay!r}")
+        self.check_options(n_steps=n_steps, n_step_delay=n_step_delay)
         super().__init__(*args, **kwargs)
         self.n_steps, self.n_step_delay, self.gamma = n_steps, n_step_delay, gamma
         self.num_timesteps = 0
         self._model_ref: weakref.ReferenceType | None = None  # never pickled
+
+    @staticmethod
+    def check_options(n_steps: int = 3, n_step_delay: int = 0) -> None:
+        """:raises ValueError: naming the first option out of range (the config checks through this too)."""
+        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
+            raise ValueError(f"n_steps must be an int >= 1, got {n_steps!r}")
+        if isinstance(n_step_delay, bool) or not isinstance(n_step_delay, int) or n_step_delay < 0:
+            raise ValueError(f"n_step_delay must be an int >= 0, got {n_step_delay!r}")
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -155,22 +164,35 @@ class DynamicReplayBuffer(NStepSoftReplayBuffer):
         min_size: int = 100_000,
         **kwargs: Any,
     ):
+        self.check_dynamic_options(check_interval, probe_size, mismatch_threshold, shrink_fraction, min_size)
         super().__init__(*args, **kwargs)
-        for name, value, ok in (
-            ("check_interval", check_interval, isinstance(check_interval, int) and check_interval > 0),
-            ("probe_size", probe_size, isinstance(probe_size, int) and probe_size > 0),
-            ("mismatch_threshold", mismatch_threshold, mismatch_threshold >= 0),
-            ("shrink_fraction", shrink_fraction, 0 < shrink_fraction < 1),
-            ("min_size", min_size, isinstance(min_size, int) and min_size > 0),
-        ):
-            if not ok:
-                raise ValueError(f"invalid {name}={value!r}")
         self.check_interval, self.probe_size = check_interval, probe_size
         self.mismatch_threshold, self.shrink_fraction, self.min_size = mismatch_threshold, shrink_fraction, min_size
         self.mean_actions = np.zeros((self.buffer_size, self.n_envs, self.action_dim), dtype=np.float32)
         self.last_mismatch = float("nan")
         self.shrinks = 0
         self._policy_fn: Any = None
+
+    @staticmethod
+    def check_dynamic_options(
+        check_interval: int = 10_000,
+        probe_size: int = 2048,
+        mismatch_threshold: float = 0.2,
+        shrink_fraction: float = 0.1,
+        min_size: int = 100_000,
+        prefix: str = "",
+    ) -> None:
+        """:raises ValueError: naming the first option out of range and its allowed range; ``prefix`` is
+        prepended to the names (the config's keys are ``buffer_<name>``)."""
+        for name, value, ok, allowed in (
+            ("check_interval", check_interval, _is_int(check_interval) and check_interval > 0, "a positive int"),
+            ("probe_size", probe_size, _is_int(probe_size) and probe_size > 0, "a positive int"),
+            ("mismatch_threshold", mismatch_threshold, mismatch_threshold >= 0, "a number >= 0"),
+            ("shrink_fraction", shrink_fraction, 0 < shrink_fraction < 1, "in (0, 1)"),
+            ("min_size", min_size, _is_int(min_size) and min_size > 0, "a positive int"),
+        ):
+            if not ok:
+                raise ValueError(f"{prefix}{name} must be {allowed}, got {value!r}")
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
