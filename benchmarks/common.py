@@ -14,15 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sparse_rl.run import (
-    CHECKPOINT_DIR,
-    EVALUATIONS_FILE,
-    MODEL_FILE,
-    SUMMARY_FILE,
-    atomic_write,
-    checkpoint_has_replay_buffer,
-    read_run,
-)
+from sparse_rl.checkpoint import CheckpointError, latest_checkpoint
+from sparse_rl.run import EVALUATIONS_FILE, SUMMARY_FILE, atomic_write, read_run
 
 #: The files of a finished run that the reports read (a few kB). ``runs/`` is not in git and goes with
 #: the machine, so ``keep_results`` copies these into the repository's results folder, from which
@@ -38,8 +31,11 @@ class Run:
     args: list[str]  # python -m sparse_rl.train arguments (without --seed/--run-dir)
 
     def command(self) -> list[str]:
-        ckpt = self.run_dir / CHECKPOINT_DIR
-        if (ckpt / MODEL_FILE).is_file() and checkpoint_has_replay_buffer(self.run_dir):
+        try:
+            checkpoint = latest_checkpoint(self.run_dir)
+        except CheckpointError:
+            checkpoint = None
+        if checkpoint is not None and checkpoint.has_replay_buffer:
             # started before with its replay buffer checkpointed: continue exactly where it stopped
             return [sys.executable, "-m", "sparse_rl.train", "--resume", str(self.run_dir), "--no-progress"]
         # never started, or its checkpoint lacks the replay buffer: resuming with an empty buffer would be

@@ -1,6 +1,8 @@
-"""``python -m sparse_rl.evaluate RUN_DIR``: return mean/std/95% CI together with sparsity, offline.
+"""``python -m sparse_rl.evaluate RUN_DIR|MODEL.zip``: return mean/std/95% CI together with sparsity, offline.
 
 python -m sparse_rl.evaluate runs/hopper-set --episodes 20
+python -m sparse_rl.evaluate runs/hopper-set/model.zip          # the env is read from the run around it
+python -m sparse_rl.evaluate cheetah.zip --env HalfCheetah      # a model saved with SB3's model.save
 """
 
 from __future__ import annotations
@@ -12,16 +14,17 @@ from pathlib import Path
 
 import torch
 
-from sparse_rl.envs import make_env
+from sparse_rl.envs import EnvError, make_env, resolve_env_id
 from sparse_rl.evaluation import evaluate
-from sparse_rl.run import RunError, load_run_model, read_run
+from sparse_rl.run import RunError, load_model_file, load_run_model, read_run, run_dir_of
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sparse_rl.evaluate", description="Evaluate a trained run.")
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR|MODEL.zip")
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--seed", type=int, help="evaluation env seed (default: the run's seed + 20000)")
+    p.add_argument("--env", help="env of a model zip outside a run directory (default: the run's env)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
@@ -29,13 +32,33 @@ def main(argv: list[str] | None = None) -> int:
         if args.episodes <= 0:
             raise ValueError(f"--episodes must be positive, got {args.episodes}")
         torch.set_num_threads(args.threads)
-        info = read_run(args.run_dir)
-        seed = args.seed if args.seed is not None else int(info["seed"]) + 20_000
-        env = make_env(info["env"], n_envs=1, seed=seed, env_kwargs=info["config"].env_kwargs)
-        model = load_run_model(args.run_dir, env=env)
+        path: Path = args.run_dir
+        if not path.exists():
+            raise RunError(f"{str(path)!r} does not exist (give a run directory or a model .zip)")
+        run_dir = path if path.is_dir() else run_dir_of(path)
+        info = read_run(run_dir) if run_dir is not None else None
+        if args.env is not None:
+            env_id = resolve_env_id(args.env)
+        elif info is not None:
+            env_id = info["env"]
+        else:
+            raise RunError(f"{str(path)!r} is a model file outside a run directory: name its env with --env")
+        env_kwargs = info["config"].env_kwargs if info is not None and env_id == info["env"] else {}
+        seed = args.seed if args.seed is not None else (int(info["seed"]) if info else 0) + 20_000
+        env = make_env(env_id, n_envs=1, seed=seed, env_kwargs=env_kwargs)
+        if path.is_dir():
+            model = load_run_model(path, env=env)
+        else:
+            model = load_model_file(path)
+            if model.observation_space != env.observation_space or model.action_space != env.action_space:
+                raise EnvError(
+                    f"{str(path)!r} was trained on observations {model.observation_space} and actions "
+                    f"{model.action_space}; {env_id!r} has {env.observation_space} and {env.action_space}"
+                )
+            model.set_env(env)
         row = {
-            "run": str(args.run_dir),
-            "env": info["env"],
+            "run": str(path),
+            "env": env_id,
             "timesteps": int(model.num_timesteps),
             **evaluate(model, env, args.episodes),
         }

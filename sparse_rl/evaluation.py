@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from sparse_rl.agents import sparsity_report
 from sparse_rl.agents.diagnostics import model_diagnostics
+from sparse_rl.run import atomic_write
 
 EVAL_FIELDS = [
     "timesteps",
@@ -63,6 +65,19 @@ def evaluate(model: BaseAlgorithm, env: VecEnv, episodes: int) -> dict[str, Any]
     return row
 
 
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """Append ``row`` to the evaluations CSV by writing the whole file anew under a temporary name and
+    renaming it, so a process killed meanwhile leaves the previous file intact (it is small)."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=EVAL_FIELDS, restval="")
+    if path.exists():
+        text.write(path.read_text())
+    else:
+        writer.writeheader()
+    writer.writerow(row)
+    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+
+
 class SparseEvalCallback(BaseCallback):
     """Every ``eval_freq`` env steps, evaluate on ``eval_env`` and append a row to ``csv_path``."""
 
@@ -88,12 +103,7 @@ class SparseEvalCallback(BaseCallback):
     def run_evaluation(self) -> dict[str, Any]:
         row = {"timesteps": self.num_timesteps, **evaluate(self.model, self.eval_env, self.episodes)}
         row["wall_clock_s"] = time.time() - self.start_time
-        new = not self.csv_path.exists()
-        with open(self.csv_path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=EVAL_FIELDS, restval="")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        append_row(self.csv_path, row)
         for key, value in row.items():
             if key not in ("timesteps", "wall_clock_s", "episodes"):
                 self.logger.record(f"eval/{key}", value)

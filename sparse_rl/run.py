@@ -5,10 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
-import pickle
 import platform
-import random
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import stable_baselines3
 import torch
 import yaml
+from gymnasium import spaces
 from stable_baselines3 import SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
@@ -27,23 +27,58 @@ from stable_baselines3.common.vec_env import VecEnv
 import sparse_rl
 from sparse_rl.agents import SparseSACPolicy, SparseTD3Policy, sparsity_report
 from sparse_rl.agents.replay import DynamicReplayBuffer, NStepSoftReplayBuffer
-from sparse_rl.config import SPARSE_KEYS, TrainConfig, config_from_dict
-from sparse_rl.envs.state import get_env_state, set_env_state
+from sparse_rl.checkpoint import MODEL_FILE, CheckpointError, latest_checkpoint, save_checkpoint
+from sparse_rl.config import DYNAMIC_BUFFER_KEYS, SPARSE_KEYS, TrainConfig, config_from_dict
+from sparse_rl.envs import EnvError, probe_env
 
 ALGOS: dict[str, tuple[type[BaseAlgorithm], type]] = {"sac": (SAC, SparseSACPolicy), "td3": (TD3, SparseTD3Policy)}
-MODEL_FILE = "model.zip"
 #: TrainConfig fields passed unchanged to SAC/TD3
 SB3_KEYS = ("learning_rate", "buffer_size", "learning_starts", "batch_size", "tau", "gamma", "train_freq", "gradient_steps")
-#: DynamicReplayBuffer kwargs, each from TrainConfig's ``buffer_<name>``
-DYNAMIC_BUFFER_KEYS = ("check_interval", "probe_size", "mismatch_threshold", "shrink_fraction", "min_size")
-CHECKPOINT_DIR = "checkpoints"
-REPLAY_BUFFER_FILE = "replay_buffer.pkl"  # inside CHECKPOINT_DIR, only with --save-replay-buffer
 EVALUATIONS_FILE = "evaluations.csv"
 SUMMARY_FILE = "summary.json"  # written when a run finishes
 
 
 class RunError(ValueError):
     """A run directory is missing, unusable or corrupt."""
+
+
+def check_device(device: str) -> str:
+    """``device`` if torch can train on it here (``cpu``, ``cuda``, ``cuda:<i>``, ``mps`` or SB3's ``auto``)."""
+    allowed = "allowed: cpu, cuda, cuda:<index>, mps, auto"
+    if device == "auto":
+        return device
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise RunError(f"unknown device {device!r}; {allowed}") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise RunError(f"device {device!r} is not available: this torch sees no CUDA device; use cpu")
+        if dev.index is not None and dev.index >= count:
+            raise RunError(f"device {device!r} is not available: this machine has {count} CUDA device(s)")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise RunError(f"device {device!r} is not available on this machine; use cpu")
+    elif dev.type != "cpu":
+        raise RunError(f"device {device!r} is not supported; {allowed}")
+    return device
+
+
+def check_env_for(algo: str, env_id: str, env_kwargs: dict[str, Any] | None = None) -> None:
+    """Make the env once and check its spaces against ``algo``: SAC/TD3 need a ``Box`` action space.
+
+    :raises EnvError: naming the env, its spaces and what the algorithm needs.
+    """
+    obs_space, action_space = probe_env(env_id, env_kwargs)
+    if not isinstance(action_space, spaces.Box):
+        raise EnvError(
+            f"{env_id!r} has a {action_space} action space; {algo.upper()} needs a continuous (Box) action space "
+            "(e.g. Pendulum, HalfCheetah, Hopper)"
+        )
+    if isinstance(obs_space, (spaces.Dict, spaces.Tuple)):
+        kind = type(obs_space).__name__
+        raise EnvError(f"{env_id!r} has a {kind} observation space; sparse_rl's policies take flat (Box) observations")
 
 
 def run_label(algo: str, config: TrainConfig) -> str:
@@ -126,60 +161,24 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(data, indent=2).encode()))
 
 
-def save_checkpoint(model: BaseAlgorithm, run_dir: Path, save_replay_buffer: bool) -> None:
-    """Write ``checkpoints/``: the model, the training env's state, the global RNG states and (optionally)
-    the replay buffer, each atomically. The model file is renamed into place last, so a checkpoint whose
-    model exists is complete, and one interrupted mid-write leaves the previous checkpoint valid.
-    """
-    ckpt = run_dir / CHECKPOINT_DIR
-    if save_replay_buffer and getattr(model, "replay_buffer", None) is not None:
-        atomic_write(ckpt / REPLAY_BUFFER_FILE, model.save_replay_buffer)  # type: ignore[attr-defined]
-    extra = {
-        "timesteps": int(model.num_timesteps),
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "random": random.getstate(),
-        "env": get_env_state(model.get_env()),  # type: ignore[arg-type]
-    }
-    atomic_write(ckpt / "state.pkl", lambda f: pickle.dump(extra, f))
-    atomic_write(ckpt / MODEL_FILE, model.save)
+def _parse_cell(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text or None
 
 
-def checkpoint_has_replay_buffer(run_dir: Path) -> bool:
-    """Whether the run's checkpoint holds its replay buffer, i.e. ``--resume`` will continue exactly."""
-    return (run_dir / CHECKPOINT_DIR / REPLAY_BUFFER_FILE).is_file()
-
-
-def restore_checkpoint_state(model: BaseAlgorithm, run_dir: Path) -> None:
-    """Restore the training env, the global RNGs and the replay buffer saved beside the checkpoint."""
-    ckpt = run_dir / CHECKPOINT_DIR
-    if checkpoint_has_replay_buffer(run_dir):
-        model.load_replay_buffer(ckpt / REPLAY_BUFFER_FILE)  # type: ignore[attr-defined]
-    state_file = ckpt / "state.pkl"
-    if not state_file.is_file():
-        return
-    try:
-        with open(state_file, "rb") as f:
-            extra = pickle.load(f)
-    except Exception as err:
-        raise RunError(f"corrupt checkpoint state {str(state_file)!r}: {err}") from None
-    if extra["timesteps"] != model.num_timesteps:
-        return  # a final model newer than the checkpoint: nothing of the checkpoint applies
-    set_env_state(model.get_env(), extra["env"])  # type: ignore[arg-type]
-    torch.set_rng_state(extra["torch"])
-    np.random.set_state(extra["numpy"])
-    random.setstate(extra["random"])
-
-
-def rewind_evaluations(path: Path, timesteps: int) -> float:
+def rewind_evaluations(path: Path, timesteps: int) -> tuple[float, dict[str, Any] | None]:
     """Drop the rows of an ``evaluations.csv`` made after ``timesteps``, the step a resumed run restarts from.
 
     Without this, a run resumed from a checkpoint older than its last evaluation would list those
     evaluations twice. Returns the ``wall_clock_s`` of the last row kept (0.0 if none), so that the resumed
-    run's clock continues from it.
+    run's clock continues from it, and that row (numbers parsed; ``None`` if none).
     """
     if not path.is_file():
-        return 0.0
+        return 0.0, None
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         fields = list(reader.fieldnames or [])
@@ -197,7 +196,8 @@ def rewind_evaluations(path: Path, timesteps: int) -> float:
         writer.writeheader()
         writer.writerows(kept)
         atomic_write(path, lambda f: f.write(text.getvalue().encode()))
-    return last_clock
+    last = {k: _parse_cell(v) for k, v in kept[-1].items()} if kept else None
+    return last_clock, last
 
 
 class CheckpointCallback(BaseCallback):
@@ -224,6 +224,56 @@ class CheckpointCallback(BaseCallback):
         return True
 
 
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the message names the step, the network and the last good checkpoint."""
+
+
+#: SB3's logged losses and the network each one trains
+_LOSSES = {"train/critic_loss": "critic", "train/actor_loss": "actor", "train/ent_coef_loss": "entropy coefficient"}
+
+
+class DivergenceGuard(BaseCallback):
+    """Stops training with :class:`TrainingDiverged` when a loss SB3 just logged is not finite.
+
+    It checks at the start of each rollout, i.e. right after the gradient steps and *before* a checkpoint
+    could be written (place it first in the callback list), and at the end of training, so a diverged
+    model is never checkpointed over the last good one.
+    """
+
+    def __init__(self, run_dir: Path):
+        super().__init__()
+        self.run_dir = run_dir
+
+    def _check(self) -> None:
+        values = self.model.logger.name_to_value
+        for key, net in _LOSSES.items():
+            value = values.get(key)
+            if value is None or math.isfinite(value):
+                continue
+            bad = [
+                name
+                for name, p in self.model.policy.named_parameters()
+                if not bool(torch.isfinite(p.detach()).all())
+            ]
+            listed = ", ".join(bad[:4]) + (" ..." if len(bad) > 4 else "")
+            where = f"non-finite parameters: {listed}" if bad else "parameters still finite"
+            try:
+                last = latest_checkpoint(self.run_dir)
+            except CheckpointError:
+                last = None
+            kept = f"the last good checkpoint, {last.describe()}, is kept" if last else "no checkpoint was written yet"
+            raise TrainingDiverged(f"the {net} loss ({key}) is {value} at step {self.num_timesteps} ({where}); {kept}")
+
+    def _on_rollout_start(self) -> None:
+        self._check()
+
+    def _on_training_end(self) -> None:
+        self._check()
+
+    def _on_step(self) -> bool:
+        return True
+
+
 def read_run(run_dir: Path) -> dict[str, Any]:
     """The ``config.yaml`` of a run: ``{algo, env, seed, preset, label, config: TrainConfig, ...}``."""
     path = run_dir / "config.yaml"
@@ -239,20 +289,56 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     return data
 
 
-def load_run_model(
-    run_dir: Path, env: VecEnv | None = None, device: str = "cpu", prefer_checkpoint: bool = False
-) -> BaseAlgorithm:
-    """The final model of a run, else its latest checkpoint (the other way round with ``prefer_checkpoint``)."""
+def load_model_file(path: Path, env: VecEnv | None = None, device: str = "cpu") -> BaseAlgorithm:
+    """A SAC/TD3 model from an SB3 ``.zip`` (the algorithm read from the policy class it holds)."""
+    from stable_baselines3.common.save_util import load_from_zip_file
+    from stable_baselines3.sac.policies import SACPolicy
+    from stable_baselines3.td3.policies import TD3Policy
+
+    try:
+        data, _, _ = load_from_zip_file(path, load_data=True, device=device)
+    except Exception as err:
+        raise RunError(f"{str(path)!r} is not a readable SB3 model zip: {type(err).__name__}: {err}") from None
+    policy_class = (data or {}).get("policy_class")
+    algo_cls: type[BaseAlgorithm] | None = None
+    if isinstance(policy_class, type) and issubclass(policy_class, SACPolicy):
+        algo_cls = SAC
+    elif isinstance(policy_class, type) and issubclass(policy_class, TD3Policy):
+        algo_cls = TD3
+    if algo_cls is None:
+        kind = getattr(policy_class, "__name__", policy_class)
+        raise RunError(f"{str(path)!r} holds a {kind} model; only SAC/TD3 are supported")
+    try:
+        return algo_cls.load(path, env=env, device=device, force_reset=False)
+    except Exception as err:
+        raise RunError(f"corrupt model file {str(path)!r}: {type(err).__name__}: {err}") from None
+
+
+def load_run_model(run_dir: Path, env: VecEnv | None = None, device: str = "cpu") -> BaseAlgorithm:
+    """The final model of a run, else the model of its latest checkpoint."""
     info = read_run(run_dir)
+    path = run_dir / MODEL_FILE
+    if not path.is_file():
+        try:
+            checkpoint = latest_checkpoint(run_dir)
+        except CheckpointError as err:
+            raise RunError(str(err)) from None
+        if checkpoint is None:
+            raise RunError(f"run {str(run_dir)!r} has no model yet (no {MODEL_FILE} nor checkpoint)")
+        path = checkpoint.model_path
     algo_cls = ALGOS[info["algo"]][0]
-    paths = [run_dir / MODEL_FILE, run_dir / CHECKPOINT_DIR / MODEL_FILE]
-    for path in paths[::-1] if prefer_checkpoint else paths:
-        if path.is_file():
-            try:
-                return algo_cls.load(path, env=env, device=device, force_reset=False)
-            except Exception as err:
-                raise RunError(f"corrupt model file {str(path)!r}: {type(err).__name__}: {err}") from None
-    raise RunError(f"run {str(run_dir)!r} has no model yet (no {MODEL_FILE} nor checkpoint)")
+    try:
+        return algo_cls.load(path, env=env, device=device, force_reset=False)
+    except Exception as err:
+        raise RunError(f"corrupt model file {str(path)!r}: {type(err).__name__}: {err}") from None
+
+
+def run_dir_of(path: Path) -> Path | None:
+    """The run directory holding ``path`` (a model zip inside a run or one of its checkpoints), if any."""
+    for parent in list(path.resolve().parents)[:3]:
+        if (parent / "config.yaml").is_file():
+            return parent
+    return None
 
 
 def summary(model: BaseAlgorithm, eval_row: dict[str, Any] | None, wall_clock: float, steps: int) -> dict[str, Any]:

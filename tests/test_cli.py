@@ -44,7 +44,8 @@ def test_train_writes_a_complete_run_and_evaluate_plot_read_it(algo, tmp_path, c
     )
     assert code == 0, err
     assert str(run) in out and "density 0.2" in out
-    for name in ("config.yaml", "model.zip", "evaluations.csv", "summary.json", "checkpoints/model.zip"):
+    for name in ("config.yaml", "model.zip", "evaluations.csv", "summary.json", "curve.png",
+                 "checkpoints/step-000000400/model.zip"):
         assert (run / name).is_file(), name
     assert list((run / "tb").rglob("events.out.tfevents*"))
     config = yaml.safe_load((run / "config.yaml").read_text())
@@ -176,9 +177,9 @@ def test_resume_of_corrupt_run(tmp_path, capsys):
     assert code == 2 and "corrupt run config" in err
     good = tmp_path / "good"
     assert run_cli(train, ["--algo", "sac", "--env", "Pendulum", "--run-dir", good, *TINY], capsys)[0] == 0
-    (good / "checkpoints" / "model.zip").write_bytes(b"not a zip")
-    code, _, err = run_cli(train, ["--resume", good], capsys)
-    assert code == 2 and "corrupt model file" in err
+    (good / "checkpoints" / "step-000000400" / "model.zip").write_bytes(b"not a zip")
+    code, _, err = run_cli(train, ["--resume", good, "--n-timesteps", "500"], capsys)
+    assert code == 2 and "model.zip does not match its manifest" in err
     code, _, err = run_cli(evaluate, [tmp_path / "missing"], capsys)
     assert code == 2 and "does not exist" in err
 
