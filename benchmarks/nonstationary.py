@@ -123,12 +123,10 @@ def main() -> None:
                         "--n-timesteps",
                         str(args.n_timesteps),
                         "--set",
-                        f"actor_sparsity={sparsity}",
-                        "--set",
-                        f"critic_sparsity={sparsity}",
-                        "--set",
                         "eval_episodes=5",
                     ]
+                    if name != "dense":  # the dense preset refuses sparsity settings
+                        cli += ["--set", f"actor_sparsity={sparsity}", "--set", f"critic_sparsity={sparsity}"]
                     for s in sets:
                         cli += ["--set", s]
                     tag = "dense" if name == "dense" else f"{name}-{sparsity}"

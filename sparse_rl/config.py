@@ -146,10 +146,10 @@ def check_value(cls: type[TrainConfig], key: str, value: Any) -> Any:
     return value
 
 
-def parse_set(item: str) -> tuple[str, Any]:
+def parse_set(item: str, flag: str = "--set") -> tuple[str, Any]:
     """Parse ``key=value``; the value is a Python literal (``1e-3``, ``[64, 64]``, ``'rigl'``) or a bare word."""
     if "=" not in item:
-        raise ConfigError(f"--set expects key=value, got {item!r}")
+        raise ConfigError(f"{flag} expects key=value, got {item!r}")
     key, raw = item.split("=", 1)
     try:
         value = ast.literal_eval(raw)

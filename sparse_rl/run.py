@@ -274,9 +274,28 @@ class DivergenceGuard(BaseCallback):
         return True
 
 
+LOCK_FILE = ".lock"
+
+
+def lock_run(run_dir: Path) -> int:
+    """Take the run directory's lock for this process (released when the process ends, even by SIGKILL);
+    returns the lock's file descriptor. :raises RunError: when another process holds it."""
+    import fcntl
+
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunError(f"run {str(run_dir)!r} is being trained by another process right now") from None
+    return fd
+
+
 def read_run(run_dir: Path) -> dict[str, Any]:
     """The ``config.yaml`` of a run: ``{algo, env, seed, preset, label, config: TrainConfig, ...}``."""
     path = run_dir / "config.yaml"
+    if run_dir.is_file():
+        raise RunError(f"{str(run_dir)!r} is a file; a run directory (the one holding config.yaml) is expected")
     if not run_dir.is_dir():
         raise RunError(f"run directory {str(run_dir)!r} does not exist")
     if not path.is_file():

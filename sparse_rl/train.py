@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 import sys
 import time
@@ -43,6 +44,7 @@ from sparse_rl.checkpoint import (
 )
 from sparse_rl.config import (
     CONFIG_CLASSES,
+    SPARSE_KEYS,
     ConfigError,
     TrainConfig,
     available_presets,
@@ -64,6 +66,7 @@ from sparse_rl.run import (
     build_model,
     check_device,
     check_env_for,
+    lock_run,
     read_run,
     rewind_evaluations,
     run_label,
@@ -149,7 +152,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
     if args.env_kwargs:
-        overrides["env_kwargs"] = dict(parse_set(item) for item in args.env_kwargs)
+        overrides["env_kwargs"] = dict(parse_set(item, "--env-kwargs") for item in args.env_kwargs)
     for item in args.sets:
         key, value = parse_set(item)
         overrides[key] = value
@@ -166,6 +169,7 @@ class Plan:
     checkpoint: Checkpoint | None = None  # the checkpoint a resumed run continues from (None: from step 0)
     extend_to: int | None = None  # --resume --n-timesteps N: the new total
     finished: bool = False  # a finished run resumed with no new budget: nothing to do
+    lock: int | None = None  # file descriptor holding the run directory's lock
 
     @property
     def config(self) -> TrainConfig:
@@ -209,7 +213,13 @@ def _plan_new_run(args: argparse.Namespace) -> Plan:
         raise ConfigError(f"--seed must be in [0, 2**32), got {seed}")
     preset = args.preset or "sparse_rl"
     env_id = resolve_env_id(args.env)
-    config = resolve_config(args.algo, env_id, preset, _overrides(args))
+    overrides = _overrides(args)
+    config = resolve_config(args.algo, env_id, preset, overrides)
+    if config.dense and (ignored := [key for key in overrides if key in SPARSE_KEYS]):
+        raise ConfigError(
+            f"{', '.join(ignored)} would be ignored: this config trains SB3's dense MlpPolicy (dense=True, e.g. "
+            "--preset dense); drop those settings or choose a sparse preset"
+        )
     check_env_for(args.algo, env_id, config.env_kwargs)
     label = run_label(args.algo, config)
     run_dir = args.run_dir or Path("runs") / f"{args.algo}-{env_id}-{label}-s{seed}"
@@ -236,10 +246,19 @@ def _plan_resume(args: argparse.Namespace) -> Plan:
         )
     run_dir = args.resume
     info = read_run(run_dir)
+    lock = lock_run(run_dir)  # held until training ends (or this process does)
+    try:
+        return _plan_resume_locked(args, run_dir, info, lock)
+    except BaseException:
+        os.close(lock)
+        raise
+
+
+def _plan_resume_locked(args: argparse.Namespace, run_dir: Path, info: dict[str, Any], lock: int) -> Plan:
     checkpoint = latest_checkpoint(run_dir)
     done = checkpoint.timesteps if checkpoint else 0
     config: TrainConfig = info["config"]
-    plan = Plan(run_dir, info, resume=True, checkpoint=checkpoint)
+    plan = Plan(run_dir, info, resume=True, checkpoint=checkpoint, lock=lock)
     if args.n_timesteps is not None:
         if args.n_timesteps < done:
             raise ConfigError(
@@ -283,6 +302,15 @@ def train(args: argparse.Namespace, extra_callbacks: list[BaseCallback] | None =
     written; an error during training propagates as it is.
     """
     plan = plan or plan_run(args)
+    try:
+        return _train(args, plan, extra_callbacks)
+    finally:
+        if plan.lock is not None:
+            os.close(plan.lock)
+            plan.lock = None
+
+
+def _train(args: argparse.Namespace, plan: Plan, extra_callbacks: list[BaseCallback] | None) -> Path:
     run_dir, info, config = plan.run_dir, plan.info, plan.config
     if plan.finished:
         return run_dir
@@ -316,6 +344,7 @@ def train(args: argparse.Namespace, extra_callbacks: list[BaseCallback] | None =
         if (run_dir / "config.yaml").exists():  # --overwrite, checked in plan_run
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        plan.lock = lock_run(run_dir)
         write_yaml(run_dir / "config.yaml", {**info, "config": config_to_dict(config)})
         kill_point("run:config")
     remaining = config.n_timesteps - model.num_timesteps
@@ -392,7 +421,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     # from here on, an exception is a failure, not bad input: it keeps its traceback (exit 1)
-    run_dir = train(args, plan=plan)
+    try:
+        run_dir = train(args, plan=plan)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue from the last checkpoint with: python -m sparse_rl.train --resume {plan.run_dir}",
+              file=sys.stderr)
+        return 130
     if plan.finished:
         print(f"run already finished ({plan.config.n_timesteps} steps; extend it with --n-timesteps): {run_dir}")
     else:

@@ -226,6 +226,8 @@ def test_sigkill_at_any_moment_then_resume_equals_an_uninterrupted_run(tmp_path,
         (["--env", "Pendulum", "--set", "tau=2"], "tau must be in (0, 1], got 2.0"),
         (["--env", "Pendulum", "--set", "net_arch=[64, 0]"], "net_arch must be a non-empty list of positive widths"),
         (["--env", "Pendulum", "--seed", "-1"], "--seed must be in [0, 2**32), got -1"),
+        (["--env", "Pendulum", "--env-kwargs", "g"], "--env-kwargs expects key=value, got 'g'"),
+        (["--env", "Pendulum", "--preset", "dense", "--sparsity", "0.9"], "sparsity would be ignored: this config trains"),
     ],
 )
 def test_bad_input_leaves_nothing_on_disk(argv, needle, tmp_path, capsys):
@@ -240,6 +242,8 @@ def test_run_dir_that_is_a_file_is_refused(tmp_path, capsys):
     (tmp_path / "f").write_text("")
     code, _, err = run_cli(train, ["--algo", "sac", "--env", "Pendulum", "--run-dir", tmp_path / "f"], capsys)
     assert code == 2 and "is a file" in err
+    code, _, err = run_cli(train, ["--resume", tmp_path / "f"], capsys)
+    assert code == 2 and "is a file; a run directory" in err
 
 
 def test_a_nan_loss_stops_training_with_its_step_and_network_and_keeps_the_last_checkpoint(tmp_path, capsys):
@@ -346,3 +350,33 @@ def test_policy_file_damage_is_named_by_layer_and_member(policy_file, kind, need
     np.savez(bad, **_damage(kind, data))
     with pytest.raises(PolicyFileError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         SparsePolicy.load(bad)
+
+
+def test_a_run_being_trained_cannot_be_resumed_twice(tmp_path, capsys):
+    from sparse_rl.run import lock_run
+
+    run = tmp_path / "run"
+    _train(run, capsys)
+    fd = lock_run(run)  # as a training process would hold it
+    try:
+        code, _, err = run_cli(train, ["--resume", run, "--n-timesteps", "400"], capsys)
+        assert code == 2 and "is being trained by another process" in err
+    finally:
+        os.close(fd)
+    assert run_cli(train, ["--resume", run, "--n-timesteps", "400"], capsys)[0] == 0
+
+
+def test_ctrl_c_says_how_to_continue(tmp_path):
+    run = tmp_path / "run"
+    argv = ["--algo", "sac", "--env", "Pendulum", "--run-dir", run, *TINY, "--n-timesteps", "100000", "--eval-freq", "0",
+            "--set", "checkpoint_freq=100"]
+    proc = subprocess.Popen([sys.executable, "-m", "sparse_rl.train", *map(str, argv)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not checkpoint_dirs(run) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert f"continue from the last checkpoint with: python -m sparse_rl.train --resume {run}" in err
+    assert "Traceback" not in err
