@@ -73,8 +73,7 @@ def main() -> None:
                 "sac",
                 "--env",
                 args.env,
-                "--sparsity",
-                str(args.sparsity),
+                *([] if method == "dense" else ["--sparsity", str(args.sparsity)]),  # the dense preset refuses it
                 "--n-timesteps",
                 str(args.n_timesteps),
                 "--set",
