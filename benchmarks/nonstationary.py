@@ -46,8 +46,8 @@ def components(n: int) -> dict[str, list[str]]:
     return {
         "nstep": ["n_steps=3", f"n_step_delay={delay}"],
         "dynamic": ["dynamic_buffer=True", f"buffer_min_size={floor}", f"buffer_check_interval={max(n // 300, 500)}"],
-        "momentum": ["grow_signal='momentum'"],
-        "rewire": ["rewire_dormant=True"],
+        "momentum": ["topology_kwargs.grow_signal=momentum"],
+        "rewire": ["topology_kwargs.rewire_dormant=True"],
     }
 
 
@@ -72,7 +72,7 @@ def methods(n: int) -> dict[str, tuple[str, list[str]]]:
         out[f"sparse_rl-{name}"] = ("rigl", [s for s in every if s not in sets])
     # the other robust grow signal in momentum's place: the mean of the last 10 batches, about the
     # effective window of momentum 0.9 (sparse_rl-momentum is the single-batch RigL signal)
-    accumulate = ["grow_signal='accumulate'", "grow_batches=10"]
+    accumulate = ["topology_kwargs.grow_signal=accumulate", "topology_kwargs.grow_batches=10"]
     out["sparse_rl+accumulate"] = ("rigl", [s for s in every if s not in comp["momentum"]] + accumulate)
     # single components on plain RigL alone: momentum helped inside the bundle on HalfCheetah; the
     # n-step targets are the suspect for rlx2's and the bundle's early hopping on Hopper

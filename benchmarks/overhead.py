@@ -70,7 +70,7 @@ def all_configs() -> dict[str, Config]:
         for backend in ("sparse", "auto", "dense"):
             configs.append(Config(f"rigl-{sparsity}-{backend}", [256, 256], sparsity, backend))
     # grow_signal=momentum needs the dense gradient on every step: its cost with the sparse backend
-    configs.append(Config("rigl-0.9-auto-momentum", [256, 256], 0.9, "auto", {"grow_signal": "momentum"}))
+    configs.append(Config("rigl-0.9-auto-momentum", [256, 256], 0.9, "auto", {"topology_kwargs": {"grow_signal": "momentum"}}))
     configs += [
         Config("wide-0.98-sparse", [1024, 1024], 0.98, "sparse"),
         Config("wide-0.98-auto", [1024, 1024], 0.98, "auto"),

@@ -30,6 +30,7 @@ import yaml
 
 from sparse_rl.agents.policies import SparsityConfig
 from sparse_rl.agents.replay import DynamicReplayBuffer, NStepSoftReplayBuffer
+from sparse_rl.topology.methods import LEGACY_OPTIONS, migrate_legacy_options
 
 #: DynamicReplayBuffer options, each from TrainConfig's ``buffer_<name>``
 DYNAMIC_BUFFER_KEYS = ("check_interval", "probe_size", "mismatch_threshold", "shrink_fraction", "min_size")
@@ -134,6 +135,8 @@ def _type_name(tp: Any) -> str:
 def check_value(cls: type[TrainConfig], key: str, value: Any) -> Any:
     """Check ``value`` against the type of field ``key``; ints are accepted (and converted) for floats."""
     hints = typing.get_type_hints(cls)
+    if key in LEGACY_OPTIONS and key not in hints:
+        raise ConfigError(f"{key} is an option of the method now: --set topology_kwargs.{key}={value!r}")
     if key not in hints:
         close = difflib.get_close_matches(key, list(hints), n=3)
         hint = f"did you mean {', '.join(map(repr, close))}?" if close else "see --list-keys"
@@ -186,7 +189,16 @@ def resolve_config(algo: str, env_id: str, preset: str = "sparse_rl", overrides:
     values: dict[str, Any] = {}
     for layer in layers:
         for key, value in (layer or {}).items():
-            values[key] = check_value(cls, key, value)
+            if "." in key:  # one entry of a mapping field: topology_kwargs.grow_signal=momentum
+                field_name, entry = key.split(".", 1)
+                hints = typing.get_type_hints(cls)
+                if field_name in hints and typing.get_origin(hints[field_name]) is not dict:
+                    raise ConfigError(f"{key}: {field_name} is not a mapping; set it as a whole")
+                check_value(cls, field_name, {})  # unknown field: named, with suggestions
+                mapping = {**values.get(field_name, getattr(cls(), field_name)), entry: value}
+                values[field_name] = check_value(cls, field_name, mapping)
+            else:
+                values[key] = check_value(cls, key, value)
     return _build(cls, values)
 
 
@@ -253,4 +265,5 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
 
 def config_from_dict(algo: str, data: dict[str, Any]) -> TrainConfig:
     cls = CONFIG_CLASSES[algo]
+    data = migrate_legacy_options(data)  # run directories written before methods were objects
     return _build(cls, {k: check_value(cls, k, v) for k, v in data.items()})

@@ -160,9 +160,9 @@ def _net(dtype=torch.float64, seed=0):
     [
         dict(topology="rigl"),
         dict(topology="set"),
-        dict(topology="rigl", grow_signal="accumulate", grow_batches=3),
-        dict(topology="rigl", grow_signal="momentum"),
-        dict(topology="set", rewire_dormant=True),
+        dict(topology="rigl", topology_kwargs=dict(grow_signal="accumulate", grow_batches=3)),
+        dict(topology="rigl", topology_kwargs=dict(grow_signal="momentum")),
+        dict(topology="set", topology_kwargs=dict(rewire_dormant=True)),
     ],
     ids=["rigl", "set", "rigl-accumulate", "rigl-momentum", "set-rewire"],
 )
@@ -181,7 +181,7 @@ def test_controller_on_sparse_storage_tracks_dense_storage(config):
         cfg = TopologyConfig(update_interval=5, drop_fraction=0.3, drop_schedule="constant", end_fraction=1.0, **config)
         ctrl = TopologyController(layers, cfg, seed=0, targets=[masked_layers(target)], progress_fn=lambda: 0.0)
         ctrl.attach(opt)
-        if config.get("rewire_dormant"):
+        if config.get("topology_kwargs", {}).get("rewire_dormant"):
             dormant = torch.zeros(32, dtype=torch.bool)
             dormant[[3, 7]] = True
             ctrl.dormant_fn = lambda d=dormant: {1: (d, [2])}

@@ -243,8 +243,8 @@ def test_nstep_and_dynamic_buffer_from_the_cli(algo, tmp_path, capsys):
         "buffer_probe_size=64",
         "buffer_mismatch_threshold=0.0",
         "buffer_min_size=200",
-        "grow_signal='accumulate'",
-        "grow_batches=5",
+        "topology_kwargs.grow_signal=accumulate",
+        "topology_kwargs.grow_batches=5",
     ]
     argv = ["--algo", algo, "--env", "Pendulum", "--run-dir", tmp_path, *TINY]
     for item in sets:
@@ -253,7 +253,7 @@ def test_nstep_and_dynamic_buffer_from_the_cli(algo, tmp_path, capsys):
     assert code == 0, err
     model = load_run_model(tmp_path)
     assert type(model.replay_buffer).__name__ == "DynamicReplayBuffer"
-    assert model.replay_buffer_kwargs["n_steps"] == 3 and model.policy.sparse_config.grow_signal == "accumulate"
+    assert model.replay_buffer_kwargs["n_steps"] == 3 and model.policy.actor_topology.method.grow_signal == "accumulate"
 
 
 def test_rlx2_presets_hold_the_published_settings():

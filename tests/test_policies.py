@@ -67,7 +67,8 @@ def test_target_networks_follow_online_masks(algo, policy, rewire):
         algo,
         policy,
         policy_kwargs=dict(
-            update_interval=10, drop_schedule="constant", end_fraction=1.0, rewire_dormant=rewire, dormant_tau=0.3
+            update_interval=10, drop_schedule="constant", end_fraction=1.0,
+            topology_kwargs=dict(rewire_dormant=rewire, dormant_tau=0.3),
         ),
     )
     model.learn(400)

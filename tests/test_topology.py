@@ -8,9 +8,9 @@ from sparse_rl.sparse import MaskedLinear, masked_layers, sparsify
 from sparse_rl.topology import (
     TopologyConfig,
     TopologyController,
-    available_updaters,
+    available_methods,
     get_schedule,
-    make_updater,
+    make_method,
 )
 
 
@@ -30,9 +30,11 @@ def train_step(net, opt, gen):
 
 
 def test_registries_list_methods():
-    assert {"static", "set", "rigl"} <= set(available_updaters())
+    assert {"static", "set", "rigl"} <= set(available_methods())
     with pytest.raises(ValueError, match=r"'foo'.*rigl, set, static"):
-        make_updater("foo")
+        make_method("foo")
+    with pytest.raises(ValueError, match=r"unknown option 'grow_signl' of topology 'rigl'; did you mean 'grow_signal'"):
+        make_method("rigl", grow_signl="batch")
     with pytest.raises(ValueError, match=r"'linear'.*constant, cosine"):
         get_schedule("linear")
 
@@ -68,7 +70,7 @@ def test_config_rejects_bad_values(kwargs, err):
 def test_set_drops_each_sign_separately_and_grows_elsewhere():
     w = torch.tensor([[0.5, -0.1, 0.2, -0.9, 0.0, 0.0], [0.05, -0.4, 0.3, -0.02, 0.0, 0.0]])
     mask = w != 0
-    res = make_updater("set").update(w, mask, 0.5, None, torch.Generator().manual_seed(0))
+    res = make_method("set").update_layer(w, mask, 0.5, None, torch.Generator().manual_seed(0))
     # positives 0.5, 0.2, 0.05, 0.3 -> drop 2 smallest (0.05, 0.2); negatives -0.1,-0.9,-0.4,-0.02 -> drop -0.02, -0.1
     expected_dropped = torch.zeros_like(mask)
     for r, c in [(1, 0), (0, 2), (1, 3), (0, 1)]:
@@ -82,7 +84,7 @@ def test_rigl_grows_where_dense_gradient_is_largest():
     w = torch.tensor([[1.0, 0.0, 0.0], [0.1, 2.0, 0.0]])
     mask = w != 0
     grad = torch.tensor([[0.0, 5.0, 0.1], [0.0, 0.0, 3.0]])
-    res = make_updater("rigl").update(w, mask, 0.34, grad, torch.Generator().manual_seed(0))
+    res = make_method("rigl").update_layer(w, mask, 0.34, grad, torch.Generator().manual_seed(0))
     assert res.dropped.nonzero().tolist() == [[1, 0]]  # smallest magnitude
     assert res.grown.nonzero().tolist() == [[0, 1]]  # largest |grad| among non-kept
     assert int(res.mask.sum()) == 3
@@ -205,8 +207,7 @@ def test_accumulated_grow_signal_equals_concatenated_batches():
         update_interval=8,
         drop_fraction=0.3,
         drop_schedule="constant",
-        grow_signal="accumulate",
-        grow_batches=k,
+        topology_kwargs=dict(grow_signal="accumulate", grow_batches=k),
     )
     net = make_net(seed=5)
     reference = make_net(seed=5)
@@ -229,13 +230,14 @@ def test_accumulated_grow_signal_equals_concatenated_batches():
     generator = torch.Generator()
     generator.set_state(TopologyController(ref_layers, config, seed=0).get_extra_state()["rng_state"])
     for layer, mask in zip(ref_layers, seen[0]):
-        expected = make_updater("rigl").update(layer.weight, layer.mask, 0.3, layer.weight.grad, generator)
+        expected = make_method("rigl").update_layer(layer.weight, layer.mask, 0.3, layer.weight.grad, generator)
         assert torch.equal(expected.mask, mask)
 
 
 def test_momentum_grow_signal_is_an_exponential_average():
     config = TopologyConfig(
-        topology="rigl", update_interval=3, grow_signal="momentum", grow_momentum=0.5, drop_schedule="constant"
+        topology="rigl", update_interval=3, topology_kwargs=dict(grow_signal="momentum", grow_momentum=0.5),
+        drop_schedule="constant",
     )
     net = make_net()
     opt = torch.optim.SGD(net.parameters(), lr=0.0)
@@ -250,19 +252,22 @@ def test_momentum_grow_signal_is_an_exponential_average():
         grads.append(masked_layers(net)[1].weight.grad.clone())
         opt.step()
     # ema_1 = 0.5 * g1 ; ema_2 = 0.5 * ema_1 + 0.5 * g2
-    torch.testing.assert_close(ctrl.get_extra_state()["grow_signal"][1], 0.25 * grads[0] + 0.5 * grads[1])
+    torch.testing.assert_close(ctrl.get_extra_state()["method"]["grow_signal"][1], 0.25 * grads[0] + 0.5 * grads[1])
 
 
 @pytest.mark.parametrize(
     "kwargs, needle",
     [
-        (dict(grow_signal="ema"), "'ema'.*batch, accumulate, momentum"),
-        (dict(grow_batches=0), "grow_batches"),
-        (dict(grow_batches=5, update_interval=4), "cannot exceed"),
-        (dict(grow_momentum=1.0), "grow_momentum"),
+        (dict(topology_kwargs=dict(grow_signal="ema")), "'ema'.*batch, accumulate, momentum"),
+        (dict(topology_kwargs=dict(grow_batches=0)), "grow_batches"),
+        (dict(topology_kwargs=dict(grow_batches=5), update_interval=4), "cannot exceed"),
+        (dict(topology_kwargs=dict(grow_momentum=1.0)), "grow_momentum"),
+        (dict(topology="set", topology_kwargs=dict(grow_signal="momentum")), "do not apply to topology 'set'"),
+        (dict(topology="static", topology_kwargs=dict(grow_signal="momentum")), "unknown option 'grow_signal'"),
+        (dict(topology_kwargs=dict(dormant_tau=-1)), "dormant_tau must be a number >= 0"),
     ],
 )
-def test_grow_signal_config_errors(kwargs, needle):
+def test_method_option_errors(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         TopologyConfig(**kwargs)
 
@@ -308,7 +313,8 @@ def test_rewire_dormant_rows_keeps_counts_and_restarts_outgoing():
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     # drop fraction ~0: SET itself changes nothing, so per-row counts isolate the rewiring
     config = TopologyConfig(
-        topology="set", update_interval=4, drop_fraction=1e-6, drop_schedule="constant", rewire_dormant=True
+        topology="set", update_interval=4, drop_fraction=1e-6, drop_schedule="constant",
+        topology_kwargs=dict(rewire_dormant=True),
     )
     ctrl = TopologyController(layers, config, seed=0, targets=[masked_layers(target)], progress_fn=lambda: 0.0)
     ctrl.attach(opt)

@@ -43,6 +43,7 @@ from sparse_rl.sparse import (
     use_sparse_storage_for,
 )
 from sparse_rl.topology import TopologyConfig, TopologyController, sparse_seed
+from sparse_rl.topology.methods import migrate_legacy_options
 
 DEFAULT_SPARSITY = 0.9
 
@@ -50,7 +51,8 @@ DEFAULT_SPARSITY = 0.9
 @dataclass
 class SparsityConfig(TopologyConfig):
     """The sparse part of ``policy_kwargs`` (everything else goes to SB3's policy). The topology fields
-    (``topology`` ... ``dormant_tau``) are :class:`TopologyConfig`'s, shared by actor and critic.
+    (``topology``, ``topology_kwargs`` and the schedule) are :class:`TopologyConfig`'s, shared by actor and
+    critic; each network gets its own instance of the method.
 
     :param sparsity: fraction of zero weights in actor *and* critic, in [0, 1); default 0.9.
     :param actor_sparsity: overrides ``sparsity`` for the actor (and its target).
@@ -90,7 +92,7 @@ class SparsityConfig(TopologyConfig):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value!r}")
         check_distribution(self.distribution)
-        for name in ("dense_first_layer", "dense_last_layer", "sparse_init", "rewire_dormant"):
+        for name in ("dense_first_layer", "dense_last_layer", "sparse_init"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
@@ -131,6 +133,7 @@ class SparsePolicyMixin:
         parent = next(
             c for c in type(self).__mro__ if c not in (type(self), SparsePolicyMixin) and not issubclass(c, SparsePolicyMixin)
         )
+        kwargs = migrate_legacy_options(kwargs)  # models saved before methods were objects
         _check_parent_kwargs(type(self).__name__, parent, kwargs)
         sparse_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in SPARSE_KWARGS}
         config = SparsityConfig(**sparse_kwargs)
@@ -182,7 +185,7 @@ class SparsePolicyMixin:
             )
             controller.attach(network.optimizer)
             controller.listeners.append(partial(self._record_update, name))
-            if config.rewire_dormant:
+            if controller.method.rewire_dormant:
                 controller.dormant_fn = partial(self._dormant_rows, name)
             self.add_module(f"{name}_topology", controller)  # type: ignore[attr-defined]
 
@@ -224,16 +227,13 @@ class SparsePolicyMixin:
         if buffer is None or buffer.size() == 0:
             return {}
         network = getattr(self, name)
+        tau = getattr(self, f"{name}_topology").method.dormant_tau
         with preserved_rng():
             data = buffer.sample(batch_size)
             if name == "actor":
-                units = dormant_units(
-                    network, lambda: self._predict(data.observations, deterministic=True), self.sparse_config.dormant_tau
-                )
+                units = dormant_units(network, lambda: self._predict(data.observations, deterministic=True), tau)
             else:
-                units = dormant_units(
-                    network, lambda: network(data.observations, data.actions), self.sparse_config.dormant_tau
-                )
+                units = dormant_units(network, lambda: network(data.observations, data.actions), tau)
         index = {id(layer): i for i, layer in enumerate(getattr(self, f"{name}_topology").layers)}
         return {
             index[id(producer)]: (rows, [index[id(c)] for c in consumers if id(c) in index])

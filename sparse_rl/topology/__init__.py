@@ -1,4 +1,4 @@
-"""Topology evolution: updaters (what to drop/grow), schedules (when/how much) and the controller.
+"""Topology evolution: methods (what changes), schedules (when, how much) and the controller.
 
 Depends on torch and :mod:`sparse_rl.sparse` only.
 """
@@ -10,27 +10,37 @@ from sparse_rl.topology.controller import (
     network_stats,
     sparse_seed,
 )
-from sparse_rl.topology.schedules import available_schedules, get_schedule, register_schedule
-from sparse_rl.topology.updaters import (
+from sparse_rl.topology.methods import (
+    SET,
+    DropGrow,
     MaskUpdate,
-    Updater,
-    available_updaters,
-    make_updater,
-    register_updater,
+    Method,
+    RigL,
+    Static,
+    available_methods,
+    make_method,
+    method_options,
+    register_method,
 )
+from sparse_rl.topology.schedules import available_schedules, get_schedule, register_schedule
 
 __all__ = [
+    "SET",
+    "DropGrow",
     "MaskUpdate",
+    "Method",
+    "RigL",
+    "Static",
     "TopologyConfig",
     "TopologyController",
-    "Updater",
+    "available_methods",
     "available_schedules",
-    "available_updaters",
     "get_schedule",
     "layer_flops",
-    "make_updater",
+    "make_method",
+    "method_options",
     "network_stats",
+    "register_method",
     "register_schedule",
-    "register_updater",
     "sparse_seed",
 ]

@@ -2,10 +2,12 @@
 
 Per optimizer step (``optimizer.step()`` of the network, so actor and critic count separately):
 
-1. *pre-step hook*: count the step; on an update step keep the dense gradient (for RigL); mask the
-   gradients, so the optimizer's moments never accumulate at absent connections;
+1. *pre-step hook*: count the step; hand the dense gradients to the method on the steps it reads them
+   (RigL's growth signal); mask the gradients, so the optimizer's moments never accumulate at absent
+   connections;
 2. the optimizer steps;
-3. *post-step hook*: on an update step drop and grow connections; zero the weights **and every optimizer
+3. *post-step hook*: on an update step let the method (:mod:`sparse_rl.topology.methods`) choose the new
+   masks (drop and grow, or prune); zero the weights **and every optimizer
    slot shaped like the weight** (Adam's ``exp_avg``/``exp_avg_sq``, SGD's momentum) at dropped and grown
    positions; copy the new mask into the target networks and zero them there too (so under Polyak
    averaging a target is never denser than its online network); finally re-zero absent weights.
@@ -24,73 +26,59 @@ The controller's counters and its random-generator state are module *extra state
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from sparse_rl.sparse.layers import MaskedLinear
+from sparse_rl.topology.methods import Method, make_method
 from sparse_rl.topology.schedules import get_schedule
-from sparse_rl.topology.updaters import Updater, make_updater
-
-GROW_SIGNALS = ("batch", "accumulate", "momentum")
 
 
 @dataclass
 class TopologyConfig:
-    """When and how much a network's topology changes.
+    """Which method changes a network's topology, and when and how much (the schedule).
 
-    :param topology: updater name (``static``, ``set``, ``rigl`` or any registered one).
+    :param topology: method name (``static``, ``set``, ``rigl`` or any registered one).
+    :param topology_kwargs: the method's options, e.g. ``{"grow_signal": "momentum"}`` for ``rigl`` (see
+        :mod:`sparse_rl.topology.methods`); from the CLI ``--set topology_kwargs.grow_signal=momentum``.
     :param update_interval: optimizer steps of this network between updates, > 0.
     :param drop_fraction: fraction of each layer's active weights dropped at an update, in (0, 1].
     :param drop_schedule: decay of the drop fraction over training (``constant``, ``cosine``).
     :param end_fraction: fraction of training after which the topology is frozen, in (0, 1].
-    :param grow_signal: dense-gradient signal of gradient-based growth: ``batch`` (the update step's
-        batch, RigL), ``accumulate`` (mean over the last ``grow_batches`` optimizer steps before the
-        update) or ``momentum`` (exponential average with factor ``grow_momentum``, SNFS-style).
-    :param grow_batches: batches averaged by ``accumulate``, 1 <= k <= update_interval.
-    :param grow_momentum: averaging factor of ``momentum``, in [0, 1).
-    :param rewire_dormant: at each update, give dormant neurons (ReDo score <= ``dormant_tau``) new
-        random incoming connections (same count, fresh init) and zero their outgoing weights.
-    :param dormant_tau: dormancy threshold, >= 0.
     """
 
     topology: str = "rigl"
+    topology_kwargs: dict[str, Any] = field(default_factory=dict)
     update_interval: int = 1000
     drop_fraction: float = 0.3
     drop_schedule: str = "cosine"
     end_fraction: float = 0.8
-    grow_signal: str = "batch"
-    grow_batches: int = 1
-    grow_momentum: float = 0.9
-    rewire_dormant: bool = False
-    dormant_tau: float = 0.1
 
     def __post_init__(self) -> None:
-        make_updater(self.topology)
-        # before anything compared with it (grow_batches), so a bad interval is named as such
+        if not isinstance(self.topology_kwargs, dict):
+            raise TypeError(f"topology_kwargs must be a mapping of option names to values, got {self.topology_kwargs!r}")
+        # before anything compared with it (the method's options), so a bad interval is named as such
         if isinstance(self.update_interval, bool) or not isinstance(self.update_interval, int):
             raise TypeError(f"update_interval must be a positive int, got {self.update_interval!r}")
         if self.update_interval <= 0:
             raise ValueError(f"update_interval must be a positive int, got {self.update_interval!r}")
+        self.make_method()
         get_schedule(self.drop_schedule)
-        if self.grow_signal not in GROW_SIGNALS:
-            raise ValueError(f"unknown grow_signal {self.grow_signal!r}; known: {', '.join(GROW_SIGNALS)}")
-        if isinstance(self.grow_batches, bool) or not isinstance(self.grow_batches, int) or self.grow_batches < 1:
-            raise ValueError(f"grow_batches must be an int >= 1, got {self.grow_batches!r}")
-        if isinstance(self.update_interval, int) and self.grow_batches > self.update_interval:
-            raise ValueError(f"grow_batches ({self.grow_batches}) cannot exceed update_interval ({self.update_interval})")
-        if not self.dormant_tau >= 0:
-            raise ValueError(f"dormant_tau must be >= 0, got {self.dormant_tau!r}")
-        if not 0.0 <= self.grow_momentum < 1.0:
-            raise ValueError(f"grow_momentum must be in [0, 1), got {self.grow_momentum!r}")
         for name in ("drop_fraction", "end_fraction"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"{name} must be a number in (0, 1], got {value!r}")
             if not 0 < value <= 1:
                 raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+
+    def make_method(self) -> Method:
+        """A new instance of the configured method (options checked, also against ``update_interval``)."""
+        method = make_method(self.topology, **self.topology_kwargs)
+        method.check_interval(self.update_interval)
+        return method
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,7 +136,7 @@ class TopologyController(nn.Module):
     """Evolves the masks of ``layers`` from the step hooks of the optimizer that trains them.
 
     :param layers: the network's masked layers (they are *not* registered as submodules here).
-    :param config: schedule and updater.
+    :param config: method and schedule.
     :param seed: seed of the controller's own generator (used by random growth and tie-breaks).
     :param targets: target copies of the network, each a list of layers aligned with ``layers``.
     :param progress_fn: returns the fraction of training done, in [0, 1]; may be set later.
@@ -164,7 +152,7 @@ class TopologyController(nn.Module):
     ) -> None:
         super().__init__()
         self.config = config
-        self.updater: Updater = make_updater(config.topology)
+        self.method: Method = config.make_method()
         self._schedule = get_schedule(config.drop_schedule)
         # Plain lists: the layers belong to the network, registering them here would duplicate state.
         self._layers: list[MaskedLinear] = list(layers)
@@ -187,9 +175,6 @@ class TopologyController(nn.Module):
         generator.manual_seed(seed)
         self._rng_state = generator.get_state()
         self._due = False
-        self._grads: list[torch.Tensor | None] | None = None
-        #: running gradient signal (sum for ``accumulate``, average for ``momentum``), per layer
-        self._signal: list[torch.Tensor] | None = None
         self._handles: list[Any] = []
         self._dense_storage = [l for l in self._layers if l.storage == "dense"]
         self._arm_dense_grads()
@@ -204,7 +189,7 @@ class TopologyController(nn.Module):
             "last_fraction": self.last_fraction,
             "last_rewired": self.last_rewired,
             "rng_state": self._rng_state.clone(),
-            "grow_signal": None if self._signal is None else [t.clone() for t in self._signal],
+            "method": self.method.state_dict(),
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
@@ -215,17 +200,15 @@ class TopologyController(nn.Module):
         self.last_fraction = float(state["last_fraction"])
         self.last_rewired = int(state.get("last_rewired", 0))
         self._rng_state = state["rng_state"].detach().to("cpu", torch.uint8).clone()
-        signal = state.get("grow_signal")
-        self._signal = None if signal is None else [t.to(l.mask.device).clone() for t, l in zip(signal, self._layers)]
+        device = self._layers[0].mask.device if self._layers else "cpu"
+        # saved before methods were objects, the gradient signal sat at the top level
+        method_state = state.get("method", {"grow_signal": state.get("grow_signal")})
+        self.method.load_state_dict(method_state, device)
         self._arm_dense_grads()
 
     @property
     def layers(self) -> list[MaskedLinear]:
         return list(self._layers)
-
-    def _evolving(self) -> list[int]:
-        """Indices of layers whose topology can change (fully dense layers have nothing to explore)."""
-        return [i for i, layer in enumerate(self._layers) if layer.nnz < layer.mask.numel()]
 
     # ----------------------------------------------------------------- hooks
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
@@ -247,21 +230,15 @@ class TopologyController(nn.Module):
         return float(self.progress_fn())
 
     def is_update_step(self, step: int) -> bool:
-        if not self.updater.changes_topology or step % self.config.update_interval != 0:
+        if not self.method.changes_topology or step % self.config.update_interval != 0:
             return False
         return self.progress() < self.config.end_fraction
 
     def needs_dense_grad(self, step: int) -> bool:
-        """Whether growth will read the dense weight gradient of optimizer step ``step``: on update steps
-        (``batch``), in the ``grow_batches`` steps up to one (``accumulate``), on every step (``momentum``).
-        Layers with sparse storage compute that gradient (one dense ``gᵀx``) only on these steps."""
-        if not (self.updater.changes_topology and self.updater.needs_grad):
-            return False
-        cfg = self.config
-        if cfg.grow_signal == "momentum":
-            return True
-        until_update = -step % cfg.update_interval  # 0 on update steps
-        return until_update < (cfg.grow_batches if cfg.grow_signal == "accumulate" else 1)
+        """Whether the method reads the dense weight gradients of optimizer step ``step`` (RigL: on update
+        steps, or the ``grow_batches`` steps up to one, or every step with ``momentum``). Layers with sparse
+        storage compute that gradient (one dense ``gᵀx``) only on these steps."""
+        return self.method.changes_topology and self.method.needs_dense_grad(step, self.config.update_interval)
 
     def _arm_dense_grads(self) -> None:
         """Tell sparse-storage layers whether the next backward pass must keep the dense gradient."""
@@ -273,8 +250,10 @@ class TopologyController(nn.Module):
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self.step += 1
         self._due = self.is_update_step(self.step)
-        if self.updater.needs_grad:
-            self._track_gradients()
+        if self.needs_dense_grad(self.step):
+            grads = [l.dense_grad() for l in self._layers]  # before the gradients are masked
+            if all(g is not None for g in grads):
+                self.method.observe(self.step, self.config.update_interval, grads, self._due)  # type: ignore[arg-type]
         for layer in self._layers:
             layer.clear_dense_grad()
         with torch.no_grad():  # sparse storage has no gradient at absent connections to mask
@@ -283,38 +262,10 @@ class TopologyController(nn.Module):
                 grads, masks = zip(*pairs)
                 torch._foreach_mul_(list(grads), list(masks))
 
-    @torch.no_grad()
-    def _track_gradients(self) -> None:
-        """Keep the dense-gradient signal that growth will use (before the gradients are masked)."""
-        signal, cfg = self.config.grow_signal, self.config
-        grads = [l.dense_grad() for l in self._layers]
-        if any(g is None for g in grads):
-            return
-        if signal == "momentum":
-            if self._signal is None:
-                self._signal = [torch.zeros_like(g) for g in grads]
-            torch._foreach_lerp_(self._signal, grads, 1.0 - cfg.grow_momentum)
-        elif signal == "accumulate":
-            until_update = -self.step % cfg.update_interval  # 0 on update steps
-            if until_update < cfg.grow_batches:
-                if self._signal is None or until_update == cfg.grow_batches - 1:
-                    self._signal = [torch.zeros_like(g) for g in grads]
-                torch._foreach_add_(self._signal, grads)
-        if self._due:
-            if signal == "batch":
-                self._grads = [g.detach().clone() for g in grads]
-            elif signal == "accumulate":
-                assert self._signal is not None
-                self._grads = [t / cfg.grow_batches for t in self._signal]
-                self._signal = None
-            else:
-                self._grads = [t.clone() for t in self._signal or []]
-
     def _post_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._due:
             self._due = False
-            grads, self._grads = self._grads, None
-            self.update_topology(optimizer, grads)
+            self.update_topology(optimizer)
         if self._dense_storage:
             with torch.no_grad():
                 torch._foreach_mul_([l.weight for l in self._dense_storage], [l.mask for l in self._dense_storage])
@@ -322,31 +273,27 @@ class TopologyController(nn.Module):
 
     # ---------------------------------------------------------------- update
     @torch.no_grad()
-    def update_topology(
-        self,
-        optimizer: torch.optim.Optimizer | None = None,
-        grads: Sequence[torch.Tensor | None] | None = None,
-    ) -> None:
-        """Drop and grow connections in every evolving layer now.
+    def update_topology(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Let the method change the masks of every evolving layer now.
 
         :param optimizer: its per-parameter state is zeroed at changed positions.
-        :param grads: dense gradients aligned with the layers (needed by gradient-based updaters).
         """
         fraction = self._schedule(self.progress(), self.config.drop_fraction, self.config.end_fraction)
         generator = torch.Generator()
         generator.set_state(self._rng_state)
+        layers = self._layers
+        results = self.method.update([l.weight for l in layers], [l.mask for l in layers], fraction, generator)
         dropped = grown = 0
-        for i in self._evolving():
-            layer = self._layers[i]
-            grad = grads[i] if grads is not None else None
-            result = self.updater.update(layer.weight, layer.mask, fraction, grad, generator)
+        for i, (layer, result) in enumerate(zip(layers, results)):
+            if result is None:
+                continue
             changed = result.changed
             layer.change_mask(result.mask, changed, optimizer)
             for target in self._targets:
                 target[i].change_mask(result.mask, changed)
             dropped += int(result.dropped.sum())
             grown += int(result.grown.sum())
-        if self.config.rewire_dormant and self.dormant_fn is not None:
+        if self.method.rewire_dormant and self.dormant_fn is not None:
             self.last_rewired = self._rewire(self.dormant_fn(), optimizer, generator)
         self._rng_state = generator.get_state()
         self.n_updates += 1

@@ -1,0 +1,404 @@
+"""Sparse training methods: each one class, registered by name, with its hyperparameters as dataclass
+fields (validated once, in the class) and its own state.
+
+A method decides, at each topology update, the new mask of every layer of a network. The shared
+machinery (:class:`~sparse_rl.topology.TopologyController`) does the rest for every method: it masks
+gradients, zeroes new weights and every optimizer slot at changed positions, re-masks target networks,
+counts steps, schedules updates and logs. A new method is one small class::
+
+    @register_method("my_method")
+    @dataclass
+    class MyMethod(RigL):
+        temperature: float = 1.0            # an option: --set topology_kwargs.temperature=0.5
+
+        def grow_score(self, weight, grad, generator):
+            return grad.abs() * weight.new_empty(weight.shape).uniform_(generator=generator)
+
+For dynamic sparse training (:class:`DropGrow` and its subclasses) scores follow one convention: the
+*lowest* :meth:`~DropGrow.drop_score` among active weights is dropped first, the *highest*
+:meth:`~DropGrow.grow_score` among the weights that were not kept is grown first; grown connections may
+include some just dropped (as in RigL), kept and grown never overlap, and a layer's number of active
+connections never changes. A method may also change a layer's density (pruning): :meth:`Method.update`
+returns any new masks.
+
+Options common to every method: ``rewire_dormant`` / ``dormant_tau`` (ReDo-style neuron regrowth at each
+update, carried out by the controller).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+
+@dataclass(frozen=True)
+class MaskUpdate:
+    """Result of one layer's update: the new mask and the positions dropped and grown (all boolean)."""
+
+    mask: torch.Tensor
+    dropped: torch.Tensor
+    grown: torch.Tensor
+
+    @property
+    def changed(self) -> torch.Tensor:
+        """Positions whose weight and optimizer state must restart from zero."""
+        return self.dropped | self.grown
+
+
+@dataclass
+class Method:
+    """Base class of sparse training methods. Subclasses are dataclasses whose fields are their options.
+
+    :param rewire_dormant: at each update, give dormant neurons (ReDo score <= ``dormant_tau``) new random
+        incoming connections (same count, fresh init) and zero their outgoing weights.
+    :param dormant_tau: dormancy threshold, >= 0.
+    """
+
+    name: ClassVar[str] = ""
+    #: ``False`` for methods that never change the topology (static sparse training)
+    changes_topology: ClassVar[bool] = True
+
+    rewire_dormant: bool = False
+    dormant_tau: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rewire_dormant, bool):
+            raise TypeError(f"rewire_dormant must be a bool, got {self.rewire_dormant!r}")
+        if isinstance(self.dormant_tau, bool) or not isinstance(self.dormant_tau, (int, float)) or not self.dormant_tau >= 0:
+            raise ValueError(f"dormant_tau must be a number >= 0, got {self.dormant_tau!r}")
+
+    def check_interval(self, update_interval: int) -> None:
+        """Check options that must agree with the schedule's ``update_interval``; raise ``ValueError``."""
+
+    # ------------------------------------------------------------ gradient signal
+    def needs_dense_grad(self, step: int, update_interval: int) -> bool:
+        """Whether :meth:`observe` reads the dense weight gradients of optimizer step ``step``."""
+        return False
+
+    def observe(self, step: int, update_interval: int, grads: Sequence[torch.Tensor], due: bool) -> None:
+        """Called before optimizer step ``step`` with the layers' dense gradients when
+        :meth:`needs_dense_grad` said so; ``due`` tells whether the topology updates after this step."""
+
+    # -------------------------------------------------------------------- update
+    def update(
+        self, weights: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], fraction: float, generator: torch.Generator
+    ) -> list[MaskUpdate | None]:
+        """New masks of the layers of one network, one per layer (``None``: that layer is unchanged).
+
+        :param weights: dense weights (absent connections at zero).
+        :param masks: boolean, same shapes.
+        :param fraction: the schedule's value now (for drop/grow methods: the fraction dropped).
+        :param generator: CPU generator for any randomness.
+        """
+        raise NotImplementedError
+
+    # --------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """The method's state (tensors and numbers), saved with the policy."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
+        """Restore :meth:`state_dict` output."""
+
+    def options(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _drop_grow(
+    method: DropGrow,
+    weight: torch.Tensor,
+    mask: torch.Tensor,
+    drop_fraction: float,
+    grad: torch.Tensor | None,
+    generator: torch.Generator,
+) -> MaskUpdate:
+    """Drop ``drop_fraction`` of each of ``method``'s drop groups, grow as many elsewhere."""
+    flat_mask = mask.flatten()
+    dropped = torch.zeros_like(flat_mask)
+    drop_scores = method.drop_score(weight).flatten().float()
+    for group in method.drop_groups(weight, mask):
+        group = group.flatten()
+        k = int(drop_fraction * int(group.sum()))
+        if k == 0:
+            continue
+        scores = drop_scores.masked_fill(~group, float("inf"))
+        dropped[torch.topk(scores, k, largest=False).indices] = True
+    kept = flat_mask & ~dropped
+    n_grow = int(dropped.sum())
+    grown = torch.zeros_like(flat_mask)
+    if n_grow:
+        scores = method.grow_score(weight, grad, generator).flatten().float()
+        scores = scores.masked_fill(kept, float("-inf"))
+        # Visit positions in random order so that ties (e.g. zero gradients) break at random.
+        perm = torch.randperm(scores.numel(), generator=generator).to(scores.device)
+        grown[perm[torch.topk(scores[perm], n_grow).indices]] = True
+    new_mask = kept | grown
+    if int(new_mask.sum()) != int(flat_mask.sum()) or bool((kept & grown).any()):
+        raise RuntimeError(f"method {method.name!r} broke the mask invariants")
+    shape = mask.shape
+    return MaskUpdate(new_mask.view(shape), dropped.view(shape), grown.view(shape))
+
+
+@dataclass
+class DropGrow(Method):
+    """Dynamic sparse training: drop by :meth:`drop_score`, grow as many by :meth:`grow_score`."""
+
+    #: whether :meth:`grow_score` reads the dense weight gradient (``grad``)
+    uses_gradient: ClassVar[bool] = False
+
+    def drop_groups(self, weight: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+        """Disjoint groups of active weights; ``drop_fraction`` of each group is dropped."""
+        return [mask]
+
+    def drop_score(self, weight: torch.Tensor) -> torch.Tensor:
+        """Lower is dropped first. Default: weight magnitude."""
+        return weight.abs()
+
+    def grow_score(self, weight: torch.Tensor, grad: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+        """Higher is grown first."""
+        raise NotImplementedError
+
+    def grow_gradients(self) -> Sequence[torch.Tensor | None] | None:
+        """The gradient signal :meth:`grow_score` uses at this update, one per layer (``None``: none)."""
+        return None
+
+    @torch.no_grad()
+    def update_layer(
+        self,
+        weight: torch.Tensor,
+        mask: torch.Tensor,
+        drop_fraction: float,
+        grad: torch.Tensor | None,
+        generator: torch.Generator,
+    ) -> MaskUpdate:
+        """One layer's drop and grow (``grad``: its dense gradient, needed when :attr:`uses_gradient`)."""
+        if self.uses_gradient and grad is None:
+            raise ValueError(f"method {self.name!r} needs the dense gradient of the weights")
+        return _drop_grow(self, weight, mask, drop_fraction, grad, generator)
+
+    @torch.no_grad()
+    def update(self, weights, masks, fraction, generator):
+        grads = self.grow_gradients() if self.uses_gradient else None
+        if self.uses_gradient and grads is None:
+            raise ValueError(f"method {self.name!r} needs the dense gradient of the weights")
+        return [
+            None if bool(m.all()) else self.update_layer(w, m, fraction, grads[i] if grads is not None else None, generator)
+            for i, (w, m) in enumerate(zip(weights, masks))
+        ]  # fully dense layers have nothing to explore
+
+
+_METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(name: str):
+    """Class decorator: make a :class:`Method` selectable by ``name`` (``topology=name``)."""
+
+    def deco(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+
+    return deco
+
+
+def available_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+def method_options(name: str) -> dict[str, Any]:
+    """The options of method ``name`` with their defaults."""
+    return make_method(name).options()
+
+
+def make_method(name: str, **options: Any) -> Method:
+    """Instantiate the method registered as ``name`` with ``options``.
+
+    :raises ValueError: for an unknown name or option (the message lists the known ones), or an option
+        out of range (the message names it and its allowed range).
+    """
+    if name not in _METHODS:
+        raise ValueError(f"unknown topology {name!r}; known: {', '.join(available_methods())}")
+    cls = _METHODS[name]
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in options:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=3)
+            hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+            raise ValueError(f"unknown option {key!r} of topology {name!r}; {hint}its options: {', '.join(known)}")
+    return cls(**options)
+
+
+def _uniform_scores(weight: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(weight.shape, generator=generator).to(weight.device)
+
+
+@register_method("static")
+@dataclass
+class Static(Method):
+    """Static sparse training: the random initial mask never changes."""
+
+    changes_topology = False
+
+    def update(self, weights, masks, fraction, generator):  # pragma: no cover - never called
+        raise RuntimeError("static topology never changes")
+
+
+GROW_SIGNALS = ("batch", "accumulate", "momentum")
+
+
+@register_method("rigl")
+@dataclass
+class RigL(DropGrow):
+    """RigL (Evci et al. 2020): drop the smallest magnitudes, grow where the dense gradient is largest.
+
+    Ties in the gradient (e.g. exact zeros under dead ReLUs) are broken at random.
+
+    :param grow_signal: the dense-gradient signal growth reads: ``batch`` (the update step's batch, RigL),
+        ``accumulate`` (mean over the last ``grow_batches`` optimizer steps before the update) or
+        ``momentum`` (exponential average with factor ``grow_momentum`` over every step, SNFS-style; it
+        costs a dense gradient on every step).
+    :param grow_batches: batches averaged by ``accumulate``, 1 <= k <= update_interval.
+    :param grow_momentum: averaging factor of ``momentum``, in [0, 1).
+    """
+
+    uses_gradient = True
+
+    grow_signal: str = "batch"
+    grow_batches: int = 1
+    grow_momentum: float = 0.9
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.grow_signal not in GROW_SIGNALS:
+            raise ValueError(f"unknown grow_signal {self.grow_signal!r}; known: {', '.join(GROW_SIGNALS)}")
+        if isinstance(self.grow_batches, bool) or not isinstance(self.grow_batches, int) or self.grow_batches < 1:
+            raise ValueError(f"grow_batches must be an int >= 1, got {self.grow_batches!r}")
+        if isinstance(self.grow_momentum, bool) or not isinstance(self.grow_momentum, (int, float)):
+            raise ValueError(f"grow_momentum must be a number in [0, 1), got {self.grow_momentum!r}")
+        if not 0.0 <= self.grow_momentum < 1.0:
+            raise ValueError(f"grow_momentum must be in [0, 1), got {self.grow_momentum!r}")
+        #: running signal (sum for ``accumulate``, average for ``momentum``), per layer
+        self._signal: list[torch.Tensor] | None = None
+        self._pending: list[torch.Tensor] | None = None
+
+    def check_interval(self, update_interval: int) -> None:
+        if self.uses_gradient and self.grow_batches > update_interval:
+            raise ValueError(f"grow_batches ({self.grow_batches}) cannot exceed update_interval ({update_interval})")
+
+    def needs_dense_grad(self, step: int, update_interval: int) -> bool:
+        if not self.uses_gradient:
+            return False
+        if self.grow_signal == "momentum":
+            return True
+        until_update = -step % update_interval  # 0 on update steps
+        return until_update < (self.grow_batches if self.grow_signal == "accumulate" else 1)
+
+    @torch.no_grad()
+    def observe(self, step, update_interval, grads, due):
+        if self.grow_signal == "momentum":
+            if self._signal is None:
+                self._signal = [torch.zeros_like(g) for g in grads]
+            torch._foreach_lerp_(self._signal, list(grads), 1.0 - self.grow_momentum)
+        elif self.grow_signal == "accumulate":
+            until_update = -step % update_interval  # 0 on update steps
+            if until_update < self.grow_batches:
+                if self._signal is None or until_update == self.grow_batches - 1:
+                    self._signal = [torch.zeros_like(g) for g in grads]
+                torch._foreach_add_(self._signal, list(grads))
+        if due:
+            if self.grow_signal == "batch":
+                self._pending = [g.detach().clone() for g in grads]
+            elif self.grow_signal == "accumulate":
+                assert self._signal is not None
+                self._pending = [t / self.grow_batches for t in self._signal]
+                self._signal = None
+            else:
+                self._pending = [t.clone() for t in self._signal or []]
+
+    def grow_gradients(self):
+        grads, self._pending = self._pending, None
+        return grads
+
+    def grow_score(self, weight, grad, generator):
+        assert grad is not None  # checked in update_layer()
+        return grad.abs()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"grow_signal": None if self._signal is None else [t.clone() for t in self._signal]}
+
+    def load_state_dict(self, state, device="cpu"):
+        signal = state.get("grow_signal")
+        self._signal = None if signal is None else [t.to(device).clone() for t in signal]
+
+
+@register_method("set")
+@dataclass
+class SET(RigL):
+    """Sparse Evolutionary Training (Mocanu et al. 2018): RigL with a random grow score.
+
+    Drops the smallest positive and the largest negative weights (``drop_fraction`` of each sign
+    separately; exact zeros count as positive) and grows at uniformly random free positions. The
+    gradient options of RigL do not apply.
+    """
+
+    uses_gradient = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        changed = [f for f in ("grow_signal", "grow_batches", "grow_momentum") if getattr(self, f) != getattr(RigL, f)]
+        if changed:
+            raise ValueError(f"{', '.join(changed)} do not apply to topology 'set' (it grows at random)")
+
+    def drop_groups(self, weight, mask):
+        return [mask & (weight >= 0), mask & (weight < 0)]
+
+    def grow_score(self, weight, grad, generator):
+        return _uniform_scores(weight, generator)
+
+
+#: options that were flat config keys before methods were objects, with their old defaults
+LEGACY_OPTIONS: dict[str, Any] = {
+    "grow_signal": "batch",
+    "grow_batches": 1,
+    "grow_momentum": 0.9,
+    "rewire_dormant": False,
+    "dormant_tau": 0.1,
+}
+
+
+def migrate_legacy_options(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (a config or policy kwargs saved by an older version) with the former flat method keys
+    moved into ``topology_kwargs``; those at their old default are dropped (they meant "not set")."""
+    if not any(key in values for key in LEGACY_OPTIONS):
+        return values
+    values = dict(values)
+    options = dict(values.get("topology_kwargs") or {})
+    for key, default in LEGACY_OPTIONS.items():
+        if key in values:
+            value = values.pop(key)
+            if value != default:
+                options.setdefault(key, value)
+    values["topology_kwargs"] = options
+    return values
+
+
+__all__ = [
+    "GROW_SIGNALS",
+    "LEGACY_OPTIONS",
+    "SET",
+    "DropGrow",
+    "MaskUpdate",
+    "Method",
+    "RigL",
+    "Static",
+    "available_methods",
+    "make_method",
+    "method_options",
+    "migrate_legacy_options",
+    "register_method",
+]
