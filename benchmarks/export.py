@@ -115,6 +115,7 @@ def main() -> None:
     from sparse_rl.export.compile import arm_toolchain, cortex_m4_size
     from sparse_rl.export.graph import extract_actor
     from sparse_rl.export.runtime import SparsePolicy
+    from sparse_rl.run import bind
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
@@ -123,7 +124,7 @@ def main() -> None:
     ort_dense_us = None
     with tempfile.TemporaryDirectory() as tmp:
         for sparsity in args.sparsities:
-            model = SAC(SparseSACPolicy, "HalfCheetah-v5", policy_kwargs=dict(sparsity=sparsity), seed=0)
+            model = bind(SAC(SparseSACPolicy, "HalfCheetah-v5", policy_kwargs=dict(sparsity=sparsity), seed=0))
             graph = extract_actor(model)
             d = Path(tmp) / f"s{sparsity}"
             paths = {

@@ -38,6 +38,7 @@ from stable_baselines3 import SAC
 from stable_baselines3.common.callbacks import BaseCallback
 
 from sparse_rl import SparseSACPolicy, sparsity_report
+from sparse_rl.run import bind
 
 
 class PinTotal(BaseCallback):
@@ -85,7 +86,7 @@ def build(config: Config, env: str, buffer_size: int) -> SAC:
         return SAC("MlpPolicy", env, policy_kwargs=dict(net_arch=config.net_arch), **common)
     kwargs = dict(sparsity=config.sparsity, topology="rigl", update_interval=1000, backend=config.backend,
                   net_arch=config.net_arch, **config.extra)
-    return SAC(SparseSACPolicy, env, policy_kwargs=kwargs, **common)
+    return bind(SAC(SparseSACPolicy, env, policy_kwargs=kwargs, **common))
 
 
 class Timers:

@@ -25,7 +25,7 @@ from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.vec_env import VecEnv
 
 import sparse_rl
-from sparse_rl.agents import SparseSACPolicy, SparseTD3Policy, sparsity_report
+from sparse_rl.agents import SparsePolicyMixin, SparseSACPolicy, SparseTD3Policy, sparsity_report
 from sparse_rl.agents.replay import DynamicReplayBuffer, NStepSoftReplayBuffer
 from sparse_rl.checkpoint import MODEL_FILE, CheckpointError, latest_checkpoint, save_checkpoint
 from sparse_rl.config import DYNAMIC_BUFFER_KEYS, SPARSE_KEYS, TrainConfig, config_from_dict
@@ -117,7 +117,7 @@ def build_model(
         space = env.action_space
         half_range = (space.high - space.low) / 2  # type: ignore[attr-defined]
         kwargs["action_noise"] = NormalActionNoise(np.zeros_like(half_range), config.action_noise_std * half_range)  # type: ignore[attr-defined]
-    return algo_cls(
+    model = algo_cls(
         policy,
         env,
         policy_kwargs=policy_kwargs,
@@ -127,6 +127,19 @@ def build_model(
         verbose=0,
         **kwargs,
     )
+    return bind(model)
+
+
+def bind(model: BaseAlgorithm) -> BaseAlgorithm:
+    """Link the sparse policy and our replay buffers to ``model`` explicitly (training progress, logger,
+    SAC's entropy coefficient), instead of their call-stack lookup, which is kept for bare
+    ``SAC(SparseSACPolicy, env)`` use. Returns ``model``."""
+    if isinstance(model.policy, SparsePolicyMixin):
+        model.policy.bind(model)
+    buffer = getattr(model, "replay_buffer", None)
+    if isinstance(buffer, NStepSoftReplayBuffer):
+        buffer.bind(model)
+    return model
 
 
 def default_file_mode() -> int:
@@ -328,7 +341,7 @@ def load_model_file(path: Path, env: VecEnv | None = None, device: str = "cpu") 
         kind = getattr(policy_class, "__name__", policy_class)
         raise RunError(f"{str(path)!r} holds a {kind} model; only SAC/TD3 are supported")
     try:
-        return algo_cls.load(path, env=env, device=device, force_reset=False)
+        return bind(algo_cls.load(path, env=env, device=device, force_reset=False))
     except Exception as err:
         raise RunError(f"corrupt model file {str(path)!r}: {type(err).__name__}: {err}") from None
 
@@ -347,7 +360,7 @@ def load_run_model(run_dir: Path, env: VecEnv | None = None, device: str = "cpu"
         path = checkpoint.model_path
     algo_cls = ALGOS[info["algo"]][0]
     try:
-        return algo_cls.load(path, env=env, device=device, force_reset=False)
+        return bind(algo_cls.load(path, env=env, device=device, force_reset=False))
     except Exception as err:
         raise RunError(f"corrupt model file {str(path)!r}: {type(err).__name__}: {err}") from None
 

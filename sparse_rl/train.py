@@ -63,6 +63,7 @@ from sparse_rl.run import (
     DivergenceGuard,
     RunError,
     atomic_write,
+    bind,
     build_model,
     check_device,
     check_env_for,
@@ -329,7 +330,7 @@ def _train(args: argparse.Namespace, plan: Plan, extra_callbacks: list[BaseCallb
             model = build_model(algo, config, env, seed, device=args.device, tensorboard_log=tb)
         else:
             print(f"resuming {run_dir} from {checkpoint.describe()}", file=sys.stderr)
-            model = ALGOS[algo][0].load(checkpoint.model_path, env=env, device=args.device, force_reset=False)
+            model = bind(ALGOS[algo][0].load(checkpoint.model_path, env=env, device=args.device, force_reset=False))
             model.tensorboard_log = tb
             restore_checkpoint_state(model, checkpoint)
             if not checkpoint.has_replay_buffer and model.num_timesteps < config.n_timesteps:

@@ -267,3 +267,28 @@ def test_the_user_snippet(tmp_path):
     td3_report = sparsity_report(td3)
     assert td3_report["actor"]["density"] == pytest.approx(0.1, abs=1e-4)
     assert td3_report["critic"]["density"] == pytest.approx(0.2, abs=1e-4)
+
+
+def test_bare_use_without_an_algorithm_fails_at_the_first_step_with_a_clear_message():
+    model = small_model(SAC, SparseSACPolicy, policy_kwargs=dict(update_interval=1000))
+    policy = model.policy
+    obs = torch.zeros(4, *model.observation_space.shape)
+    actions = torch.zeros(4, *model.action_space.shape)
+    loss = sum(q.sum() for q in policy.critic(obs, actions))
+    policy.critic.optimizer.zero_grad()
+    loss.backward()
+    # a custom loop, outside SAC.train and with no bind(): the first optimizer step says what to do
+    with pytest.raises(RuntimeError, match=r"cannot find the SB3 algorithm training it; call policy.bind\(model\)"):
+        policy.critic.optimizer.step()
+    policy.bind(model)
+    policy.critic.optimizer.step()  # bound: fine
+
+
+def test_the_cli_binds_policy_and_replay_buffer_explicitly():
+    from sparse_rl.config import resolve_config
+    from sparse_rl.envs import make_env
+    from sparse_rl.run import build_model
+
+    config = resolve_config("sac", "Pendulum-v1", "sparse_rl", {"n_steps": 3, "net_arch": [16, 16], "buffer_size": 1000})
+    model = build_model("sac", config, make_env("Pendulum-v1", seed=0), seed=0)
+    assert model.policy._model_ref() is model and model.replay_buffer._model_ref() is model

@@ -248,6 +248,8 @@ class TopologyController(nn.Module):
                 layer.capture_dense_grad = want
 
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self.progress_fn is None or self.step == 0:
+            self.progress()  # fail at the first step, not at the first update, when progress is unknown
         self.step += 1
         self._due = self.is_update_step(self.step)
         if self.needs_dense_grad(self.step):
