@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sparse_rl.checkpoint import CheckpointError, latest_checkpoint
-from sparse_rl.run import EVALUATIONS_FILE, SUMMARY_FILE, atomic_write, read_run
+from sparse_rl.run_directory import EVALUATIONS_FILE, SUMMARY_FILE, atomic_write, read_run
 
 #: The files of a finished run that the reports read (a few kB). ``runs/`` is not in git and goes with
 #: the machine, so ``keep_results`` copies these into the repository's results folder, from which

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sparse_rl.run import EVALUATIONS_FILE, RunError, default_file_mode, read_run
+from sparse_rl.run_directory import EVALUATIONS_FILE, RunError, default_file_mode, read_run
 
 
 def _read_evaluations(run_dir: Path) -> dict[str, np.ndarray]:

@@ -53,9 +53,9 @@ from sparse_rl.config import (
     resolve_config,
 )
 from sparse_rl.envs import EnvError, make_env, resolve_env_id
-from sparse_rl.evaluation import SparseEvalCallback
+from sparse_rl.eval_callback import SparseEvalCallback
 from sparse_rl.plot import plot_runs
-from sparse_rl.run import (
+from sparse_rl.run_directory import (
     ALGOS,
     EVALUATIONS_FILE,
     SUMMARY_FILE,

@@ -8,7 +8,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from common import KEPT_FILES, Run, keep_results, merge_rows, read_csv, write_csv
 
-from sparse_rl.run import SUMMARY_FILE
+from sparse_rl.run_directory import SUMMARY_FILE
 
 
 def _finish(run_dir: Path, tag: str) -> None:

@@ -258,7 +258,7 @@ def test_custom_features_extractor_is_refused():
 
 def test_run_without_model(tmp_path, capsys):
     from sparse_rl.config import config_to_dict, resolve_config
-    from sparse_rl.run import write_yaml
+    from sparse_rl.run_directory import write_yaml
 
     run = tmp_path / "run"
     config = config_to_dict(resolve_config("sac", "Pendulum-v1"))

@@ -223,7 +223,7 @@ def test_sparse_sac_learns_pendulum():
 
 @pytest.mark.parametrize("algo, policy", ALGOS)
 def test_diagnostics_on_replay_data_leave_rngs_untouched(algo, policy):
-    from sparse_rl.agents.diagnostics import model_diagnostics
+    from sparse_rl.agents.model_diagnostics import model_diagnostics
 
     model = small_model(algo, policy)
     assert model_diagnostics(model) == {}  # empty buffer
@@ -287,7 +287,7 @@ def test_bare_use_without_an_algorithm_fails_at_the_first_step_with_a_clear_mess
 def test_the_cli_binds_policy_and_replay_buffer_explicitly():
     from sparse_rl.config import resolve_config
     from sparse_rl.envs import make_env
-    from sparse_rl.run import build_model
+    from sparse_rl.run_directory import build_model
 
     config = resolve_config("sac", "Pendulum-v1", "sparse_rl", {"n_steps": 3, "net_arch": [16, 16], "buffer_size": 1000})
     model = build_model("sac", config, make_env("Pendulum-v1", seed=0), seed=0)

@@ -25,7 +25,7 @@ from sparse_rl.checkpoint import (
     verify_checkpoint,
 )
 from sparse_rl.export.runtime import PolicyFileError, SparsePolicy
-from sparse_rl.run import TrainingDiverged, load_run_model
+from sparse_rl.run_directory import TrainingDiverged, load_run_model
 
 TINY = ["--set", "learning_starts=100", "--set", "batch_size=32", "--set", "net_arch=[32, 32]",
         "--set", "update_interval=25", "--no-progress"]
@@ -365,7 +365,7 @@ def test_policy_file_damage_is_named_by_layer_and_member(policy_file, kind, need
 
 
 def test_a_run_being_trained_cannot_be_resumed_twice(tmp_path, capsys):
-    from sparse_rl.run import lock_run
+    from sparse_rl.run_directory import lock_run
 
     run = tmp_path / "run"
     _train(run, capsys)

@@ -273,7 +273,7 @@ def test_method_option_errors(kwargs, needle):
 
 
 def test_dormant_fraction_on_a_constructed_network():
-    from sparse_rl.topology.diagnostics import dormant_neurons
+    from sparse_rl.topology.layer_diagnostics import dormant_neurons
 
     net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 1))
     with torch.no_grad():
@@ -293,7 +293,7 @@ def test_dormant_fraction_on_a_constructed_network():
 
 
 def test_gradient_snr_agreeing_vs_noisy_batches():
-    from sparse_rl.topology.diagnostics import gradient_snr
+    from sparse_rl.topology.layer_diagnostics import gradient_snr
 
     w = torch.zeros(3, requires_grad=True)
     target = torch.tensor([1.0, -2.0, 0.5])

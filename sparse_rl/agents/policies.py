@@ -220,8 +220,8 @@ class SparsePolicyMixin:
 
     def _dormant_rows(self, name: str, batch_size: int = 256) -> dict[int, tuple[torch.Tensor, list[int]]]:
         """Dormant rows of ``name``'s layers on a replay batch, keyed by controller layer index."""
-        from sparse_rl.agents.diagnostics import preserved_rng
-        from sparse_rl.topology.diagnostics import dormant_units
+        from sparse_rl.agents.model_diagnostics import preserved_rng
+        from sparse_rl.topology.layer_diagnostics import dormant_units
 
         buffer = getattr(self._model(), "replay_buffer", None)
         if buffer is None or buffer.size() == 0:

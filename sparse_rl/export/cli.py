@@ -32,7 +32,7 @@ def load_model(path: Path) -> Any:
     from stable_baselines3.sac.policies import SACPolicy
     from stable_baselines3.td3.policies import TD3Policy
 
-    from sparse_rl.run import RunError, load_run_model
+    from sparse_rl.run_directory import RunError, load_run_model
 
     if not path.exists():
         raise ExportError(f"{str(path)!r} does not exist")
@@ -60,7 +60,7 @@ def load_model(path: Path) -> Any:
 
 
 def _place_file(out: Path, data: bytes) -> None:
-    from sparse_rl.run import atomic_write
+    from sparse_rl.run_directory import atomic_write
 
     try:
         atomic_write(out, lambda f: f.write(data))

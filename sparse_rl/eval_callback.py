@@ -16,8 +16,8 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv
 
 from sparse_rl.agents import sparsity_report
-from sparse_rl.agents.diagnostics import model_diagnostics
-from sparse_rl.run import atomic_write
+from sparse_rl.agents.model_diagnostics import model_diagnostics
+from sparse_rl.run_directory import atomic_write
 
 EVAL_FIELDS = [
     "timesteps",

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
 from sparse_rl.sparse import dense_gradient_view
-from sparse_rl.topology.diagnostics import dormant_neurons, gradient_snr
+from sparse_rl.topology.layer_diagnostics import dormant_neurons, gradient_snr
 
 
 @contextlib.contextmanager
