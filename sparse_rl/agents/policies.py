@@ -163,9 +163,17 @@ class SparsePolicyMixin:
                 or (config.dense_last_layer and any(layer is l for l in last))
                 for layer in layers
             ]
+            method = config.topology_config().make_method()  # one per network: it owns its state
+            sizes = [l.weight.numel() for l in layers]
             try:
                 sparsify(
-                    layers, 1.0 - config.network_sparsity(name), config.distribution, generator, dense, config.sparse_init
+                    layers,
+                    1.0 - config.network_sparsity(name),
+                    config.distribution,
+                    generator,
+                    dense,
+                    config.sparse_init,
+                    start_counts=lambda targets, m=method, n=sizes: m.start_nonzeros(targets, n),
                 )
             except ValueError as err:
                 raise ValueError(f"{name}: {err}") from None
@@ -182,6 +190,7 @@ class SparsePolicyMixin:
                 seed=sparse_seed(generator),
                 targets=target_layers,
                 progress_fn=self._training_progress,
+                method=method,
             )
             controller.attach(network.optimizer)
             controller.listeners.append(partial(self._record_update, name))

@@ -385,13 +385,18 @@ def sparsify(
     generator: torch.Generator,
     dense_layers: Iterable[bool] | None = None,
     sparse_init: bool = False,
+    start_counts: Callable[[list[int]], list[int]] | None = None,
 ) -> list[int]:
     """Give ``layers`` random masks with the global ``density`` shared by ``distribution``.
 
+    :param start_counts: maps the per-layer nonzero counts of ``density`` to the counts the masks start
+        with (a pruning method starts denser than its target).
     :return: the nonzero count of each layer.
     """
     layers = list(layers)
     counts = layer_nonzeros([tuple(l.weight.shape) for l in layers], density, distribution, dense_layers)
+    if start_counts is not None:
+        counts = start_counts(counts)
     for layer, nnz in zip(layers, counts):
         mask = random_mask(layer.weight.shape, nnz, generator).to(layer.weight.device)
         layer.explored.zero_()

@@ -140,6 +140,8 @@ class TopologyController(nn.Module):
     :param seed: seed of the controller's own generator (used by random growth and tie-breaks).
     :param targets: target copies of the network, each a list of layers aligned with ``layers``.
     :param progress_fn: returns the fraction of training done, in [0, 1]; may be set later.
+    :param method: the method instance (default: a new one from ``config``); pass the one whose
+        :meth:`~sparse_rl.topology.Method.start_nonzeros` chose the layers' starting masks.
     """
 
     def __init__(
@@ -149,10 +151,11 @@ class TopologyController(nn.Module):
         seed: int,
         targets: Sequence[Sequence[MaskedLinear]] = (),
         progress_fn: Callable[[], float] | None = None,
+        method: Method | None = None,
     ) -> None:
         super().__init__()
         self.config = config
-        self.method: Method = config.make_method()
+        self.method: Method = method if method is not None else config.make_method()
         self._schedule = get_schedule(config.drop_schedule)
         # Plain lists: the layers belong to the network, registering them here would duplicate state.
         self._layers: list[MaskedLinear] = list(layers)
@@ -232,7 +235,7 @@ class TopologyController(nn.Module):
     def is_update_step(self, step: int) -> bool:
         if not self.method.changes_topology or step % self.config.update_interval != 0:
             return False
-        return self.progress() < self.config.end_fraction
+        return self.method.active(self.progress(), self.config.end_fraction)
 
     def needs_dense_grad(self, step: int) -> bool:
         """Whether the method reads the dense weight gradients of optimizer step ``step`` (RigL: on update
@@ -280,11 +283,13 @@ class TopologyController(nn.Module):
 
         :param optimizer: its per-parameter state is zeroed at changed positions.
         """
-        fraction = self._schedule(self.progress(), self.config.drop_fraction, self.config.end_fraction)
+        progress = self.progress()
+        fraction = self._schedule(progress, self.config.drop_fraction, self.config.end_fraction)
         generator = torch.Generator()
         generator.set_state(self._rng_state)
         layers = self._layers
-        results = self.method.update([l.weight for l in layers], [l.mask for l in layers], fraction, generator)
+        weights, masks = [l.weight for l in layers], [l.mask for l in layers]
+        results = self.method.update(weights, masks, fraction, generator, progress=progress)
         dropped = grown = 0
         for i, (layer, result) in enumerate(zip(layers, results)):
             if result is None:

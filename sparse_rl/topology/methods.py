@@ -75,6 +75,16 @@ class Method:
     def check_interval(self, update_interval: int) -> None:
         """Check options that must agree with the schedule's ``update_interval``; raise ``ValueError``."""
 
+    def start_nonzeros(self, targets: Sequence[int], sizes: Sequence[int]) -> list[int]:
+        """The nonzeros each layer starts training with, given the ``targets`` of the configured sparsity
+        and distribution and the layers' ``sizes`` (weights). Sparse training starts at its targets; a
+        pruning method starts denser and keeps the targets."""
+        return list(targets)
+
+    def active(self, progress: float, end_fraction: float) -> bool:
+        """Whether the topology may still change at ``progress`` (fraction of training done)."""
+        return progress < end_fraction
+
     # ------------------------------------------------------------ gradient signal
     def needs_dense_grad(self, step: int, update_interval: int) -> bool:
         """Whether :meth:`observe` reads the dense weight gradients of optimizer step ``step``."""
@@ -86,14 +96,20 @@ class Method:
 
     # -------------------------------------------------------------------- update
     def update(
-        self, weights: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], fraction: float, generator: torch.Generator
+        self,
+        weights: Sequence[torch.Tensor],
+        masks: Sequence[torch.Tensor],
+        fraction: float,
+        generator: torch.Generator,
+        progress: float = 0.0,
     ) -> list[MaskUpdate | None]:
         """New masks of the layers of one network, one per layer (``None``: that layer is unchanged).
 
         :param weights: dense weights (absent connections at zero).
         :param masks: boolean, same shapes.
-        :param fraction: the schedule's value now (for drop/grow methods: the fraction dropped).
+        :param fraction: the drop schedule's value now (for drop/grow methods: the fraction dropped).
         :param generator: CPU generator for any randomness.
+        :param progress: fraction of training done.
         """
         raise NotImplementedError
 
@@ -182,7 +198,7 @@ class DropGrow(Method):
         return _drop_grow(self, weight, mask, drop_fraction, grad, generator)
 
     @torch.no_grad()
-    def update(self, weights, masks, fraction, generator):
+    def update(self, weights, masks, fraction, generator, progress=0.0):
         grads = self.grow_gradients() if self.uses_gradient else None
         if self.uses_gradient and grads is None:
             raise ValueError(f"method {self.name!r} needs the dense gradient of the weights")
@@ -244,7 +260,7 @@ class Static(Method):
 
     changes_topology = False
 
-    def update(self, weights, masks, fraction, generator):  # pragma: no cover - never called
+    def update(self, weights, masks, fraction, generator, progress=0.0):  # pragma: no cover - never called
         raise RuntimeError("static topology never changes")
 
 
