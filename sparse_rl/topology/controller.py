@@ -77,7 +77,7 @@ class TopologyConfig:
     def make_method(self) -> Method:
         """A new instance of the configured method (options checked, also against ``update_interval``)."""
         method = make_method(self.topology, **self.topology_kwargs)
-        method.check_interval(self.update_interval)
+        method.check_schedule(self.update_interval, self.end_fraction)
         return method
 
     def as_dict(self) -> dict[str, Any]:
@@ -156,6 +156,7 @@ class TopologyController(nn.Module):
         super().__init__()
         self.config = config
         self.method: Method = method if method is not None else config.make_method()
+        self.method.check_schedule(config.update_interval, config.end_fraction)
         self._schedule = get_schedule(config.drop_schedule)
         # Plain lists: the layers belong to the network, registering them here would duplicate state.
         self._layers: list[MaskedLinear] = list(layers)

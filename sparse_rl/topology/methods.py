@@ -72,8 +72,8 @@ class Method:
         if isinstance(self.dormant_tau, bool) or not isinstance(self.dormant_tau, (int, float)) or not self.dormant_tau >= 0:
             raise ValueError(f"dormant_tau must be a number >= 0, got {self.dormant_tau!r}")
 
-    def check_interval(self, update_interval: int) -> None:
-        """Check options that must agree with the schedule's ``update_interval``; raise ``ValueError``."""
+    def check_schedule(self, update_interval: int, end_fraction: float) -> None:
+        """Check the options that must agree with the schedule; raise ``ValueError`` naming them."""
 
     def start_nonzeros(self, targets: Sequence[int], sizes: Sequence[int]) -> list[int]:
         """The nonzeros each layer starts training with, given the ``targets`` of the configured sparsity
@@ -302,7 +302,7 @@ class RigL(DropGrow):
         self._signal: list[torch.Tensor] | None = None
         self._pending: list[torch.Tensor] | None = None
 
-    def check_interval(self, update_interval: int) -> None:
+    def check_schedule(self, update_interval: int, end_fraction: float) -> None:
         if self.uses_gradient and self.grow_batches > update_interval:
             raise ValueError(f"grow_batches ({self.grow_batches}) cannot exceed update_interval ({update_interval})")
 
