@@ -377,6 +377,115 @@ class SET(RigL):
         return _uniform_scores(weight, generator)
 
 
+@register_method("gmp")
+@dataclass
+class GMP(Method):
+    """Gradual magnitude pruning (Zhu & Gupta 2018) from dense to the configured sparsity.
+
+    Training starts dense; from ``start_fraction`` of training, every ``update_interval`` optimizer steps
+    the smallest-magnitude active weights are pruned so that the sparsity follows the cubic schedule
+    ``s_t = s_f + (s_i - s_f) (1 - (t - t_0) / (t_1 - t_0))^3`` with ``s_i = 0``, ``t_0 =
+    start_fraction`` and ``t_1 = end_fraction``; the first update at or after ``end_fraction`` reaches the
+    target nonzero counts exactly, and the topology is frozen after it. Nothing regrows.
+
+    :param start_fraction: fraction of training at which pruning starts, in [0, end_fraction).
+    :param scope: ``layer``: each layer follows the schedule towards its own target (the ``distribution``'s
+        per-layer densities); ``global``: one magnitude threshold over all the network's layers, with only
+        the total number of nonzeros scheduled.
+
+    Defaults follow Graesser et al. (2022)'s SAC pruning configuration (rigl/rl/tfagents): pruning from
+    20% to 80% of training, every 1000 steps, towards ERK per-layer targets.
+    """
+
+    start_fraction: float = 0.2
+    scope: str = "layer"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.start_fraction, bool) or not isinstance(self.start_fraction, (int, float)):
+            raise ValueError(f"start_fraction must be a number in [0, 1), got {self.start_fraction!r}")
+        if not 0 <= self.start_fraction < 1:
+            raise ValueError(f"start_fraction must be in [0, 1), got {self.start_fraction!r}")
+        if self.scope not in ("layer", "global"):
+            raise ValueError(f"scope must be 'layer' or 'global', got {self.scope!r}")
+        self._targets: list[int] | None = None
+        self._end: float | None = None
+        self._done = False
+
+    def check_schedule(self, update_interval, end_fraction):
+        if self.start_fraction >= end_fraction:
+            raise ValueError(f"gmp: start_fraction ({self.start_fraction}) must be below end_fraction ({end_fraction})")
+        self._end = end_fraction
+
+    def start_nonzeros(self, targets, sizes):
+        self._targets = list(targets)
+        return list(sizes)  # dense
+
+    def active(self, progress, end_fraction):
+        return not self._done
+
+    def _remaining(self, progress: float) -> float:
+        """``(1 - (t - t_0) / (t_1 - t_0))^3``, clipped to [0, 1]: 1 before pruning, 0 at its end."""
+        assert self._end is not None, "check_schedule() sets the end of pruning"
+        span = (progress - self.start_fraction) / (self._end - self.start_fraction)
+        return (1.0 - min(max(span, 0.0), 1.0)) ** 3
+
+    @torch.no_grad()
+    def update(self, weights, masks, fraction, generator, progress=0.0):
+        if self._targets is None:
+            raise RuntimeError(
+                "gmp needs its target nonzeros: build the network through SparseSACPolicy/SparseTD3Policy, "
+                "or call method.start_nonzeros(targets, sizes) first"
+            )
+        if progress < self.start_fraction:
+            return [None] * len(masks)
+        remaining = self._remaining(progress)
+        sizes = [m.numel() for m in masks]
+        if self.scope == "layer":
+            keep = [t + round((n - t) * remaining) for t, n in zip(self._targets, sizes)]
+            new_masks = [_keep_largest(w, m, k) for w, m, k in zip(weights, masks, keep)]
+        else:
+            total_target, total = sum(self._targets), sum(sizes)
+            k = total_target + round((total - total_target) * remaining)
+            new_masks = _keep_largest_global(weights, masks, k)
+        self._done = remaining == 0.0
+        results: list[MaskUpdate | None] = []
+        for mask, new in zip(masks, new_masks):
+            dropped = mask & ~new
+            results.append(MaskUpdate(new, dropped, torch.zeros_like(mask)) if bool(dropped.any()) else None)
+        return results
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"done": self._done}
+
+    def load_state_dict(self, state, device="cpu"):
+        self._done = bool(state.get("done", False))
+
+
+def _keep_largest(weight: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` active positions of largest magnitude (all of them if fewer are active)."""
+    if k >= int(mask.sum()):
+        return mask.clone()
+    scores = weight.abs().flatten().float().masked_fill(~mask.flatten(), float("-inf"))
+    new = torch.zeros_like(mask.flatten())
+    new[torch.topk(scores, k).indices] = True
+    return new.view(mask.shape)
+
+
+def _keep_largest_global(weights: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:
+    """The ``k`` active positions of largest magnitude over all layers together."""
+    scores = torch.cat([w.abs().flatten().float().masked_fill(~m.flatten(), float("-inf")) for w, m in zip(weights, masks)])
+    if k >= int(sum(int(m.sum()) for m in masks)):
+        return [m.clone() for m in masks]
+    keep = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    keep[torch.topk(scores, k).indices] = True
+    out, offset = [], 0
+    for m in masks:
+        out.append(keep[offset : offset + m.numel()].view(m.shape))
+        offset += m.numel()
+    return out
+
+
 #: options that were flat config keys before methods were objects, with their old defaults
 LEGACY_OPTIONS: dict[str, Any] = {
     "grow_signal": "batch",
@@ -404,6 +513,7 @@ def migrate_legacy_options(values: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = [
+    "GMP",
     "GROW_SIGNALS",
     "LEGACY_OPTIONS",
     "SET",

@@ -1,0 +1,118 @@
+"""Each method's own rule, on hand-worked cases, plus the invariants the shared machinery keeps for it."""
+
+import itertools
+
+import pytest
+import torch
+from stable_baselines3 import SAC, TD3
+from torch import nn
+
+from sparse_rl import SparseSACPolicy, SparseTD3Policy
+from sparse_rl.sparse import MaskedLinear, masked_layers
+from sparse_rl.topology import TopologyConfig, TopologyController
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(MaskedLinear(8, 32), nn.ReLU(), MaskedLinear(32, 32), nn.ReLU(), MaskedLinear(32, 2))
+
+
+def _gmp_controller(net, scope="layer", targets=(26, 102, 6)):
+    config = TopologyConfig(topology="gmp", update_interval=5, end_fraction=0.8, topology_kwargs=dict(scope=scope))
+    method = config.make_method()
+    layers = masked_layers(net)
+    assert method.start_nonzeros(list(targets), [l.weight.numel() for l in layers]) == [256, 1024, 64]  # dense
+    progress = {"value": 0.0}
+    ctrl = TopologyController(layers, config, seed=0, progress_fn=lambda: progress["value"], method=method)
+    return ctrl, progress
+
+
+def _step(net, opt, gen):
+    x, y = torch.randn(16, 8, generator=gen), torch.randn(16, 2, generator=gen)
+    opt.zero_grad()
+    ((net(x) - y) ** 2).mean().backward()
+    opt.step()
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_gmp_follows_the_cubic_schedule_and_reaches_the_target_exactly(scope):
+    net = _net()
+    targets = [26, 102, 6]  # 10% of each layer
+    ctrl, progress = _gmp_controller(net, scope, targets)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    ctrl.attach(opt)
+    gen = torch.Generator().manual_seed(0)
+    sizes = [256, 1024, 64]
+    history = []
+    for step in range(1, 101):
+        progress["value"] = step / 100  # 100 steps of training, an update every 5
+        _step(net, opt, gen)
+        nnz = [l.nnz for l in ctrl.layers]
+        history.append(sum(nnz))
+        p = step / 100
+        if step % 5 == 0 and p <= 0.8:
+            # s_t = s_f (1 - (1 - (t - t0) / (t1 - t0))^3), with t0 = 0.2, t1 = 0.8, from dense
+            remaining = (1 - min(max((p - 0.2) / 0.6, 0.0), 1.0)) ** 3
+            if scope == "layer":
+                assert nnz == [t + round((n - t) * remaining) for t, n in zip(targets, sizes)], step
+            else:
+                assert sum(nnz) == sum(targets) + round((sum(sizes) - sum(targets)) * remaining), step
+    assert history[18] == sum(sizes)  # nothing pruned before 20% of training
+    assert all(a >= b for a, b in itertools.pairwise(history))  # never regrows
+    assert history[79] == sum(targets)  # at 80%: exactly the target ...
+    assert history[-1] == sum(targets)  # ... and frozen afterwards
+    if scope == "layer":
+        assert [l.nnz for l in ctrl.layers] == targets
+    for layer in ctrl.layers:  # absent weights and Adam's moments exactly zero
+        absent = ~layer.mask
+        assert torch.all(layer.weight[absent] == 0)
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.all(opt.state[layer.weight][key][absent] == 0)
+
+
+def test_gmp_keeps_the_largest_magnitudes():
+    net = _net()
+    ctrl, progress = _gmp_controller(net)
+    layer = ctrl.layers[2]
+    with torch.no_grad():
+        layer.weight.copy_(torch.arange(64, dtype=torch.float32).view(2, 32) - 31.5)  # |w| largest at the ends
+    progress["value"] = 0.9  # past the end: straight to the target
+    ctrl.update_topology()
+    kept = layer.weight[layer.mask].abs()
+    assert layer.nnz == 6 and torch.all(kept >= 29.5)
+
+
+@pytest.mark.parametrize(
+    "options, needle",
+    [
+        (dict(start_fraction=0.9), r"start_fraction \(0.9\) must be below end_fraction \(0.8\)"),
+        (dict(start_fraction=-0.1), "start_fraction must be in"),
+        (dict(scope="net"), "scope must be 'layer' or 'global', got 'net'"),
+        (dict(grow_signal="batch"), "unknown option 'grow_signal' of topology 'gmp'"),
+    ],
+)
+def test_gmp_option_errors(options, needle):
+    with pytest.raises(ValueError, match=needle):
+        TopologyConfig(topology="gmp", end_fraction=0.8, topology_kwargs=options)
+
+
+@pytest.mark.parametrize("algo, policy", [(SAC, SparseSACPolicy), (TD3, SparseTD3Policy)])
+@pytest.mark.parametrize("backend", ["dense", "sparse"])
+def test_gmp_in_sb3_prunes_to_the_target_with_targets_following(algo, policy, backend):
+    model = algo(policy, "Pendulum-v1", learning_starts=50, batch_size=32, seed=0,
+                 policy_kwargs=dict(net_arch=[32, 32], sparsity=0.9, topology="gmp", update_interval=10,
+                                    end_fraction=0.8, backend=backend))
+    assert all(l.nnz == l.weight.numel() for l in model.policy.actor_topology.layers)  # starts dense
+    model.learn(500)
+    for name in ("actor", "critic"):
+        ctrl = model.policy.topology_controllers()[name]
+        assert [l.nnz for l in ctrl.layers] == ctrl.method._targets
+        assert abs(ctrl.stats()["density"] - 0.1) < 0.01
+        for layer in ctrl.layers:
+            assert torch.all(layer.weight[~layer.mask] == 0)
+    pairs = [(model.policy.critic, model.policy.critic_target)]
+    if algo is TD3:
+        pairs.append((model.policy.actor, model.policy.actor_target))
+    for online, target in pairs:  # a target is never denser than its online network
+        for a, b in zip(masked_layers(online), masked_layers(target)):
+            assert torch.equal(a.mask, b.mask) and torch.all(b.weight[~b.mask] == 0)
