@@ -116,3 +116,53 @@ def test_gmp_in_sb3_prunes_to_the_target_with_targets_following(algo, policy, ba
     for online, target in pairs:  # a target is never denser than its online network
         for a, b in zip(masked_layers(online), masked_layers(target)):
             assert torch.equal(a.mask, b.mask) and torch.all(b.weight[~b.mask] == 0)
+
+
+@pytest.mark.parametrize("initial_sparsity", [0.0, 0.5])
+def test_granet_prunes_on_the_gmp_schedule_and_regrows_by_gradient(initial_sparsity):
+    from sparse_rl.sparse import sparsify
+
+    net = _net()
+    config = TopologyConfig(topology="granet", update_interval=5, end_fraction=0.8, drop_fraction=0.3,
+                            drop_schedule="constant", topology_kwargs=dict(initial_sparsity=initial_sparsity))
+    method = config.make_method()
+    layers = masked_layers(net)
+    sizes = [256, 1024, 64]
+    counts = sparsify(layers, 0.1, "erk", torch.Generator().manual_seed(0),
+                      start_counts=lambda t: method.start_nonzeros(t, sizes))
+    targets = method._gmp._targets
+    # starting counts: between the target and dense, by initial_sparsity / final sparsity per layer (a layer
+    # whose target is denser than initial_sparsity starts at its target)
+    expected = [t + round((n - t) * (1 - min(initial_sparsity / (1 - t / n), 1.0))) for t, n in zip(targets, sizes)]
+    assert counts == expected
+    progress = {"value": 0.0}
+    ctrl = TopologyController(layers, config, seed=0, progress_fn=lambda: progress["value"], method=method)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    ctrl.attach(opt)
+    gen = torch.Generator().manual_seed(0)
+    grown = []
+    for step in range(1, 101):
+        progress["value"] = step / 100
+        _step(net, opt, gen)
+        p = step / 100
+        if step % 5 == 0 and p <= 0.8:
+            grown.append(ctrl.last_grown)
+            if p >= 0.2:
+                remaining = (1 - min((p - 0.2) / 0.6, 1.0)) ** 3
+                assert [l.nnz for l in layers] == [t + round((c - t) * remaining) for t, c in zip(targets, counts)], step
+        for layer in layers:  # absent weights and Adam's moments exactly zero after every step
+            assert torch.all(layer.weight[~layer.mask] == 0)
+            assert torch.all(opt.state[layer.weight]["exp_avg"][~layer.mask] == 0)
+    assert [l.nnz for l in layers] == targets
+    assert sum(g > 0 for g in grown) >= 10  # neuroregeneration at the updates (drop fraction 0.3, constant)
+    assert ctrl.last_grown == 0  # the final update: the drop schedule is 0 at end_fraction
+
+
+def test_granet_and_gmp_resume_from_their_state():
+    net = _net()
+    ctrl, _ = _gmp_controller(net)
+    ctrl.method._done = True
+    state = ctrl.get_extra_state()
+    other, _ = _gmp_controller(_net())
+    other.set_extra_state(state)
+    assert other.method._done and not other.method.active(0.5, 0.8)

@@ -462,6 +462,87 @@ class GMP(Method):
         self._done = bool(state.get("done", False))
 
 
+@register_method("granet")
+@dataclass
+class GraNet(RigL):
+    """GraNet (Liu et al. 2021): gradual magnitude pruning with neuroregeneration.
+
+    At each update, first prune along GMP's cubic schedule (per layer, from the starting density to the
+    target, between ``start_fraction`` and ``end_fraction``), then, on the pruned masks, drop the
+    drop schedule's fraction of the smallest weights and regrow as many where the dense gradient is
+    largest (RigL, with RigL's ``grow_signal`` options). Before ``start_fraction`` only the regeneration
+    runs (on layers that are not dense). The first update at or after ``end_fraction`` reaches the
+    targets exactly and freezes the topology.
+
+    :param start_fraction: fraction of training at which pruning starts, in [0, end_fraction).
+    :param initial_sparsity: where each layer starts between dense (0) and its target (the configured
+        sparsity): its starting nonzeros are ``target + round((size - target) * (1 - initial_sparsity /
+        sparsity))``, a random mask; 0 starts dense.
+    """
+
+    start_fraction: float = 0.2
+    initial_sparsity: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._gmp = GMP(start_fraction=self.start_fraction)  # the pruning half, and its checks
+        if isinstance(self.initial_sparsity, bool) or not isinstance(self.initial_sparsity, (int, float)):
+            raise ValueError(f"initial_sparsity must be a number in [0, 1), got {self.initial_sparsity!r}")
+        if not 0 <= self.initial_sparsity < 1:
+            raise ValueError(f"initial_sparsity must be in [0, 1), got {self.initial_sparsity!r}")
+
+    def check_schedule(self, update_interval, end_fraction):
+        super().check_schedule(update_interval, end_fraction)
+        self._gmp.check_schedule(update_interval, end_fraction)
+
+    def start_nonzeros(self, targets, sizes):
+        final_sparsity = [1 - t / n for t, n in zip(targets, sizes)]
+        start = [
+            t if s_f == 0 else t + round((n - t) * (1 - min(self.initial_sparsity / s_f, 1.0)))
+            for t, n, s_f in zip(targets, sizes, final_sparsity)
+        ]
+        self._gmp._targets = list(targets)
+        self._start = start
+        return start
+
+    def active(self, progress, end_fraction):
+        return self._gmp.active(progress, end_fraction)
+
+    @torch.no_grad()
+    def update(self, weights, masks, fraction, generator, progress=0.0):
+        gmp = self._gmp
+        if gmp._targets is None:
+            raise RuntimeError("granet needs its target nonzeros: build the network through the sparse policies")
+        pruned = list(masks)
+        if progress >= gmp.start_fraction:
+            remaining = gmp._remaining(progress)
+            keep = [t + round((n - t) * remaining) for t, n in zip(gmp._targets, self._start)]
+            pruned = [_keep_largest(w, m, k) for w, m, k in zip(weights, masks, keep)]
+            gmp._done = remaining == 0.0
+        grads = self.grow_gradients()
+        if grads is None:
+            raise ValueError("method 'granet' needs the dense gradient of the weights")
+        results: list[MaskUpdate | None] = []
+        for w, old, new, grad in zip(weights, masks, pruned, grads):
+            lost = old & ~new
+            regrow = None if bool(new.all()) or fraction <= 0 else self.update_layer(w * new, new, fraction, grad, generator)
+            if regrow is None and not bool(lost.any()):
+                results.append(None)
+                continue
+            mask = new if regrow is None else regrow.mask
+            dropped = lost if regrow is None else lost | regrow.dropped
+            grown = torch.zeros_like(old) if regrow is None else regrow.grown
+            results.append(MaskUpdate(mask, dropped, grown))
+        return results
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "done": self._gmp._done}
+
+    def load_state_dict(self, state, device="cpu"):
+        super().load_state_dict(state, device)
+        self._gmp._done = bool(state.get("done", False))
+
+
 def _keep_largest(weight: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
     """The ``k`` active positions of largest magnitude (all of them if fewer are active)."""
     if k >= int(mask.sum()):
@@ -518,6 +599,7 @@ __all__ = [
     "LEGACY_OPTIONS",
     "SET",
     "DropGrow",
+    "GraNet",
     "MaskUpdate",
     "Method",
     "RigL",
