@@ -38,6 +38,8 @@ EVAL_FIELDS = [
     "actor_dormant",
     "critic_dormant",
     "critic_grad_snr",
+    "actor_nnstd_init",
+    "critic_nnstd_init",
 ]
 
 
@@ -62,6 +64,10 @@ def evaluate(model: BaseAlgorithm, env: VecEnv, episodes: int) -> dict[str, Any]
         row[f"{net}_flops"] = report[net]["flops"]
         row[f"{net}_dense_flops"] = report[net]["dense_flops"]
     row.update(model_diagnostics(model))
+    distance = getattr(model.policy, "topology_distance", None)
+    if distance is not None:  # sparse policies: how far the topology has travelled from its start (NNSTD)
+        for net, d in distance().items():
+            row[f"{net}_nnstd_init"] = d["total"]
     return row
 
 
@@ -69,11 +75,11 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
     """Append ``row`` to the evaluations CSV by writing the whole file anew under a temporary name and
     renaming it, so a process killed meanwhile leaves the previous file intact (it is small)."""
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=EVAL_FIELDS, restval="")
-    if path.exists():
-        text.write(path.read_text())
-    else:
-        writer.writeheader()
+    writer = csv.DictWriter(text, fieldnames=EVAL_FIELDS, restval="", extrasaction="ignore")
+    writer.writeheader()
+    if path.exists():  # rows of an older version may lack newer columns: rewritten under today's header
+        with open(path, newline="") as f:
+            writer.writerows(csv.DictReader(f))
     writer.writerow(row)
     atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 

@@ -30,6 +30,17 @@ TINY = [
 ]
 
 
+def same_state(a, b) -> bool:
+    """Exact equality of nested state (dicts, lists, tensors, numbers)."""
+    if torch.is_tensor(a):
+        return torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(same_state(x, y) for x, y in zip(a, b))
+    return a == b
+
+
 def run_cli(module, argv, capsys):
     code = module.main([str(a) for a in argv])
     out = capsys.readouterr()
@@ -110,15 +121,8 @@ def test_resume_equals_uninterrupted(algo, topology, backend, tmp_path, capsys):
     assert a.num_timesteps == b.num_timesteps == 500
     sd_a, sd_b = a.policy.state_dict(), b.policy.state_dict()
     assert sd_a.keys() == sd_b.keys()
-    for key, value in sd_a.items():
-        other = sd_b[key]
-        if isinstance(value, dict):  # controller extra state
-            assert value.keys() == other.keys()
-            value, other = list(value.values()), list(other.values())
-        else:
-            value, other = [value], [other]
-        for v, o in zip(value, other):
-            assert torch.equal(v, o) if torch.is_tensor(v) else v == o, key
+    for key, value in sd_a.items():  # weights, masks, and the controllers' and methods' state
+        assert same_state(value, sd_b[key]), key
 
 
 @pytest.mark.parametrize(

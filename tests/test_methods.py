@@ -166,3 +166,70 @@ def test_granet_and_gmp_resume_from_their_state():
     other, _ = _gmp_controller(_net())
     other.set_extra_state(state)
     assert other.method._done and not other.method.active(0.5, 0.8)
+
+
+# ------------------------------------------------------------------------------------------------- NNSTD
+def _three_layer_masks(seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(32, 64, generator=g) < 0.3, torch.rand(16, 32, generator=g) < 0.3, torch.rand(2, 16, generator=g) < 0.5]
+
+
+def test_linear_assignment_matches_brute_force():
+    import numpy as np
+
+    from sparse_rl.topology.nnstd import linear_assignment
+
+    rng = np.random.default_rng(0)
+    for n in range(1, 7):
+        for trial in range(30):
+            cost = rng.integers(0, 3, (n, n)).astype(float) if trial % 2 else rng.random((n, n))
+            best = min(sum(cost[i, p[i]] for i in range(n)) for p in itertools.permutations(range(n)))
+            assignment = linear_assignment(cost)
+            assert sorted(assignment) == list(range(n))
+            assert cost[np.arange(n), assignment].sum() == pytest.approx(best)
+
+
+def test_nnstd_is_zero_for_identical_and_permuted_and_one_for_disjoint_topologies():
+    from sparse_rl.topology.nnstd import nnstd
+
+    inputs = [None, 0, 1]
+    a = _three_layer_masks(0)
+    assert nnstd(a, a, inputs) == {"layers": [0.0, 0.0, 0.0], "total": 0.0}
+    g = torch.Generator().manual_seed(1)
+    p0, p1 = torch.randperm(32, generator=g), torch.randperm(16, generator=g)
+    permuted = [a[0][p0], a[1][p1][:, p0], a[2][:, p1]]  # hidden neurons reordered, same topology
+    assert nnstd(a, permuted, inputs)["total"] == 0.0
+    # disjoint: the first layer reads even vs odd inputs (inputs are not permuted), the output layer
+    # reads every hidden neuron vs none: every neuron pair shares no connection
+    even, odd = torch.zeros(32, 64, dtype=torch.bool), torch.zeros(32, 64, dtype=torch.bool)
+    even[:, ::2], odd[:, 1::2] = True, True
+    full, empty = torch.ones(2, 32, dtype=torch.bool), torch.zeros(2, 32, dtype=torch.bool)
+    assert nnstd([even, full], [odd, empty], [None, 0]) == {"layers": [1.0, 1.0], "total": 1.0}
+    # a changed topology lies in between, layer by layer
+    b = _three_layer_masks(2)
+    d = nnstd(a, b, inputs)
+    assert all(0 < x < 1 for x in d["layers"]) and d["total"] == pytest.approx(sum(d["layers"]) / 3)
+
+
+def test_distance_from_initial_is_logged_and_compare_cli(tmp_path, capsys):
+    import csv
+    import json
+
+    from sparse_rl import compare, train
+
+    argv = ["--algo", "sac", "--env", "Pendulum", "--n-timesteps", "300", "--set", "learning_starts=100",
+            "--set", "batch_size=32", "--set", "net_arch=[32, 32]", "--set", "update_interval=10",
+            "--eval-freq", "150", "--eval-episodes", "1", "--no-progress"]
+    for name, seed in (("a", 0), ("b", 1)):
+        assert train.main([*argv, "--seed", str(seed), "--run-dir", str(tmp_path / name)]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "a" / "evaluations.csv")))
+    distances = [float(r["critic_nnstd_init"]) for r in rows]
+    assert distances[0] > 0 and all(0 <= x <= 1 for x in distances)  # RigL has moved away from its start
+    capsys.readouterr()
+    assert compare.main([str(tmp_path / "a"), str(tmp_path / "a" / "model.zip"), "--json"]) == 0
+    same = json.loads(capsys.readouterr().out)
+    assert same["actor"]["total"] == 0.0 and same["critic"]["total"] == 0.0
+    assert compare.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "actor  total 0." in out and "per layer" in out
+    assert compare.main([str(tmp_path / "a"), str(tmp_path / "missing")]) == 2

@@ -250,6 +250,16 @@ class SparsePolicyMixin:
             if id(producer) in index
         }
 
+    def layer_inputs(self, name: str) -> list[int | None]:
+        """Wiring of network ``name``'s masked layers (in the controller's order): per layer, the index of
+        the layer whose output it reads, ``None`` for the network's input."""
+        raise NotImplementedError
+
+    def topology_distance(self) -> dict[str, dict[str, Any]]:
+        """NNSTD of each network's topology from the one training started with (per layer and total)."""
+        controllers = self.topology_controllers()
+        return {name: ctrl.distance_from_initial(self.layer_inputs(name)) for name, ctrl in controllers.items()}
+
     def topology_controllers(self) -> dict[str, TopologyController]:
         """The controller of each network, by network name (``actor``, ``critic``)."""
         return {name: getattr(self, f"{name}_topology") for name in self._networks()}
@@ -269,8 +279,27 @@ def _critic_first_last(critic: nn.Module) -> tuple[list[nn.Module], list[nn.Modu
     return first, last
 
 
+def _chain_inputs(n: int, offset: int = 0) -> list[int | None]:
+    return [None] + [offset + k for k in range(n - 1)] if n else []
+
+
+def _critic_inputs(critic: nn.Module) -> list[int | None]:
+    inputs: list[int | None] = []
+    for q_net in critic.q_networks:  # type: ignore[attr-defined]
+        inputs += _chain_inputs(len(masked_layers(q_net)), len(inputs))
+    return inputs
+
+
 class SparseSACPolicy(SparsePolicyMixin, SACPolicy):
     """SB3 :class:`SACPolicy` with sparse, evolving actor and critic. Sparse kwargs: :class:`SparsityConfig`."""
+
+    def layer_inputs(self, name: str) -> list[int | None]:
+        if name == "critic":
+            return _critic_inputs(self.critic)
+        n = len(masked_layers(self.actor.latent_pi))  # then the mean and log-std heads, both reading its output
+        heads = [m for m in (self.actor.mu, self.actor.log_std) if isinstance(m, nn.Linear)]
+        last = n - 1 if n else None
+        return _chain_inputs(n) + [last] * len(heads)
 
     def _networks(self) -> dict[str, tuple[nn.Module, list[nn.Module]]]:
         return {"actor": (self.actor, []), "critic": (self.critic, [self.critic_target])}
@@ -285,6 +314,11 @@ class SparseSACPolicy(SparsePolicyMixin, SACPolicy):
 
 class SparseTD3Policy(SparsePolicyMixin, TD3Policy):
     """SB3 :class:`TD3Policy` with sparse, evolving actor and critic. Sparse kwargs: :class:`SparsityConfig`."""
+
+    def layer_inputs(self, name: str) -> list[int | None]:
+        if name == "critic":
+            return _critic_inputs(self.critic)
+        return _chain_inputs(len(masked_layers(self.actor.mu)))
 
     def _networks(self) -> dict[str, tuple[nn.Module, list[nn.Module]]]:
         return {"actor": (self.actor, [self.actor_target]), "critic": (self.critic, [self.critic_target])}

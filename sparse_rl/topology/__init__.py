@@ -22,6 +22,7 @@ from sparse_rl.topology.methods import (
     method_options,
     register_method,
 )
+from sparse_rl.topology.nnstd import nnstd
 from sparse_rl.topology.schedules import available_schedules, get_schedule, register_schedule
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "make_method",
     "method_options",
     "network_stats",
+    "nnstd",
     "register_method",
     "register_schedule",
     "sparse_seed",

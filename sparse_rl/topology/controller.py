@@ -181,6 +181,8 @@ class TopologyController(nn.Module):
         self._due = False
         self._handles: list[Any] = []
         self._dense_storage = [l for l in self._layers if l.storage == "dense"]
+        #: the masks training started from, for the topology distance travelled (NNSTD)
+        self.initial_masks: list[torch.Tensor] = [l.mask.detach().clone() for l in self._layers]
         self._arm_dense_grads()
 
     # ----------------------------------------------------------------- state
@@ -194,6 +196,7 @@ class TopologyController(nn.Module):
             "last_rewired": self.last_rewired,
             "rng_state": self._rng_state.clone(),
             "method": self.method.state_dict(),
+            "initial_masks": [m.clone() for m in self.initial_masks],
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
@@ -208,6 +211,8 @@ class TopologyController(nn.Module):
         # saved before methods were objects, the gradient signal sat at the top level
         method_state = state.get("method", {"grow_signal": state.get("grow_signal")})
         self.method.load_state_dict(method_state, device)
+        if "initial_masks" in state:  # saved before it was kept: the distance starts from the loaded masks
+            self.initial_masks = [m.to(device, torch.bool).clone() for m in state["initial_masks"]]
         self._arm_dense_grads()
 
     @property
@@ -345,6 +350,13 @@ class TopologyController(nn.Module):
                     net.change_mask(consumer.mask, cols, opt)
             rewired += len(rows_idx)
         return rewired
+
+    def distance_from_initial(self, inputs: Sequence[int | None]) -> dict[str, Any]:
+        """NNSTD between the current topology and the initial one (:func:`sparse_rl.topology.nnstd.nnstd`);
+        ``inputs`` describes the wiring (per layer, the layer it reads, ``None`` for the network input)."""
+        from sparse_rl.topology.nnstd import nnstd
+
+        return nnstd(self.initial_masks, [l.mask for l in self._layers], inputs)
 
     def stats(self, per_layer: bool = False) -> dict[str, Any]:
         """Density, ITOP rate, FLOPs and the last update's counts."""
