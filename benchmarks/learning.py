@@ -40,6 +40,7 @@ METHODS = {
     "rigl": ["--preset", "rigl"],
     "gmp": ["--preset", "gmp"],
     "granet": ["--preset", "granet"],
+    "snip": ["--preset", "snip"],
     "rigl-sparse-backend": ["--preset", "rigl", "--set", "backend=sparse"],
     "rigl-dense-backend": ["--preset", "rigl", "--set", "backend=dense"],
     "rigl-wide-0.98": ["--preset", "rigl", "--set", "sparsity=0.98", "--set", "net_arch=[1024, 1024]", "--set", "backend=sparse"],

@@ -233,3 +233,67 @@ def test_distance_from_initial_is_logged_and_compare_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "actor  total 0." in out and "per layer" in out
     assert compare.main([str(tmp_path / "a"), str(tmp_path / "missing")]) == 2
+
+
+# -------------------------------------------------------------------------------------------------- SNIP
+def _snip_setup(score_batches=2, then="static", scope="layer"):
+    net = _net()
+    config = TopologyConfig(topology="snip", update_interval=5, end_fraction=0.8, drop_schedule="constant",
+                            topology_kwargs=dict(score_batches=score_batches, then=then, scope=scope))
+    method = config.make_method()
+    layers = masked_layers(net)
+    method.start_nonzeros([26, 102, 6], [256, 1024, 64])
+    ctrl = TopologyController(layers, config, seed=0, progress_fn=lambda: 0.1, method=method)
+    return net, layers, ctrl
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_snip_keeps_the_most_sensitive_connections_after_its_score_batches(scope):
+    net, layers, ctrl = _snip_setup(score_batches=2, scope=scope)
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)  # weights fixed: the score is |(g1 + g2) * w|
+    ctrl.attach(opt)
+    gen = torch.Generator().manual_seed(0)
+    grads = []
+    for step in (1, 2):
+        x, y = torch.randn(16, 8, generator=gen), torch.randn(16, 2, generator=gen)
+        opt.zero_grad()
+        ((net(x) - y) ** 2).mean().backward()
+        grads.append([l.weight.grad.clone() for l in layers])
+        if step == 1:
+            opt.step()
+            assert all(l.nnz == l.weight.numel() for l in layers)  # still dense after the first batch
+    weights = [l.weight.detach().clone() for l in layers]
+    opt.step()  # step 2: the sensitivities are complete, prune
+    scores = [((g1 + g2) * w).abs() for g1, g2, w in zip(*grads, weights)]
+    if scope == "layer":
+        for layer, score, k in zip(layers, scores, [26, 102, 6]):
+            assert layer.nnz == k
+            assert score[layer.mask].min() >= score[~layer.mask].max()
+    else:
+        assert sum(l.nnz for l in layers) == 134
+        flat = torch.cat([s.flatten() for s in scores])
+        kept = torch.cat([l.mask.flatten() for l in layers])
+        assert flat[kept].min() >= flat[~kept].max()
+    masks = [l.mask.clone() for l in layers]
+    for _ in range(20):  # static afterwards
+        x, y = torch.randn(16, 8, generator=gen), torch.randn(16, 2, generator=gen)
+        opt.zero_grad()
+        ((net(x) - y) ** 2).mean().backward()
+        opt.step()
+    assert all(torch.equal(m, l.mask) for m, l in zip(masks, layers))
+
+
+def test_snip_then_rigl_keeps_evolving_at_constant_counts():
+    net, layers, ctrl = _snip_setup(score_batches=1, then="rigl")
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    ctrl.attach(opt)
+    gen = torch.Generator().manual_seed(0)
+    _step(net, opt, gen)
+    counts = [l.nnz for l in layers]
+    assert counts == [26, 102, 6]
+    for _ in range(30):
+        _step(net, opt, gen)
+        assert [l.nnz for l in layers] == counts
+        for layer in layers:
+            assert torch.all(opt.state[layer.weight]["exp_avg"][~layer.mask] == 0)
+    assert ctrl.n_updates == 1 + 6 and ctrl.last_grown > 0  # the pruning, then RigL at steps 5, 10, ..., 30

@@ -239,9 +239,9 @@ class TopologyController(nn.Module):
         return float(self.progress_fn())
 
     def is_update_step(self, step: int) -> bool:
-        if not self.method.changes_topology or step % self.config.update_interval != 0:
+        if not self.method.changes_topology:
             return False
-        return self.method.active(self.progress(), self.config.end_fraction)
+        return self.method.is_update_step(step, self.config.update_interval, self.progress, self.config.end_fraction)
 
     def needs_dense_grad(self, step: int) -> bool:
         """Whether the method reads the dense weight gradients of optimizer step ``step`` (RigL: on update

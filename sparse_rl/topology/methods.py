@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -84,6 +84,13 @@ class Method:
     def active(self, progress: float, end_fraction: float) -> bool:
         """Whether the topology may still change at ``progress`` (fraction of training done)."""
         return progress < end_fraction
+
+    def is_update_step(
+        self, step: int, update_interval: int, progress: Callable[[], float], end_fraction: float
+    ) -> bool:
+        """Whether the topology changes after optimizer step ``step`` (``progress()``: fraction of training
+        done). Default: every ``update_interval`` steps while :meth:`active`."""
+        return step % update_interval == 0 and self.active(progress(), end_fraction)
 
     # ------------------------------------------------------------ gradient signal
     def needs_dense_grad(self, step: int, update_interval: int) -> bool:
@@ -543,6 +550,86 @@ class GraNet(RigL):
         self._gmp._done = bool(state.get("done", False))
 
 
+@register_method("snip")
+@dataclass
+class SNIP(RigL):
+    """SNIP (Lee et al. 2019): one-shot pruning by connection sensitivity ``|g ⊙ w|``, adapted to RL.
+
+    A supervised network is pruned at initialisation from a batch of data; an RL agent has no data
+    before it acts, so here the network starts dense, collects ``learning_starts`` random steps as SB3
+    does, and the sensitivity is computed from the dense gradients of its first ``score_batches``
+    optimizer steps (SB3's own losses on replay batches: the critic's TD loss for the critic, the policy
+    loss for the actor), summed, times the weights after those steps. Right after step
+    ``score_batches`` each layer keeps its target number of most sensitive connections (``scope=layer``,
+    the ``distribution``'s targets) or the network keeps its total (``scope=global``, SNIP's original).
+    Then the topology is static, or with ``then="rigl"`` evolves by RigL (RigL's options apply) every
+    ``update_interval`` steps until ``end_fraction``.
+    """
+
+    score_batches: int = 1
+    scope: str = "layer"
+    then: str = "static"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.score_batches, bool) or not isinstance(self.score_batches, int) or self.score_batches < 1:
+            raise ValueError(f"score_batches must be an int >= 1, got {self.score_batches!r}")
+        if self.scope not in ("layer", "global"):
+            raise ValueError(f"scope must be 'layer' or 'global', got {self.scope!r}")
+        if self.then not in ("static", "rigl"):
+            raise ValueError(f"then must be 'static' or 'rigl', got {self.then!r}")
+        self._targets: list[int] | None = None
+        self._scores: list[torch.Tensor] | None = None
+        self._pruned = False
+
+    def start_nonzeros(self, targets, sizes):
+        self._targets = list(targets)
+        return list(sizes)  # dense until the sensitivities are known
+
+    def is_update_step(self, step, update_interval, progress, end_fraction):
+        if not self._pruned:
+            return step == self.score_batches
+        return self.then == "rigl" and super().is_update_step(step, update_interval, progress, end_fraction)
+
+    def needs_dense_grad(self, step, update_interval):
+        if not self._pruned:
+            return step <= self.score_batches
+        return self.then == "rigl" and super().needs_dense_grad(step, update_interval)
+
+    @torch.no_grad()
+    def observe(self, step, update_interval, grads, due):
+        if self._pruned:
+            super().observe(step, update_interval, grads, due)
+        elif self._scores is None:
+            self._scores = [g.detach().clone() for g in grads]
+        else:
+            torch._foreach_add_(self._scores, list(grads))
+
+    @torch.no_grad()
+    def update(self, weights, masks, fraction, generator, progress=0.0):
+        if self._pruned:
+            return super().update(weights, masks, fraction, generator, progress)
+        if self._targets is None or self._scores is None:
+            raise RuntimeError("snip needs its target nonzeros and the gradients of its first steps")
+        sensitivity = [(g * w).abs() for g, w in zip(self._scores, weights)]
+        if self.scope == "layer":
+            new_masks = [_keep_largest(s, m, k) for s, m, k in zip(sensitivity, masks, self._targets)]
+        else:
+            new_masks = _keep_largest_global(sensitivity, masks, sum(self._targets))
+        self._scores, self._pruned = None, True
+        return [MaskUpdate(new, m & ~new, torch.zeros_like(m)) for m, new in zip(masks, new_masks)]
+
+    def state_dict(self) -> dict[str, Any]:
+        scores = None if self._scores is None else [t.clone() for t in self._scores]
+        return {**super().state_dict(), "pruned": self._pruned, "scores": scores}
+
+    def load_state_dict(self, state, device="cpu"):
+        super().load_state_dict(state, device)
+        self._pruned = bool(state.get("pruned", False))
+        scores = state.get("scores")
+        self._scores = None if scores is None else [t.to(device).clone() for t in scores]
+
+
 def _keep_largest(weight: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
     """The ``k`` active positions of largest magnitude (all of them if fewer are active)."""
     if k >= int(mask.sum()):
@@ -598,6 +685,7 @@ __all__ = [
     "GROW_SIGNALS",
     "LEGACY_OPTIONS",
     "SET",
+    "SNIP",
     "DropGrow",
     "GraNet",
     "MaskUpdate",
