@@ -2,8 +2,8 @@ import csv
 import json
 
 import pytest
-import torch
 import yaml
+from helpers import assert_same_policy
 from stable_baselines3.common.callbacks import BaseCallback
 
 from sparse_rl import evaluate, plot, train
@@ -28,17 +28,6 @@ TINY = [
     "2",
     "--no-progress",
 ]
-
-
-def same_state(a, b) -> bool:
-    """Exact equality of nested state (dicts, lists, tensors, numbers)."""
-    if torch.is_tensor(a):
-        return torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(same_state(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(same_state(x, y) for x, y in zip(a, b))
-    return a == b
 
 
 def run_cli(module, argv, capsys):
@@ -120,10 +109,7 @@ def test_resume_equals_uninterrupted(algo, topology, backend, tmp_path, capsys):
     assert "warning" not in err
     a, b = load_run_model(tmp_path / "a"), load_run_model(tmp_path / "b")
     assert a.num_timesteps == b.num_timesteps == 500
-    sd_a, sd_b = a.policy.state_dict(), b.policy.state_dict()
-    assert sd_a.keys() == sd_b.keys()
-    for key, value in sd_a.items():  # weights, masks, and the controllers' and methods' state
-        assert same_state(value, sd_b[key]), key
+    assert_same_policy(a, b)
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import assert_same_policy
 
 from sparse_rl import evaluate, train
 from sparse_rl.checkpoint import (
@@ -35,24 +36,6 @@ def run_cli(module, argv, capsys):
     code = module.main([str(a) for a in argv])
     out = capsys.readouterr()
     return code, out.out, out.err
-
-
-def same_state(a, b) -> bool:
-    """Exact equality of nested state (dicts, lists, tensors, numbers)."""
-    if torch.is_tensor(a):
-        return torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(same_state(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(same_state(x, y) for x, y in zip(a, b))
-    return a == b
-
-
-def assert_same_policy(a, b):
-    sd_a, sd_b = a.policy.state_dict(), b.policy.state_dict()
-    assert sd_a.keys() == sd_b.keys()
-    for key, value in sd_a.items():  # weights, masks, and the controllers' and methods' state
-        assert same_state(value, sd_b[key]), key
 
 
 # ------------------------------------------------------------------------------------ state as data

@@ -132,41 +132,6 @@ class Method:
         return dataclasses.asdict(self)
 
 
-def _drop_grow(
-    method: DropGrow,
-    weight: torch.Tensor,
-    mask: torch.Tensor,
-    drop_fraction: float,
-    grad: torch.Tensor | None,
-    generator: torch.Generator,
-) -> MaskUpdate:
-    """Drop ``drop_fraction`` of each of ``method``'s drop groups, grow as many elsewhere."""
-    flat_mask = mask.flatten()
-    dropped = torch.zeros_like(flat_mask)
-    drop_scores = method.drop_score(weight).flatten().float()
-    for group in method.drop_groups(weight, mask):
-        group = group.flatten()
-        k = int(drop_fraction * int(group.sum()))
-        if k == 0:
-            continue
-        scores = drop_scores.masked_fill(~group, float("inf"))
-        dropped[torch.topk(scores, k, largest=False).indices] = True
-    kept = flat_mask & ~dropped
-    n_grow = int(dropped.sum())
-    grown = torch.zeros_like(flat_mask)
-    if n_grow:
-        scores = method.grow_score(weight, grad, generator).flatten().float()
-        scores = scores.masked_fill(kept, float("-inf"))
-        # Visit positions in random order so that ties (e.g. zero gradients) break at random.
-        perm = torch.randperm(scores.numel(), generator=generator).to(scores.device)
-        grown[perm[torch.topk(scores[perm], n_grow).indices]] = True
-    new_mask = kept | grown
-    if int(new_mask.sum()) != int(flat_mask.sum()) or bool((kept & grown).any()):
-        raise RuntimeError(f"method {method.name!r} broke the mask invariants")
-    shape = mask.shape
-    return MaskUpdate(new_mask.view(shape), dropped.view(shape), grown.view(shape))
-
-
 @dataclass
 class DropGrow(Method):
     """Dynamic sparse training: drop by :meth:`drop_score`, grow as many by :meth:`grow_score`."""
@@ -199,10 +164,34 @@ class DropGrow(Method):
         grad: torch.Tensor | None,
         generator: torch.Generator,
     ) -> MaskUpdate:
-        """One layer's drop and grow (``grad``: its dense gradient, needed when :attr:`uses_gradient`)."""
+        """Drop ``drop_fraction`` of each drop group of one layer, grow as many elsewhere (``grad``: its dense
+        gradient, needed when :attr:`uses_gradient`)."""
         if self.uses_gradient and grad is None:
             raise ValueError(f"method {self.name!r} needs the dense gradient of the weights")
-        return _drop_grow(self, weight, mask, drop_fraction, grad, generator)
+        flat_mask = mask.flatten()
+        dropped = torch.zeros_like(flat_mask)
+        drop_scores = self.drop_score(weight).flatten().float()
+        for group in self.drop_groups(weight, mask):
+            group = group.flatten()
+            k = int(drop_fraction * int(group.sum()))
+            if k == 0:
+                continue
+            scores = drop_scores.masked_fill(~group, float("inf"))
+            dropped[torch.topk(scores, k, largest=False).indices] = True
+        kept = flat_mask & ~dropped
+        n_grow = int(dropped.sum())
+        grown = torch.zeros_like(flat_mask)
+        if n_grow:
+            scores = self.grow_score(weight, grad, generator).flatten().float()
+            scores = scores.masked_fill(kept, float("-inf"))
+            # Visit positions in random order so that ties (e.g. zero gradients) break at random.
+            perm = torch.randperm(scores.numel(), generator=generator).to(scores.device)
+            grown[perm[torch.topk(scores[perm], n_grow).indices]] = True
+        new_mask = kept | grown
+        if int(new_mask.sum()) != int(flat_mask.sum()) or bool((kept & grown).any()):
+            raise RuntimeError(f"method {self.name!r} broke the mask invariants")
+        shape = mask.shape
+        return MaskUpdate(new_mask.view(shape), dropped.view(shape), grown.view(shape))
 
     @torch.no_grad()
     def update(self, weights, masks, fraction, generator, progress=0.0):

@@ -1,0 +1,23 @@
+"""Helpers shared by the tests (pytest puts this folder on the import path)."""
+
+import torch
+
+
+def same_state(a, b) -> bool:
+    """Exact equality of nested state (dicts, lists, tuples, tensors, numbers)."""
+    if torch.is_tensor(a):
+        return torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(same_state(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def assert_same_policy(a, b) -> None:
+    """The policies of SB3 models ``a`` and ``b`` hold exactly the same state: weights, masks, and the
+    controllers' and methods' state."""
+    sd_a, sd_b = a.policy.state_dict(), b.policy.state_dict()
+    assert sd_a.keys() == sd_b.keys()
+    for key, value in sd_a.items():
+        assert same_state(value, sd_b[key]), key
