@@ -75,6 +75,7 @@ from sparse_rl.run_directory import (
     write_json,
     write_yaml,
 )
+from sparse_rl.topology import available_methods, method_options
 
 EXIT_BAD_INPUT = 2
 
@@ -416,6 +417,10 @@ def main(argv: list[str] | None = None) -> int:
             for f in dataclasses.fields(cls):
                 print(f"{f.name} = {getattr(cls(), f.name)!r}")
             print(f"presets: {', '.join(available_presets(args.algo))}")
+            print("topology methods and their topology_kwargs (defaults):")
+            for name in available_methods():
+                options = ", ".join(f"{k}={v!r}" for k, v in method_options(name).items())
+                print(f"  {name}: {options}")
             return 0
         plan = plan_run(args)
     except (ConfigError, RunError, EnvError, CheckpointError) as err:

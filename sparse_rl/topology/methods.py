@@ -366,6 +366,9 @@ class SET(RigL):
         if changed:
             raise ValueError(f"{', '.join(changed)} do not apply to topology 'set' (it grows at random)")
 
+    def options(self) -> dict[str, Any]:
+        return {k: v for k, v in super().options().items() if k not in ("grow_signal", "grow_batches", "grow_momentum")}
+
     def drop_groups(self, weight, mask):
         return [mask & (weight >= 0), mask & (weight < 0)]
 
