@@ -297,3 +297,41 @@ def test_snip_then_rigl_keeps_evolving_at_constant_counts():
         for layer in layers:
             assert torch.all(opt.state[layer.weight]["exp_avg"][~layer.mask] == 0)
     assert ctrl.n_updates == 1 + 6 and ctrl.last_grown > 0  # the pruning, then RigL at steps 5, 10, ..., 30
+
+
+# ------------------------------------------------------------------------------------------ lottery tickets
+def test_lottery_rounds_prune_rewind_and_start_from_the_ticket(tmp_path, capsys):
+    import numpy as np
+
+    from sparse_rl import lottery
+    from sparse_rl.agents.tickets import read_ticket
+    from sparse_rl.run_directory import load_run_model
+
+    out = tmp_path / "lt"
+    argv = ["--algo", "sac", "--env", "Pendulum", "--rounds", "2", "--prune-rate", "0.5", "--rewind-fraction", "0.2",
+            "--n-timesteps", "300", "--set", "learning_starts=100", "--set", "batch_size=32",
+            "--set", "net_arch=[32, 32]", "--set", "eval_freq=150", "--set", "eval_episodes=1", "--out", str(out)]
+    assert lottery.main(argv) == 0
+    assert "round 2: actor density 0.25" in capsys.readouterr().out
+    rewind, t1, t2 = (read_ticket(out / name) for name in ("rewind.npz", "ticket-1.npz", "ticket-2.npz"))
+    for name in ("actor", "critic"):
+        for start, a, b in zip(rewind[name], t1[name], t2[name]):
+            assert a["mask"].sum() == round(0.5 * a["mask"].size) and b["mask"].sum() == round(0.5 * a["mask"].sum())
+            assert not np.any(b["mask"] & ~a["mask"])  # pruning only removes
+            np.testing.assert_array_equal(b["weight"], np.where(b["mask"], start["weight"], 0))  # rewound survivors
+    # round 2 started from ticket 2: its initial masks are the ticket's, and a run from the ticket starts
+    # with the ticket's weights
+    model = load_run_model(out / "round-2")
+    for initial, layer in zip(model.policy.actor_topology.initial_masks, t2["actor"]):
+        assert np.array_equal(initial.numpy(), layer["mask"])
+    fresh = SAC(SparseSACPolicy, "Pendulum-v1", seed=5,
+                policy_kwargs=dict(net_arch=[32, 32], topology="static", init_from=str(out / "ticket-2.npz")))
+    for layer, arrays in zip(fresh.policy.actor_topology.layers, t2["actor"]):
+        np.testing.assert_array_equal(layer.weight.detach().numpy(), arrays["weight"])
+    assert lottery.main(argv) == 0  # finished rounds are kept, not trained again
+    assert load_run_model(out / "round-2").num_timesteps == 300
+
+
+def test_init_from_a_missing_or_mismatched_ticket(tmp_path):
+    with pytest.raises(ValueError, match="init_from='nope.npz': no such ticket file"):
+        SAC(SparseSACPolicy, "Pendulum-v1", policy_kwargs=dict(init_from="nope.npz"))

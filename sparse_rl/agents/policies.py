@@ -22,6 +22,7 @@ import inspect
 import weakref
 from dataclasses import dataclass, fields
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +33,7 @@ from stable_baselines3.td3.policies import TD3Policy
 from torch import nn
 
 from sparse_rl.agents.owner import find_owner
+from sparse_rl.agents.tickets import load_into, read_ticket
 from sparse_rl.sparse import (
     MaskedLinear,
     check_backend,
@@ -61,6 +63,8 @@ class SparsityConfig(TopologyConfig):
     :param dense_first_layer: keep the input layer(s) dense.
     :param dense_last_layer: keep the output layer(s) dense.
     :param sparse_init: rescale each neuron's initial weights by ``sqrt(dense fan-in / actual fan-in)``.
+    :param init_from: path of a lottery ticket (:mod:`sparse_rl.agents.tickets`, written by
+        ``python -m sparse_rl.lottery``): start from its masks and weights instead of random ones.
     :param backend: how masked layers compute: ``"sparse"`` (CSR kernels; the trained parameters, their
         optimizer state and target copies hold the nonzeros only), ``"dense"`` (dense kernels on weights
         with exact zeros) or ``"auto"`` (per layer: sparse below the break-even density measured on this
@@ -79,6 +83,7 @@ class SparsityConfig(TopologyConfig):
     dense_last_layer: bool = False
     sparse_init: bool = False
     backend: str = "auto"
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()  # topology, schedule, interval, fractions, grow signal
@@ -92,6 +97,8 @@ class SparsityConfig(TopologyConfig):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value!r}")
         check_distribution(self.distribution)
+        if self.init_from is not None and not Path(self.init_from).is_file():
+            raise ValueError(f"init_from={self.init_from!r}: no such ticket file")
         for name in ("dense_first_layer", "dense_last_layer", "sparse_init"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
@@ -154,6 +161,7 @@ class SparsePolicyMixin:
         super()._build(lr_schedule)  # type: ignore[misc]
         generator = torch.Generator().manual_seed(sparse_seed())
         config = self.sparse_config
+        tickets = read_ticket(config.init_from) if config.init_from is not None else {}
         for name, (network, targets) in self._networks().items():
             layers = replace_linears(network)
             target_layers = [replace_linears(target) for target in targets]
@@ -177,6 +185,8 @@ class SparsePolicyMixin:
                 )
             except ValueError as err:
                 raise ValueError(f"{name}: {err}") from None
+            if config.init_from is not None:  # a lottery ticket: its masks and weights, whatever sparsity says
+                load_into(layers, tickets[name], name, config.init_from)
             for target in targets:
                 target.load_state_dict(network.state_dict())
             chosen = [
@@ -200,7 +210,8 @@ class SparsePolicyMixin:
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()  # type: ignore[misc]
-        data.update(self._sparse_kwargs)
+        # a saved model holds its masks and weights: it must load without the ticket it started from
+        data.update({k: v for k, v in self._sparse_kwargs.items() if k != "init_from"})
         return data
 
     # ------------------------------------------------- link to the algorithm
