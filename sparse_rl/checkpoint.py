@@ -244,7 +244,7 @@ def save_checkpoint(model: BaseAlgorithm, run_dir: Path, save_replay_buffer: boo
         }
         manifest = {"format": MANIFEST_FORMAT, "timesteps": steps, "files": files}
         _write_file(tmp / MANIFEST_FILE, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~current_umask())
         _fsync_dir(tmp)
         os.rename(tmp, final)
         _fsync_dir(root)
@@ -258,7 +258,8 @@ def save_checkpoint(model: BaseAlgorithm, run_dir: Path, save_replay_buffer: boo
     return Checkpoint(final, steps, tuple(sorted(files)))
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (reading it means setting it; it is set back at once)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -27,7 +27,7 @@ from stable_baselines3.common.vec_env import VecEnv
 import sparse_rl
 from sparse_rl.agents import SparsePolicyMixin, SparseSACPolicy, SparseTD3Policy, sparsity_report
 from sparse_rl.agents.replay import DynamicReplayBuffer, NStepSoftReplayBuffer
-from sparse_rl.checkpoint import MODEL_FILE, CheckpointError, latest_checkpoint, save_checkpoint
+from sparse_rl.checkpoint import MODEL_FILE, CheckpointError, current_umask, latest_checkpoint, save_checkpoint
 from sparse_rl.config import DYNAMIC_BUFFER_KEYS, SPARSE_KEYS, TrainConfig, config_from_dict
 from sparse_rl.envs import EnvError, probe_env
 
@@ -144,9 +144,7 @@ def bind(model: BaseAlgorithm) -> BaseAlgorithm:
 
 def default_file_mode() -> int:
     """Permissions of a new regular file under the current umask (``mkstemp`` makes them private)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    return 0o666 & ~current_umask()
 
 
 def atomic_write(path: Path, write) -> None:

@@ -27,36 +27,14 @@ FORMATS = ("sparse", "onnx", "c")
 
 def load_model(path: Path) -> Any:
     """An SB3 SAC/TD3 model from a run directory or a ``.zip``."""
-    from stable_baselines3 import SAC, TD3
-    from stable_baselines3.common.save_util import load_from_zip_file
-    from stable_baselines3.sac.policies import SACPolicy
-    from stable_baselines3.td3.policies import TD3Policy
-
-    from sparse_rl.run_directory import RunError, load_run_model
+    from sparse_rl.run_directory import RunError, load_model_file, load_run_model
 
     if not path.exists():
         raise ExportError(f"{str(path)!r} does not exist")
-    if path.is_dir():
-        try:
-            return load_run_model(path)
-        except RunError as err:
-            raise ExportError(str(err)) from None
     try:
-        data, _, _ = load_from_zip_file(path, load_data=True)
-    except Exception as err:
-        raise ExportError(f"{str(path)!r} is not a readable SB3 model zip: {type(err).__name__}: {err}") from None
-    policy_class = (data or {}).get("policy_class")
-    algo = SAC if isinstance(policy_class, type) and issubclass(policy_class, SACPolicy) else None
-    if isinstance(policy_class, type) and issubclass(policy_class, TD3Policy):
-        algo = TD3
-    if algo is None:
-        raise ExportError(
-            f"{str(path)!r} holds a {getattr(policy_class, '__name__', policy_class)} model; only SAC/TD3 export"
-        )
-    try:
-        return algo.load(path, device="cpu")
-    except Exception as err:
-        raise ExportError(f"corrupt model zip {str(path)!r}: {type(err).__name__}: {err}") from None
+        return load_run_model(path) if path.is_dir() else load_model_file(path)
+    except RunError as err:
+        raise ExportError(str(err)) from None
 
 
 def _place_file(out: Path, data: bytes) -> None:
