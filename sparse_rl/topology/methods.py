@@ -441,7 +441,7 @@ class GMP(Method):
         remaining = self._remaining(progress)
         sizes = [m.numel() for m in masks]
         if self.scope == "layer":
-            keep = [t + round((n - t) * remaining) for t, n in zip(self._targets, sizes)]
+            keep = _scheduled_counts(self._targets, sizes, remaining)
             new_masks = [_keep_largest(w, m, k) for w, m, k in zip(weights, masks, keep)]
         else:
             total_target, total = sum(self._targets), sum(sizes)
@@ -515,7 +515,7 @@ class GraNet(RigL):
         pruned = list(masks)
         if progress >= gmp.start_fraction:
             remaining = gmp._remaining(progress)
-            keep = [t + round((n - t) * remaining) for t, n in zip(gmp._targets, self._start)]
+            keep = _scheduled_counts(gmp._targets, self._start, remaining)
             pruned = [_keep_largest(w, m, k) for w, m, k in zip(weights, masks, keep)]
             gmp._done = remaining == 0.0
         grads = self.grow_gradients()
@@ -620,6 +620,11 @@ class SNIP(RigL):
         self._pruned = bool(state.get("pruned", False))
         scores = state.get("scores")
         self._scores = None if scores is None else [t.to(device).clone() for t in scores]
+
+
+def _scheduled_counts(targets: Sequence[int], starts: Sequence[int], remaining: float) -> list[int]:
+    """Nonzeros on the pruning schedule: ``starts`` when ``remaining`` is 1, ``targets`` when it is 0."""
+    return [t + round((n - t) * remaining) for t, n in zip(targets, starts)]
 
 
 def _keep_largest(weight: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
