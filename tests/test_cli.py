@@ -92,7 +92,8 @@ class Crash(BaseCallback):
                                                      ("sac", "rigl", "sparse"), ("td3", "rigl", "sparse"),
                                                      ("sac", "gmp", "auto"), ("td3", "gmp", "sparse"),
                                                      ("sac", "granet", "sparse"), ("td3", "granet", "auto"),
-                                                     ("sac", "snip", "auto"), ("td3", "snip", "sparse")])
+                                                     ("sac", "snip", "auto"), ("td3", "snip", "sparse"),
+                                                     ("sac", "grasp", "auto"), ("td3", "grasp", "sparse")])
 def test_resume_equals_uninterrupted(algo, topology, backend, tmp_path, capsys):
     # TINY, with later flags overriding it: a checkpoint before the crash, no evaluations.
     argv = ["--algo", algo, "--env", "Pendulum", "--topology", topology, "--set", "checkpoint_freq=150",

@@ -299,6 +299,111 @@ def test_snip_then_rigl_keeps_evolving_at_constant_counts():
     assert ctrl.n_updates == 1 + 6 and ctrl.last_grown > 0  # the pruning, then RigL at steps 5, 10, ..., 30
 
 
+# -------------------------------------------------------------------------------------------------- GraSP
+def test_grasp_scores_are_minus_w_times_hessian_gradient_on_a_hand_worked_layer():
+    from sparse_rl.topology.methods import GraSP
+
+    torch.manual_seed(0)
+    layer = MaskedLinear(3, 2)
+    x, y = torch.randn(5, 3), torch.randn(5, 2)
+    method = GraSP(score_batches=1)
+    method.loss_fn = lambda n: [0.5 * ((layer(x) - y) ** 2).sum() for _ in range(n)]
+    (score,) = method.scores([layer.weight])
+    with torch.no_grad():  # L = ½‖Wx + b − y‖²: g = r xᵀ summed over the batch, H acts as v ↦ v XᵀX
+        g = (layer(x) - y).t() @ x
+        expected = -layer.weight * (g @ (x.t() @ x))
+    torch.testing.assert_close(score, expected)
+
+
+def test_grasp_hessian_gradient_matches_finite_differences_through_a_deep_net():
+    from sparse_rl.topology.methods import GraSP
+
+    net = _net().double()
+    layers = masked_layers(net)
+    weights = [l.weight for l in layers]
+    gen = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(16, 8, generator=gen, dtype=torch.float64), torch.randn(16, 2, generator=gen, dtype=torch.float64))
+               for _ in range(2)]
+    method = GraSP(score_batches=2)
+    method.loss_fn = lambda n: [((net(x) - y) ** 2).mean() for x, y in batches[:n]]
+    scores = method.scores(weights)
+
+    def grads():
+        total = [torch.zeros_like(w) for w in weights]
+        for x, y in batches:
+            for t, g in zip(total, torch.autograd.grad(((net(x) - y) ** 2).mean(), weights)):
+                t += g
+        return total
+
+    g = grads()  # the method differentiates gᵀ·stop_grad(g), whose gradient is Hg
+    eps = 1e-5
+    with torch.no_grad():
+        for w, d in zip(weights, g):
+            w += eps * d
+    plus = grads()
+    with torch.no_grad():
+        for w, d in zip(weights, g):
+            w -= 2 * eps * d
+    minus = grads()
+    with torch.no_grad():
+        for w, d in zip(weights, g):
+            w += eps * d
+    for s, w, p, m in zip(scores, weights, plus, minus):
+        torch.testing.assert_close(s, -w.detach() * (p - m) / (2 * eps), rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_grasp_keeps_the_lowest_scores_at_the_first_step_then_stays_static(scope):
+    net = _net()
+    config = TopologyConfig(topology="grasp", update_interval=5, end_fraction=0.8, drop_schedule="constant",
+                            topology_kwargs=dict(scope=scope))
+    method = config.make_method()
+    layers = masked_layers(net)
+    assert method.start_nonzeros([26, 102, 6], [256, 1024, 64]) == [256, 1024, 64]
+    ctrl = TopologyController(layers, config, seed=0, progress_fn=lambda: 0.1, method=method)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 8, generator=gen), torch.randn(16, 2, generator=gen)
+    method.loss_fn = lambda n: [((net(x) - y) ** 2).mean() for _ in range(n)]
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    ctrl.attach(opt)
+    opt.zero_grad()
+    ((net(x) - y) ** 2).mean().backward()
+    captured = []
+    score = method.scores
+    method.scores = lambda weights: captured.append(score(weights)) or captured[-1]
+    opt.step()  # the first step: weights updated, then scored and pruned
+    (scores,) = captured
+    if scope == "layer":
+        assert [l.nnz for l in layers] == [26, 102, 6]
+        for layer, s in zip(layers, scores):
+            assert s[layer.mask].max() <= s[~layer.mask].min()
+    else:
+        assert sum(l.nnz for l in layers) == 134
+        flat = torch.cat([s.flatten() for s in scores])
+        kept = torch.cat([l.mask.flatten() for l in layers])
+        assert flat[kept].max() <= flat[~kept].min()
+    for layer in layers:
+        assert torch.all(layer.weight[~layer.mask] == 0)
+        assert torch.all(opt.state[layer.weight]["exp_avg"][~layer.mask] == 0)
+    masks = [l.mask.clone() for l in layers]
+    for _ in range(20):
+        _step(net, opt, gen)
+    assert all(torch.equal(m, l.mask) for m, l in zip(masks, layers)) and ctrl.n_updates == 1
+
+
+def test_grasp_without_a_loss_says_how_to_give_one():
+    net = _net()
+    config = TopologyConfig(topology="grasp", update_interval=5, end_fraction=0.8)
+    method = config.make_method()
+    layers = masked_layers(net)
+    method.start_nonzeros([26, 102, 6], [256, 1024, 64])
+    ctrl = TopologyController(layers, config, seed=0, progress_fn=lambda: 0.1, method=method)
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    ctrl.attach(opt)
+    with pytest.raises(RuntimeError, match="grasp needs the network's loss"):
+        _step(net, opt, torch.Generator().manual_seed(0))
+
+
 # ------------------------------------------------------------------------------------------ lottery tickets
 def test_lottery_rounds_prune_rewind_and_start_from_the_ticket(tmp_path, capsys):
     import numpy as np

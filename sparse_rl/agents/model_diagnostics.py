@@ -53,6 +53,16 @@ def critic_loss(model: Any, data: ReplayBufferSamples) -> torch.Tensor:
     return scale * sum(F.mse_loss(q, target) for q in current)
 
 
+def actor_loss(model: Any, data: ReplayBufferSamples) -> torch.Tensor:
+    """The actor loss SB3's SAC/TD3 ``train`` would minimise on ``data``."""
+    if hasattr(model, "ent_coef_optimizer"):  # SAC
+        actions, log_prob = model.actor.action_log_prob(data.observations)
+        coef = torch.exp(model.log_ent_coef.detach()) if model.log_ent_coef is not None else model.ent_coef_tensor
+        q = torch.cat(model.critic(data.observations, actions), dim=1).min(dim=1, keepdim=True)[0]
+        return (coef * log_prob.reshape(-1, 1) - q).mean()
+    return -model.critic.q1_forward(data.observations, model.actor(data.observations)).mean()
+
+
 def model_diagnostics(model: Any, batch_size: int = 256, tau: float = 0.1, snr_batches: int = 8) -> dict[str, float]:
     """``actor_dormant``, ``critic_dormant`` (fractions of hidden neurons with ReDo score <= tau) and
     ``critic_grad_snr``; empty while the replay buffer holds fewer than ``batch_size`` transitions."""

@@ -206,6 +206,8 @@ class SparsePolicyMixin:
             controller.listeners.append(partial(self._record_update, name))
             if controller.method.rewire_dormant:
                 controller.dormant_fn = partial(self._dormant_rows, name)
+            if hasattr(controller.method, "loss_fn"):  # scores from the network's loss (GraSP)
+                controller.method.loss_fn = partial(self._replay_losses, name)
             self.add_module(f"{name}_topology", controller)  # type: ignore[attr-defined]
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
@@ -260,6 +262,18 @@ class SparsePolicyMixin:
             for producer, rows, consumers in units
             if id(producer) in index
         }
+
+    def _replay_losses(self, name: str, n: int) -> list[torch.Tensor]:
+        """Network ``name``'s SB3 loss on ``n`` fresh replay batches, with graphs; random generators kept."""
+        from sparse_rl.agents.model_diagnostics import actor_loss, critic_loss, preserved_rng
+
+        model = self._model()
+        buffer = getattr(model, "replay_buffer", None)
+        if buffer is None or buffer.size() == 0:
+            raise RuntimeError(f"{name}: the replay buffer is empty, no batch to score connections on")
+        loss = critic_loss if name == "critic" else actor_loss
+        with preserved_rng():
+            return [loss(model, buffer.sample(model.batch_size)) for _ in range(n)]
 
     def layer_inputs(self, name: str) -> list[int | None]:
         """Wiring of network ``name``'s masked layers (in the controller's order): per layer, the index of

@@ -622,6 +622,74 @@ class SNIP(RigL):
         self._scores = None if scores is None else [t.to(device).clone() for t in scores]
 
 
+@register_method("grasp")
+@dataclass
+class GraSP(SNIP):
+    """GraSP (Wang et al. 2020): one-shot pruning that preserves gradient flow, adapted to RL like SNIP.
+
+    The score of a connection is ``-w ⊙ Hg``: ``g`` is the gradient of the network's loss and ``Hg`` the
+    Hessian-gradient product, the gradient of ``gᵀ stop_grad(g)`` (double backpropagation). A high score
+    marks a connection whose removal reduces the gradient norm least (or raises it), so each layer (or the
+    network, ``scope=global``) keeps its target number of *lowest* scores, as Wang et al.'s code does.
+
+    RL adaptation: the network starts dense and collects ``learning_starts`` random steps; right after
+    the first optimizer step the losses SB3 minimises (the critic's TD loss, the policy loss for the actor)
+    are computed on ``score_batches`` fresh replay batches with their graphs, ``g`` is summed over them,
+    and ``Hg`` is the gradient of their summed ``gᵀ stop_grad(g)``. Sampling those batches leaves every
+    random generator as it was. Afterwards the topology is static, or follows RigL with ``then="rigl"``.
+    The policy supplies the losses (:attr:`loss_fn`); a custom loop sets it to a function returning
+    ``n`` scalar losses computed from the layers' weights.
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        #: ``loss_fn(n)`` -> ``n`` scalar losses of the network on fresh batches, with their graphs
+        self.loss_fn: Callable[[int], list[torch.Tensor]] | None = None
+
+    def is_update_step(self, step, update_interval, progress, end_fraction):
+        if not self._pruned:
+            return step == 1
+        return super().is_update_step(step, update_interval, progress, end_fraction)
+
+    def needs_dense_grad(self, step, update_interval):
+        return self._pruned and super().needs_dense_grad(step, update_interval)
+
+    def observe(self, step, update_interval, grads, due):
+        if self._pruned:
+            super().observe(step, update_interval, grads, due)
+
+    def scores(self, weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """``-w ⊙ Hg`` for each of ``weights`` (the layers' dense weight parameters)."""
+        if self.loss_fn is None:
+            raise RuntimeError(
+                "grasp needs the network's loss: train through SAC/TD3 with a sparse policy, or set the "
+                "method's loss_fn"
+            )
+        if not all(w.requires_grad and w.is_leaf for w in weights):
+            raise RuntimeError("grasp scores dense weight parameters; these layers store their weights sparsely")
+        with torch.enable_grad():
+            losses = self.loss_fn(self.score_batches)
+            grads = [torch.autograd.grad(loss, weights, create_graph=True) for loss in losses]
+            total = [sum(gs) for gs in zip(*grads)]
+            flow = sum((g * g.detach()).sum() for g in total)
+            hessian_grad = torch.autograd.grad(flow, weights)
+        return [-(w.detach() * hg) for w, hg in zip(weights, hessian_grad)]
+
+    @torch.no_grad()
+    def update(self, weights, masks, fraction, generator, progress=0.0):
+        if self._pruned:
+            return super().update(weights, masks, fraction, generator, progress)
+        if self._targets is None:
+            raise RuntimeError("grasp needs its target nonzeros")
+        lowest = [-s for s in self.scores(weights)]
+        if self.scope == "layer":
+            new_masks = [_keep_top(s, m, k) for s, m, k in zip(lowest, masks, self._targets)]
+        else:
+            new_masks = _keep_top_global(lowest, masks, sum(self._targets))
+        self._pruned = True
+        return [MaskUpdate(new, m & ~new, torch.zeros_like(m)) for m, new in zip(masks, new_masks)]
+
+
 def _scheduled_counts(targets: Sequence[int], starts: Sequence[int], remaining: float) -> list[int]:
     """Nonzeros on the pruning schedule: ``starts`` when ``remaining`` is 1, ``targets`` when it is 0."""
     return [t + round((n - t) * remaining) for t, n in zip(targets, starts)]
@@ -629,21 +697,31 @@ def _scheduled_counts(targets: Sequence[int], starts: Sequence[int], remaining: 
 
 def _keep_largest(weight: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
     """The ``k`` active positions of largest magnitude (all of them if fewer are active)."""
+    return _keep_top(weight.abs(), mask, k)
+
+
+def _keep_top(scores: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` active positions of highest score (all of them if fewer are active)."""
     if k >= int(mask.sum()):
         return mask.clone()
-    scores = weight.abs().flatten().float().masked_fill(~mask.flatten(), float("-inf"))
+    flat = scores.flatten().float().masked_fill(~mask.flatten(), float("-inf"))
     new = torch.zeros_like(mask.flatten())
-    new[torch.topk(scores, k).indices] = True
+    new[torch.topk(flat, k).indices] = True
     return new.view(mask.shape)
 
 
 def _keep_largest_global(weights: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:
     """The ``k`` active positions of largest magnitude over all layers together."""
-    scores = torch.cat([w.abs().flatten().float().masked_fill(~m.flatten(), float("-inf")) for w, m in zip(weights, masks)])
+    return _keep_top_global([w.abs() for w in weights], masks, k)
+
+
+def _keep_top_global(scores: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:
+    """The ``k`` active positions of highest score over all layers together."""
+    flat = torch.cat([s.flatten().float().masked_fill(~m.flatten(), float("-inf")) for s, m in zip(scores, masks)])
     if k >= int(sum(int(m.sum()) for m in masks)):
         return [m.clone() for m in masks]
-    keep = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
-    keep[torch.topk(scores, k).indices] = True
+    keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    keep[torch.topk(flat, k).indices] = True
     out, offset = [], 0
     for m in masks:
         out.append(keep[offset : offset + m.numel()].view(m.shape))
@@ -685,6 +763,7 @@ __all__ = [
     "SNIP",
     "DropGrow",
     "GraNet",
+    "GraSP",
     "MaskUpdate",
     "Method",
     "RigL",
