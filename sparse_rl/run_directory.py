@@ -42,6 +42,18 @@ class RunError(ValueError):
     """A run directory is missing, unusable or corrupt."""
 
 
+
+def read_evaluations(run_dir: Path) -> list[dict[str, str]]:
+    """The rows of a run's evaluations CSV, in order (``[]`` when it has none yet)."""
+    import csv
+
+    path = Path(run_dir) / EVALUATIONS_FILE
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def check_device(device: str) -> str:
     """``device`` if torch can train on it here (``cpu``, ``cuda``, ``cuda:<i>``, ``mps`` or SB3's ``auto``)."""
     allowed = "allowed: cpu, cuda, cuda:<index>, mps, auto"
