@@ -1,0 +1,284 @@
+"""``python -m sparse_rl.report RUNS --out DIR``: rliable statistics of a set of finished runs.
+
+    python -m sparse_rl.report runs/learning --out runs/learning/report
+
+``RUNS`` is any directory holding run directories at any depth (a sweep's ``--out``, or
+``docs/results/runs/learning``). A run is grouped by its env (from ``config.yaml``) and its method, the
+run directory's name without the ``-s<seed>`` suffix (``rigl-0.9-s1`` → ``rigl-0.9``). Only finished runs
+(with ``summary.json``) count.
+
+Written to ``DIR``: ``report.md`` and PNGs. Per env: the final evaluation return of every method as the
+old mean ± 95% t-interval (1.96·sd/√n) next to rliable's IQM with a stratified-bootstrap 95% CI, the
+ratio to the baseline, the probability of improvement over it, densities, ITOP and training FLOPs; and
+the IQM learning curves with CIs. Over envs: scores normalised by the baseline (each score divided by the
+baseline's mean final return on that env, over its seeds there; by its absolute value where it is negative,
+which keeps the order but makes γ = 1 no longer the baseline's level), then IQM, mean, median and optimality
+gap (γ = 1, the baseline's level) with CIs, probability of improvement, and performance profiles.
+Agarwal et al. (2021), "Deep reinforcement learning at the edge of the statistical precipice".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparse_rl.run_directory import SUMMARY_FILE, atomic_write, read_evaluations
+
+EXIT_BAD_INPUT = 2
+_SEED = re.compile(r"^(?P<method>.+)-s(?P<seed>\d+)$")
+
+
+@dataclass
+class Run:
+    env: str
+    method: str
+    seed: int
+    path: Path
+    final: float
+    summary: dict[str, Any]
+    curve: list[tuple[int, float]] = field(default_factory=list)
+
+
+class ReportError(ValueError):
+    """Nothing to report, or a bad option; the message says which."""
+
+
+def find_runs(root: Path) -> list[Run]:
+    """Every finished run directory under ``root`` (``root`` itself included), sorted."""
+    import yaml
+
+    runs = []
+    for summary_path in sorted(Path(root).rglob(SUMMARY_FILE)):
+        run_dir = summary_path.parent
+        config_path = run_dir / "config.yaml"
+        match = _SEED.match(run_dir.name)
+        hidden = any(part.startswith(".") for part in run_dir.relative_to(root).parts)  # a sweep's .tune
+        if not config_path.is_file() or match is None or hidden:
+            continue
+        info = yaml.safe_load(config_path.read_text())
+        summary = json.loads(summary_path.read_text())
+        if not summary.get("final_eval"):
+            continue
+        curve = [(int(float(r["timesteps"])), float(r["return_mean"])) for r in read_evaluations(run_dir)]
+        runs.append(Run(str(info["env"]), match["method"], int(match["seed"]), run_dir,
+                        float(summary["final_eval"]["return_mean"]), summary, curve))
+    return runs
+
+
+def _estimates(score_dict: dict[str, Any], func: Any, reps: int, seed: int) -> tuple[dict, dict]:
+    from rliable import library as rly
+
+    return rly.get_interval_estimates(score_dict, func, reps=reps, random_state=np.random.RandomState(seed))
+
+
+def aggregate_metrics(scores: dict[str, np.ndarray], reps: int = 10_000, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """IQM, mean, median, optimality gap (γ=1) with 95% stratified-bootstrap CIs; ``scores[m]`` is runs × tasks."""
+    from rliable import metrics
+
+    def func(x: np.ndarray) -> np.ndarray:
+        return np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x), metrics.aggregate_median(x),
+                         metrics.aggregate_optimality_gap(x, 1.0)])
+
+    points, intervals = _estimates(scores, func, reps, seed)
+    names = ("iqm", "mean", "median", "optimality_gap")
+    return {m: {n: (float(points[m][i]), float(intervals[m][0][i]), float(intervals[m][1][i])) for i, n in enumerate(names)}
+            for m in scores}
+
+
+def improvement(scores: dict[str, np.ndarray], baseline: str, reps: int = 10_000, seed: int = 0) -> dict[str, tuple]:
+    """P(method > baseline) with its 95% CI, for every method other than the baseline."""
+    from rliable import metrics
+
+    pairs = {m: (s, scores[baseline]) for m, s in scores.items() if m != baseline}
+    if not pairs:
+        return {}
+    points, intervals = _estimates(pairs, metrics.probability_of_improvement, reps, seed)  # type: ignore[arg-type]
+    return {m: (float(np.ravel(points[m])[0]), float(np.ravel(intervals[m][0])[0]), float(np.ravel(intervals[m][1])[0]))
+            for m in pairs}
+
+
+def _t_interval(values: list[float]) -> tuple[float, float]:
+    mean = statistics.mean(values)
+    return mean, 1.96 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+
+
+def _fmt(est: tuple[float, float, float], digits: int = 2) -> str:
+    return f"{est[0]:.{digits}f} [{est[1]:.{digits}f}, {est[2]:.{digits}f}]"
+
+
+def _sparsity_cells(runs: list[Run]) -> str:
+    sp = [r.summary.get("sparsity") or {} for r in runs]
+    if not all("actor" in s and "critic" in s for s in sp):
+        return "– | – | –"
+    density = (statistics.mean(s["actor"]["density"] for s in sp), statistics.mean(s["critic"]["density"] for s in sp))
+    itop = statistics.mean(s["actor"].get("itop_rate", float("nan")) for s in sp)
+    flops = statistics.mean(
+        (s["actor"]["flops"] + s["critic"]["flops"]) / (s["actor"]["dense_flops"] + s["critic"]["dense_flops"]) for s in sp
+    )
+    return f"{density[0]:.3f} / {density[1]:.3f} | {itop:.2f} | {flops:.3f}"
+
+
+def _curves(runs: list[Run]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Timesteps evaluated by every run, and runs × 1 × T returns there (None without a common one)."""
+    common = set.intersection(*(set(t for t, _ in r.curve) for r in runs)) if runs else set()
+    if not common:
+        return None
+    steps = np.array(sorted(common))
+    values = np.array([[dict(r.curve)[t] for t in steps] for r in runs])
+    return steps, values[:, None, :]
+
+
+def plot_curves(env: str, groups: dict[str, list[Run]], baseline_mean: float | None, path: Path, reps: int, seed: int) -> bool:
+    """IQM learning curves with 95% CIs; returns whether anything was drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from rliable import metrics
+
+    data = {m: _curves(rs) for m, rs in groups.items()}
+    data = {m: d for m, d in data.items() if d is not None}
+    if not data:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, (steps, values) in data.items():
+        def func(x: np.ndarray) -> np.ndarray:
+            return np.array([metrics.aggregate_iqm(x[..., t]) for t in range(x.shape[-1])])
+
+        points, intervals = _estimates({method: values}, func, reps, seed)
+        ax.plot(steps, points[method], label=method)
+        ax.fill_between(steps, intervals[method][0], intervals[method][1], alpha=0.2)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("evaluation return (IQM, 95% CI)")
+    ax.set_title(env)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return True
+
+
+def plot_profiles(scores: dict[str, np.ndarray], path: Path, reps: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from rliable import library as rly
+    from rliable import plot_utils
+
+    top = max(float(np.max(s)) for s in scores.values())
+    taus = np.linspace(0.0, max(1.2, top * 1.05), 61)
+    np.random.seed(0)  # create_performance_profile bootstraps from numpy's global generator
+    profiles, cis = rly.create_performance_profile(scores, taus, reps=reps)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    plot_utils.plot_performance_profiles(profiles, taus, performance_profile_cis=cis, ax=ax,
+                                         xlabel="score / baseline mean (τ)", colors=None)
+    ax.legend(list(scores), fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+
+
+def report(root: Path, out: Path, baseline: str = "dense", reps: int = 10_000, seed: int = 0) -> str:
+    """Write ``out/report.md`` and its PNGs for the runs under ``root``; returns the Markdown."""
+    runs = find_runs(root)
+    if not runs:
+        raise ReportError(
+            f"no finished run directories (config.yaml + summary.json, named <method>-s<seed>) under {str(root)!r}"
+        )
+    envs = sorted({r.env for r in runs})
+    lines = [f"# Report: {root}", "",
+             f"{len(runs)} finished runs. Statistics: rliable (Agarwal et al. 2021), stratified bootstrap, {reps} "
+             f"resamples, 95% CIs (seed {seed}); scores are final evaluation returns. Re-make with "
+             f"`python -m sparse_rl.report {root} --out {out}`.", ""]
+    normalised: dict[str, list[np.ndarray]] = {}
+    out.mkdir(parents=True, exist_ok=True)
+    for env in envs:
+        groups: dict[str, list[Run]] = {}
+        for r in sorted((r for r in runs if r.env == env), key=lambda r: (r.method, r.seed)):
+            groups.setdefault(r.method, []).append(r)
+        scores = {m: np.array([[r.final] for r in rs]) for m, rs in groups.items()}
+        base = groups.get(baseline)
+        base_mean = statistics.mean(r.final for r in base) if base else None
+        per_env = aggregate_metrics(scores, reps, seed)
+        prob = improvement(scores, baseline, reps, seed) if base else {}
+        lines += [f"## {env}", ""]
+        if base is None:
+            lines += [f"No `{baseline}` runs here: no ratios, no normalised scores.", ""]
+        lines += ["| method | seeds | final return, mean ± 95% CI (1.96·sd/√n) | IQM [95% CI] | ratio to "
+                  f"{baseline} (IQM) | P(> {baseline}) [95% CI] | actor / critic density | ITOP | training FLOPs vs dense |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for method, rs in groups.items():
+            mean, ci = _t_interval([r.final for r in rs])
+            iqm = per_env[method]["iqm"]
+            ratio = f"{iqm[0] / base_mean:.2f}" if base_mean and base_mean > 0 else "–"
+            p = _fmt(prob[method]) if method in prob else "–"
+            seeds = ", ".join(str(r.seed) for r in rs)
+            lines.append(
+                f"| {method} | {seeds} | {mean:.0f} ± {ci:.0f} | {_fmt(iqm, 0)} | {ratio} | {p} | {_sparsity_cells(rs)} |"
+            )
+            if base_mean:
+                # |mean|: with negative returns (Pendulum) a plain ratio would reverse the order
+                normalised.setdefault(method, []).append(np.array([r.final / abs(base_mean) for r in rs]))
+        png = out / f"curves-{env}.png"
+        if plot_curves(env, groups, base_mean, png, max(reps // 25, 500), seed):
+            lines += ["", f"IQM learning curves: `{png.name}` (evaluations every run made)."]
+        lines.append("")
+    # over envs: a method counts where it ran on every env that has a baseline, with as many seeds as its fewest
+    tasks = [env for env in envs if any(r.env == env and r.method == baseline for r in runs)]
+    agg = {m: np.stack([v[: min(len(x) for x in vs)] for v in vs], axis=1) for m, vs in normalised.items()
+           if len(vs) == len(tasks)}
+    if len(tasks) >= 1 and baseline in agg:
+        metrics_ = aggregate_metrics(agg, reps, seed)
+        prob = improvement(agg, baseline, reps, seed)
+        lines += [f"## Over envs ({', '.join(tasks)}), scores / {baseline} mean", "",
+                  f"| method | runs × envs | IQM | mean | median | optimality gap | P(> {baseline}) |",
+                  "|---|---|---|---|---|---|---|"]
+        for method, s in agg.items():
+            m = metrics_[method]
+            p = _fmt(prob[method]) if method in prob else "–"
+            lines.append(f"| {method} | {s.shape[0]} × {s.shape[1]} | {_fmt(m['iqm'])} | {_fmt(m['mean'])} | "
+                         f"{_fmt(m['median'])} | {_fmt(m['optimality_gap'])} | {p} |")
+        plot_profiles(agg, out / "profiles.png", max(reps // 25, 500))
+        lines += ["", "Performance profiles (fraction of runs above τ × the baseline): `profiles.png`.", ""]
+    text = "\n".join(lines)
+    atomic_write(out / "report.md", lambda f: f.write(text.encode()))
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sparse_rl.report", description=__doc__.splitlines()[0])
+    p.add_argument("runs", type=Path, help="directory holding run directories (a sweep's --out)")
+    p.add_argument("--out", type=Path, help="where report.md and the PNGs go (default: RUNS/report)")
+    p.add_argument("--baseline", default="dense", help="method every other is compared with (default: dense)")
+    p.add_argument("--reps", type=int, default=10_000, help="bootstrap resamples (default 10000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    args = p.parse_args(argv)
+    try:
+        if not args.runs.is_dir():
+            raise ReportError(f"{str(args.runs)!r} is not a directory")
+        if args.reps < 100:
+            raise ReportError(f"--reps must be at least 100, got {args.reps}")
+        try:
+            import rliable  # noqa: F401
+        except ImportError:
+            raise ReportError('the report needs rliable: pip install -e ".[sweep]"') from None
+        text = report(args.runs, args.out or args.runs / "report", args.baseline, args.reps, args.seed)
+    except ReportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
