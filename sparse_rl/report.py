@@ -74,10 +74,33 @@ def find_runs(root: Path) -> list[Run]:
     return runs
 
 
+#: the small files of a finished run that a report (and a fresh clone) needs; models and checkpoints stay out
+KEPT_FILES = ("config.yaml", "evaluations.csv", "summary.json")
+
+
+def keep_runs(root: Path, store: Path) -> list[Path]:
+    """Copy the :data:`KEPT_FILES` of every finished run under ``root`` to ``store/<env>/<name>`` (each file
+    written atomically); returns the stored run directories. Runs stored before (other machines) stay."""
+    kept = []
+    for run in find_runs(root):
+        target = store / run.env / run.path.name
+        for name in KEPT_FILES:
+            source = run.path / name
+            if source.is_file():
+                data = source.read_bytes()
+                atomic_write(target / name, lambda f, data=data: f.write(data))
+        kept.append(target)
+    return kept
+
+
 def _estimates(score_dict: dict[str, Any], func: Any, reps: int, seed: int) -> tuple[dict, dict]:
+    import warnings
+
     from rliable import library as rly
 
-    return rly.get_interval_estimates(score_dict, func, reps=reps, random_state=np.random.RandomState(seed))
+    with warnings.catch_warnings():  # arch >= 7 deprecates the RandomState argument rliable passes on
+        warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
+        return rly.get_interval_estimates(score_dict, func, reps=reps, random_state=np.random.RandomState(seed))
 
 
 def aggregate_metrics(scores: dict[str, np.ndarray], reps: int = 10_000, seed: int = 0) -> dict[str, dict[str, Any]]:
@@ -262,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", default="dense", help="method every other is compared with (default: dense)")
     p.add_argument("--reps", type=int, default=10_000, help="bootstrap resamples (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    p.add_argument("--keep", type=Path, metavar="STORE",
+                   help="first copy each finished run's small files (config, evaluations, summary) to STORE/<env>/<name>, "
+                        "then report on STORE: the record a fresh clone re-makes the tables from")
     args = p.parse_args(argv)
     try:
         if not args.runs.is_dir():
@@ -272,7 +298,12 @@ def main(argv: list[str] | None = None) -> int:
             import rliable  # noqa: F401
         except ImportError:
             raise ReportError('the report needs rliable: pip install -e ".[sweep]"') from None
-        text = report(args.runs, args.out or args.runs / "report", args.baseline, args.reps, args.seed)
+        root = args.runs
+        if args.keep is not None:
+            kept = keep_runs(args.runs, args.keep)
+            print(f"kept {len(kept)} finished runs in {args.keep}", file=sys.stderr)
+            root = args.keep
+        text = report(root, args.out or args.runs / "report", args.baseline, args.reps, args.seed)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -17,7 +17,8 @@ A spec is a YAML mapping::
 Every trial is an ordinary ``sparse_rl.train`` run directory, ``OUT/<env>/<grid values>-s<seed>`` (e.g.
 ``runs/learning/HalfCheetah-v5/rigl-s0``), so ``evaluate``, ``plot``, ``export`` and ``report`` work on it.
 A trial whose config trains the dense baseline (``preset: dense``) ignores the sparse keys (sparsity,
-topology, ...): it is one trial per env and seed, named from its other grid values.
+topology, ...): it is one trial per env and seed, named from its other grid values. ``variants`` (named
+sets of overrides, e.g. an ablation's ``-nstep``) are a first grid dimension whose names lead the trial names.
 
 Instead of ``grid`` a spec may declare ``search`` (ranges, a trial budget): Optuna's TPE sampler through
 Ray Tune, with ASHA early stopping on the evaluation returns; the best configuration is written to
@@ -35,7 +36,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import fnmatch
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -57,7 +60,7 @@ EXIT_BAD_INPUT = 2
 SPEC_FILE = "sweep.yml"
 BEST_FILE = "best.yml"
 LOG_DIR = "logs"
-SPEC_KEYS = ("algo", "envs", "seeds", "n_timesteps", "set", "grid", "search", "save_replay_buffer")
+SPEC_KEYS = ("algo", "envs", "seeds", "n_timesteps", "set", "variants", "grid", "search", "save_replay_buffer")
 SEARCH_KEYS = ("space", "num_samples", "grace_period", "reduction_factor", "seed")
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 
@@ -91,6 +94,7 @@ class Spec:
     search: dict[str, Any] | None
     save_replay_buffer: bool
     raw: dict[str, Any]
+    variants: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------- spec
@@ -186,10 +190,22 @@ def parse_spec(raw: Any, name: str = "spec") -> Spec:
     search = raw.get("search")
     if search is not None:
         search = _parse_search(algo, search, grid, fixed)
+    variants = raw.get("variants") or {}
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+        raise SweepError(f"variants must map names to mappings of config keys, got {variants!r}")
+    for vname, values in variants.items():
+        if not re.fullmatch(r"[A-Za-z0-9.+_=-]+", str(vname)):
+            raise SweepError(f"variant name {vname!r} must be letters, digits and . + _ = - only (it names run directories)")
+        for key, value in values.items():
+            _check_key(algo, key, f"variants.{vname}")
+            _check_value(algo, key, value, f"variants.{vname}")
+            if key in grid:
+                raise SweepError(f"{key!r} is both in variants.{vname} and in grid; keep one")
     save_buffer = raw.get("save_replay_buffer", True)
     if not isinstance(save_buffer, bool):
         raise SweepError(f"save_replay_buffer must be true or false, got {save_buffer!r}")
-    return Spec(algo, envs, list(seeds), n, dict(fixed), {k: list(v) for k, v in grid.items()}, search, save_buffer, raw)
+    return Spec(algo, envs, list(seeds), n, dict(fixed), {k: list(v) for k, v in grid.items()}, search, save_buffer, raw,
+                {str(k): dict(v) for k, v in variants.items()})
 
 
 def _parse_search(algo: str, search: Any, grid: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
@@ -248,24 +264,31 @@ def _is_dense(algo: str, env: str, preset: str | None, overrides: dict[str, Any]
 
 def grid_trials(spec: Spec) -> list[Trial]:
     """Every trial of a grid spec, in order (env, grid point, seed); dense trials deduplicated."""
-    keys = list(spec.grid)
     points: list[dict[str, Any]] = [{}]
-    for key in keys:
-        points = [{**p, key: v} for p in points for v in spec.grid[key]]
+    for key, values_ in spec.grid.items():
+        points = [{**p, key: v} for p in points for v in values_]
+    named: list[tuple[str | None, dict[str, Any]]] = [(None, {})]
+    if spec.variants:  # named override sets, the first dimension of the grid
+        named = list(spec.variants.items())
     trials: dict[tuple[str, str], Trial] = {}
     for env in spec.envs:
-        for point in points:
-            values = {**spec.fixed, **point}
+        for (variant, extra), point in itertools.product(named, points):
+            values = {**spec.fixed, **extra, **point}
             preset = values.pop("preset", None)
             dense = _is_dense(spec.algo, env, preset, values)
             if dense:  # the dense baseline has no sparse settings: one trial, whatever the grid says of them
                 values = {k: v for k, v in values.items() if k not in SPARSE_KEYS and not k.startswith("topology_kwargs.")}
                 point = {k: v for k, v in point.items() if k not in SPARSE_KEYS and not k.startswith("topology_kwargs.")}
-            stem = "-".join(_slug(v) for v in point.values()) or "run"
+            stem = "-".join([*([variant] if variant else []), *(_slug(v) for v in point.values())]) or "run"
             for seed in spec.seeds:
                 name = f"{stem}-s{seed}"
                 trials.setdefault((env, name), Trial(name, env, seed, values, preset))
     return list(trials.values())
+
+
+def _literal(value: Any) -> str:
+    """``value`` as ``--set`` reads it back (a Python literal; a bare word for strings)."""
+    return value if isinstance(value, str) else repr(value)
 
 
 def train_argv(spec: Spec, trial: Trial, run_dir: Path) -> list[str]:
@@ -276,7 +299,7 @@ def train_argv(spec: Spec, trial: Trial, run_dir: Path) -> list[str]:
     if spec.n_timesteps is not None:
         argv += ["--n-timesteps", str(spec.n_timesteps)]
     for key, value in trial.overrides.items():
-        argv += ["--set", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+        argv += ["--set", f"{key}={_literal(value)}"]
     if spec.save_replay_buffer:
         argv.append("--save-replay-buffer")
     return argv
@@ -406,11 +429,11 @@ def _progress_callback(total: int) -> Any:
 
         def __init__(self) -> None:
             self.t0 = time.time()
+            self.ended: set[str] = set()  # trials finished or failed (Tune flips their status after the callback)
 
         def _line(self, trials: list[Any], trial: Any, result: dict[str, Any] | None, what: str) -> None:
-            states = [t.status for t in trials]
-            done = sum(s in ("TERMINATED", "ERROR") for s in states)
-            running = states.count("RUNNING")
+            done = len(self.ended)
+            running = sum(t.status == "RUNNING" and t.trial_id not in self.ended for t in trials)
             pending = max(total - done - running, 0)
             config = trial.config.get("trial", trial.config)
             name = config.get("name", str(trial))
@@ -430,15 +453,17 @@ def _progress_callback(total: int) -> Any:
             self._line(trials, trial, result, "at")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
+            self.ended.add(trial.trial_id)
             self._line(trials, trial, trial.last_result, "finished:")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self._line(trials, trial, None, "FAILED (its log: the Ray trial directory under OUT/.tune)")
+            self.ended.add(trial.trial_id)
+            self._line(trials, trial, None, f"FAILED (its log: {LOG_DIR}/<env>-<name>.log under --out)")
 
     return Progress()
 
 
-def _init_ray(address: str | None) -> int:
+def _init_ray(address: str | None) -> tuple[int, int]:
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -450,7 +475,8 @@ def _init_ray(address: str | None) -> int:
         ray.init(address=address, log_to_driver=False, include_dashboard=False)
     else:
         ray.init(num_cpus=os.cpu_count() or 1, log_to_driver=False, include_dashboard=False)
-    return int(ray.cluster_resources().get("CPU", 1))
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    return nodes, int(ray.cluster_resources().get("CPU", 1))
 
 
 def _spec_digest(raw: dict[str, Any]) -> str:
@@ -473,12 +499,13 @@ def prepare_out(spec: Spec, out: Path, resume: bool) -> None:
 def run_grid(spec: Spec, out: Path, trials: list[Trial], max_concurrent: int | None, address: str | None) -> list[dict]:
     from ray import tune
 
-    cpus = _init_ray(address)
+    nodes, cpus = _init_ray(address)
     concurrent = max_concurrent or cpus
     points = [
         {"out": str(out), "env": t.env, "name": t.name, "argv": train_argv(spec, t, t.run_dir(out))} for t in trials
     ]
-    print(f"sweep: {len(points)} trials, {concurrent} at a time on {cpus} CPUs, run directories under {out}", flush=True)
+    print(f"sweep: {len(points)} trials, {concurrent} at a time on {nodes} node(s) with {cpus} CPUs, run directories "
+          f"under {out}", flush=True)
     tuner = tune.Tuner(
         tune.with_resources(grid_trainable, {"cpu": 1}),
         param_space={"trial": tune.grid_search(points)},
@@ -500,7 +527,7 @@ def _trial_name(trial: Any) -> str:
 def _result_rows(results: Any) -> list[dict]:
     rows = []
     for result in results:
-        config = result.config.get("trial", result.config)
+        config = (result.config or {}).get("trial", result.config or {})
         metrics = result.metrics or {}
         rows.append({"env": config.get("env"), "name": config.get("name"), "return": metrics.get("return"),
                      "timesteps": metrics.get("timesteps"), "error": str(result.error) if result.error else None})
@@ -532,7 +559,7 @@ def search_trainable(config: dict[str, Any]) -> None:
     name = f"trial-{digest}-s{base['seed']}"
     argv = [*base["argv"], "--run-dir", str(Path(base["out"]) / base["env"] / name)]
     for key, value in fixed.items():
-        argv += ["--set", f"{key}={json.dumps(value)}"]
+        argv += ["--set", f"{key}={_literal(value)}"]
     run_trial({"out": base["out"], "env": base["env"], "name": name, "argv": argv})
 
 
@@ -541,7 +568,7 @@ def run_search(spec: Spec, out: Path, max_concurrent: int | None, address: str |
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    cpus = _init_ray(address)
+    nodes, cpus = _init_ray(address)
     concurrent = max_concurrent or cpus
     search = spec.search or {}
     env, seed = spec.envs[0], spec.seeds[0]
@@ -566,7 +593,8 @@ def run_search(spec: Spec, out: Path, max_concurrent: int | None, address: str |
             run_config=tune.RunConfig(storage_path=str(storage), name=name, verbose=0,
                                       callbacks=[_progress_callback(search["num_samples"])]),
         )
-    print(f"search: {search['num_samples']} trials on {env} (seed {seed}), {concurrent} at a time on {cpus} CPUs", flush=True)
+    print(f"search: {search['num_samples']} trials on {env} (seed {seed}), {concurrent} at a time on {nodes} node(s) "
+          f"with {cpus} CPUs", flush=True)
     results = tuner.fit()
     best = results.get_best_result(metric="return", mode="max", scope="last")
     values = {k: v for k, v in best.config.items() if k != "_sweep"}
@@ -590,6 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray cluster HOST:PORT (default: $RAY_ADDRESS, else this machine)")
     p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: the cluster's CPUs)")
     p.add_argument("--resume", action="store_true", help="continue a stopped sweep: finished trials kept")
+    p.add_argument("--only", metavar="GLOB", help="run the trials whose ENV/NAME matches, e.g. '*/dense-*'")
     p.add_argument("--dry-run", action="store_true", help="list the trials and their train commands, run nothing")
     return p
 
@@ -603,6 +632,15 @@ def main(argv: list[str] | None = None) -> int:
             raise SweepError(f"--max-concurrent must be positive, got {args.max_concurrent}")
         spec = load_spec(args.spec)
         trials = grid_trials(spec) if spec.search is None else []
+        if args.only is not None:
+            if spec.search is not None:
+                raise SweepError("--only selects trials of a grid; this spec is a search")
+            chosen = [t for t in trials if fnmatch.fnmatch(f"{t.env}/{t.name}", args.only)]
+            if not chosen:
+                names = ", ".join(f"{t.env}/{t.name}" for t in trials[:6])
+                more = ", ..." if len(trials) > 6 else ""
+                raise SweepError(f"--only {args.only!r} matches no trial (trials: {names}{more})")
+            trials = chosen
         if spec.search is None:
             check_trials(spec, trials, out, args.resume)
         else:

@@ -1,0 +1,233 @@
+"""Sweeps on a real Ray (embedded, and a two-node cluster on 127.0.0.1) and their rliable report."""
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from sparse_rl import report, sweep
+
+pytest.importorskip("ray", reason='sweeps need the [sweep] extra: pip install -e ".[sweep]"')
+
+TINY = {"learning_starts": 100, "batch_size": 32, "net_arch": [32, 32], "eval_freq": 200, "eval_episodes": 1,
+        "checkpoint_freq": 200}
+
+
+def _spec(tmp_path: Path, name: str = "spec.yml", **changes) -> Path:
+    spec = {"algo": "sac", "envs": ["Pendulum"], "seeds": [0, 1], "n_timesteps": 400, "set": dict(TINY),
+            "grid": {"preset": ["dense", "rigl"]}, **changes}
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _run(argv, capsys):
+    code = sweep.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "changes, needle",
+    [
+        ({"grid": {"presett": ["rigl"]}}, "unknown grid key 'presett'; did you mean 'preset'"),
+        ({"grid": {"preset": ["rigll"]}}, "unknown grid preset 'rigll'; did you mean 'rigl'"),
+        ({"grid": {"topology": ["rigel"]}}, "unknown grid topology 'rigel'; did you mean 'rigl'"),
+        ({"grid": {"sparsity": [0.9, 1.5]}}, "sparsity"),
+        ({"grid": {"drop_fraction": "0.3"}}, "grid drop_fraction must be a non-empty list"),
+        ({"envs": ["HalfCheeta"]}, "HalfCheetah"),
+        ({"seeds": [0, 0]}, "seeds must not repeat"),
+        ({"gird": {}}, "unknown spec key 'gird'; did you mean 'grid'"),
+        ({"search": {"space": {"learning_rate": {"loguniform": [0, 1e-3]}}}}, "low > 0"),
+    ],
+)
+def test_bad_specs_are_refused_before_anything_runs(tmp_path, capsys, changes, needle):
+    out = tmp_path / "out"
+    code, _, err = _run([_spec(tmp_path, **changes), "--out", out], capsys)
+    assert code == 2
+    assert err.startswith("error: ") and needle in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_a_spec_that_is_not_a_mapping_and_an_unreachable_cluster(tmp_path, capsys):
+    path = tmp_path / "list.yml"
+    path.write_text("- algo: sac\n")
+    code, _, err = _run([path, "--out", tmp_path / "out"], capsys)
+    assert code == 2 and "must be a mapping" in err
+    code, _, err = _run([_spec(tmp_path), "--out", tmp_path / "out", "--address", "127.0.0.1:1"], capsys)
+    assert code == 2 and "no Ray cluster answers at '127.0.0.1:1'" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_dense_trials_ignore_sparse_grid_keys_and_are_not_repeated(tmp_path):
+    spec = sweep.load_spec(_spec(tmp_path, grid={"preset": ["dense", "rigl"], "sparsity": [0.9, 0.95]}))
+    names = [t.name for t in sweep.grid_trials(spec)]
+    assert names == ["dense-s0", "dense-s1", "rigl-0.9-s0", "rigl-0.9-s1", "rigl-0.95-s0", "rigl-0.95-s1"]
+    dense = sweep.grid_trials(spec)[0]
+    assert "sparsity" not in dense.overrides and dense.preset == "dense"
+
+
+def test_the_core_package_does_not_import_ray_or_rliable():
+    code = "import sys, sparse_rl, sparse_rl.train, sparse_rl.sweep, sparse_rl.report; " \
+           "print(sorted(m for m in ('ray', 'rliable', 'optuna') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------------------ local Ray
+def test_local_sweep_runs_every_trial_as_a_run_directory_and_reports(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, err = _run([_spec(tmp_path), "--out", out, "--max-concurrent", "2"], capsys)
+    assert code == 0, stdout + err
+    assert "4/4 trials done" in stdout and "done 4/4" in stdout
+    dirs = sorted(p.name for p in (out / "Pendulum-v1").iterdir())
+    assert dirs == ["dense-s0", "dense-s1", "rigl-s0", "rigl-s1"]
+    for name in dirs:
+        run = out / "Pendulum-v1" / name
+        assert json.loads((run / "summary.json").read_text())["timesteps"] == 400
+        assert (run / "model.zip").is_file()
+    assert yaml.safe_load((out / "Pendulum-v1" / "rigl-s1" / "config.yaml").read_text())["seed"] == 1
+    # the same spec again without --resume is refused; with it, nothing is retrained
+    code, _, err = _run([_spec(tmp_path), "--out", out], capsys)
+    assert code == 2 and "--resume" in err
+    before = _digest(out / "Pendulum-v1" / "rigl-s0" / "summary.json")
+    code, stdout, _ = _run([_spec(tmp_path), "--out", out, "--resume"], capsys)
+    assert code == 0 and "(4 were already)" in stdout
+    assert _digest(out / "Pendulum-v1" / "rigl-s0" / "summary.json") == before
+    text = report.report(out, out / "report", reps=1000)
+    assert "| rigl | 0, 1 |" in text and (out / "report" / "curves-Pendulum-v1.png").is_file()
+    assert (out / "report" / "profiles.png").is_file()
+
+
+def test_resume_after_the_driver_is_killed_keeps_finished_trials_and_continues_started_ones(tmp_path):
+    spec = _spec(tmp_path, n_timesteps=2000, grid={"preset": ["rigl"]})
+    out = tmp_path / "out"
+    runs = out / "Pendulum-v1"
+    cmd = [sys.executable, "-m", "sparse_rl.sweep", str(spec), "--out", str(out), "--max-concurrent", "1"]
+    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # one trial finished, the other one checkpointed and still running
+        first, second = sorted(runs.glob("*-s*")) if runs.is_dir() and len(list(runs.glob("*-s*"))) == 2 else (None, None)
+        done = [d for d in (first, second) if d is not None and (d / "summary.json").is_file()]
+        started = [d for d in (first, second) if d is not None and list(d.glob("checkpoints/step-*"))
+                   and not (d / "summary.json").is_file()]
+        if len(done) == 1 and started:
+            break
+        time.sleep(0.1)
+    else:
+        driver.kill()
+        pytest.fail("the sweep never reached one finished and one started trial")
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    finished, interrupted = done[0], started[0]
+    kept = _digest(finished / "summary.json")
+    time.sleep(3)  # the trial's training process dies with its Ray worker
+    alive = subprocess.run(["pgrep", "-f", f"sparse_rl.train .*{interrupted}"], capture_output=True, text=True).stdout
+    assert not alive.strip(), "a training process outlived the killed sweep"
+    result = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2/2 trials done (1 were already)" in result.stdout
+    assert _digest(finished / "summary.json") == kept
+    log = (out / "logs" / f"Pendulum-v1-{interrupted.name}.log").read_text()
+    assert f"resuming {interrupted} from {interrupted}/checkpoints/step-" in log
+    assert json.loads((interrupted / "summary.json").read_text())["timesteps"] == 2000
+
+
+# ------------------------------------------------------------------------------- a two-node cluster
+@pytest.fixture
+def two_node_cluster():
+    ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+    port = 6390 + os.getpid() % 500
+    env = {**os.environ, "RAY_worker_niceness": "0", "RAY_AUTH_MODE": "token"}
+    common = ["--num-cpus", "1", "--disable-usage-stats"]
+    try:
+        subprocess.run([ray_bin, "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
+                        "--include-dashboard", "false", *common], env=env, check=True, capture_output=True, timeout=120)
+        subprocess.run([ray_bin, "start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1", *common],
+                       env=env, check=True, capture_output=True, timeout=120)
+        yield f"127.0.0.1:{port}", env
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_a_two_node_cluster_runs_the_same_sweep_through_address(tmp_path, two_node_cluster):
+    address, env = two_node_cluster
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "sparse_rl.sweep", str(_spec(tmp_path)), "--out", str(out),
+                             "--address", address], capture_output=True, text=True, env=env, timeout=400)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "on 2 node(s) with 2 CPUs" in result.stdout and "4/4 trials done" in result.stdout
+    assert all((out / "Pendulum-v1" / n / "summary.json").is_file() for n in ("dense-s0", "dense-s1", "rigl-s0", "rigl-s1"))
+
+
+# ------------------------------------------------------------------------------------------ the report
+def _fake_run(root: Path, env: str, name: str, final: float, curve=(100.0, 200.0)) -> None:
+    """A finished run directory with just what the report reads (its files as train writes them)."""
+    run = root / env / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"algo": "sac", "env": env, "seed": int(name.rsplit("-s", 1)[1])}))
+    sparsity = {net: {"density": 0.1, "itop_rate": 0.5, "flops": 10, "dense_flops": 100} for net in ("actor", "critic")}
+    (run / "summary.json").write_text(json.dumps({"final_eval": {"return_mean": final}, "sparsity": sparsity}))
+    rows = "".join(f"{1000 * (i + 1)},0,{v}\n" for i, v in enumerate([*curve, final]))
+    (run / "evaluations.csv").write_text("timesteps,wall_clock_s,return_mean\n" + rows)
+
+
+def test_report_numbers_against_hand_computed_iqm_and_bootstrap_intervals(tmp_path):
+    scores = [0.0, 1.0, 2.0, 10.0]
+    for seed, v in enumerate(scores):
+        _fake_run(tmp_path, "Env-v0", f"m-s{seed}", v)
+    for seed, v in enumerate([100.0, 200.0]):
+        _fake_run(tmp_path, "Env-v1", f"dense-s{seed}", v)
+    for seed, v in enumerate([150.0, 300.0]):
+        _fake_run(tmp_path, "Env-v1", f"m-s{seed}", v)
+    (tmp_path / ".tune" / "x").mkdir(parents=True)  # a sweep's Tune directory is not a run
+    runs = report.find_runs(tmp_path)
+    assert sorted((r.env, r.method, r.seed) for r in runs)[:2] == [("Env-v0", "m", 0), ("Env-v0", "m", 1)]
+
+    matrix = {"m": np.array(scores)[:, None]}
+    est = report.aggregate_metrics(matrix, reps=20_000, seed=0)["m"]
+    assert est["iqm"][0] == pytest.approx(1.5)  # 25% trimmed from each end of 4 runs: mean(1, 2)
+    # rliable's median is the median over tasks of each task's mean over runs: one task here
+    assert est["mean"][0] == pytest.approx(3.25) and est["median"][0] == pytest.approx(3.25)
+    assert est["optimality_gap"][0] == pytest.approx((1.0 + 0.0) / 4)  # only the 0 falls short of 1, by 1
+    # the percentile interval of the mean, from all 4^4 equally likely resamples
+    means = sorted(sum(c) / 4 for c in itertools.product(scores, repeat=4))
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    assert abs(est["mean"][1] - lo) <= 0.25 + 1e-9 and abs(est["mean"][2] - hi) <= 0.25 + 1e-9  # atoms are 0.25 apart
+
+    text = report.report(tmp_path, tmp_path / "report", reps=2000)
+    # Env-v1: m / dense mean (150) = [1, 2]; P(m > dense) = 3/4 (150 > 100, 150 < 200, 300 > both)
+    assert "| m | 0, 1 | 225 ± 147 |" in text
+    assert "| m | 2 × 1 | 1.50 [1.00, 2.00] |" in text
+    assert text.split("| m | 2 × 1 |")[1].splitlines()[0].split("|")[-2].strip().startswith("0.75 [")
+    assert "No `dense` runs here" in text  # Env-v0
+    assert report.main([str(tmp_path / "nothing")]) == 2
+
+
+def test_keep_copies_only_the_small_files_of_finished_runs_and_reports_on_the_store(tmp_path, capsys):
+    runs, store = tmp_path / "runs", tmp_path / "store"
+    _fake_run(runs, "Env-v1", "dense-s0", 100.0)
+    _fake_run(runs, "Env-v1", "m-s0", 150.0)
+    (runs / "Env-v1" / "m-s0" / "model.zip").write_text("large, not kept")
+    (runs / "Env-v1" / "m-s1").mkdir()  # started, not finished
+    (runs / "Env-v1" / "m-s1" / "config.yaml").write_text("env: Env-v1\n")
+    _fake_run(store, "Env-v1", "dense-s1", 200.0)  # finished on another machine, stored before
+    assert report.main([str(runs), "--keep", str(store), "--out", str(tmp_path / "rep"), "--reps", "500"]) == 0
+    assert sorted(p.name for p in (store / "Env-v1" / "m-s0").iterdir()) == sorted(report.KEPT_FILES)
+    assert not (store / "Env-v1" / "m-s1").exists()
+    assert "| dense | 0, 1 |" in capsys.readouterr().out  # the stored seed 1 and the kept seed 0
