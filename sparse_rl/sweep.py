@@ -436,8 +436,8 @@ def _progress_callback(total: int) -> Any:
             running = sum(t.status == "RUNNING" and t.trial_id not in self.ended for t in trials)
             pending = max(total - done - running, 0)
             config = trial.config.get("trial", trial.config)
-            name = config.get("name", str(trial))
-            env = config.get("env", "")
+            name = config.get("name", f"search trial {trial.trial_id}")
+            env = config.get("env", config.get("_sweep", {}).get("env", ""))
             extra = ""
             if result:
                 ret = result.get("return", float("nan"))
@@ -596,11 +596,19 @@ def run_search(spec: Spec, out: Path, max_concurrent: int | None, address: str |
     print(f"search: {search['num_samples']} trials on {env} (seed {seed}), {concurrent} at a time on {nodes} node(s) "
           f"with {cpus} CPUs", flush=True)
     results = tuner.fit()
-    best = results.get_best_result(metric="return", mode="max", scope="last")
+    # the best of the trials that trained to the end (ASHA stops the others at an earlier, incomparable point)
+    complete = [r for r in results if r.metrics and r.metrics.get("timesteps", 0) >= n and not r.error]
+    pool = complete or [r for r in results if r.metrics and not r.error]
+    if not pool:
+        raise RuntimeError(f"no search trial reported a result; their logs: {out / LOG_DIR}")
+    best = max(pool, key=lambda r: r.metrics.get("return", float("-inf")))
     values = {k: v for k, v in best.config.items() if k != "_sweep"}
-    snippet = {"best": {"default": {**{k: v for k, v in spec.fixed.items()}, **values}}}
-    header = (f"# best of {search['num_samples']} trials ({env}, seed {seed}): final evaluation return "
-              f"{best.metrics.get('return'):.1f}; paste under presets: in configs/{spec.algo}.yml\n")
+    preset = spec.fixed.get("preset")
+    snippet = {"best": {"default": {**{k: v for k, v in spec.fixed.items() if k != "preset"}, **values}}}
+    header = (f"# best of {search['num_samples']} trials ({env}, seed {seed}{f', on preset {preset}' if preset else ''}): "
+              f"final evaluation return {best.metrics.get('return'):.1f} at {best.metrics.get('timesteps')} steps.\n"
+              f"# Paste under presets: in configs/{spec.algo}.yml"
+              f"{f' (it holds only what differs from {preset}: merge it into a copy of that preset)' if preset else ''}\n")
     atomic_write(out / BEST_FILE, lambda f: f.write((header + yaml.safe_dump(snippet, sort_keys=False)).encode()))
     print(f"best configuration: {values} (return {best.metrics.get('return'):.1f}) -> {out / BEST_FILE}")
     rows = []

@@ -148,6 +148,21 @@ def test_resume_after_the_driver_is_killed_keeps_finished_trials_and_continues_s
     assert json.loads((interrupted / "summary.json").read_text())["timesteps"] == 2000
 
 
+def test_a_search_samples_the_ranges_stops_laggards_and_writes_the_best_preset(tmp_path, capsys):
+    space = {"drop_fraction": {"uniform": [0.1, 0.7]}, "update_interval": {"choice": [50, 100]},
+             "learning_rate": {"loguniform": [1.0e-4, 1.0e-3]}}
+    spec = _spec(tmp_path, seeds=[0], n_timesteps=600, grid=None, set={**TINY, "preset": "rigl"},
+                 search={"num_samples": 3, "grace_period": 200, "space": space})
+    out = tmp_path / "out"
+    code, stdout, err = _run([spec, "--out", out], capsys)
+    assert code == 0, stdout + err
+    assert len(list((out / "Pendulum-v1").glob("trial-*-s0"))) == 3
+    text = (out / "best.yml").read_text()
+    best = yaml.safe_load(text)["best"]["default"]
+    assert 0.1 <= best["drop_fraction"] <= 0.7 and best["update_interval"] in (50, 100)
+    assert 1e-4 <= best["learning_rate"] <= 1e-3 and "preset" not in best and "on preset rigl" in text
+
+
 # ------------------------------------------------------------------------------- a two-node cluster
 @pytest.fixture
 def two_node_cluster():
