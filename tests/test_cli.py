@@ -93,7 +93,9 @@ class Crash(BaseCallback):
                                                      ("sac", "gmp", "auto"), ("td3", "gmp", "sparse"),
                                                      ("sac", "granet", "sparse"), ("td3", "granet", "auto"),
                                                      ("sac", "snip", "auto"), ("td3", "snip", "sparse"),
-                                                     ("sac", "grasp", "auto"), ("td3", "grasp", "sparse")])
+                                                     ("sac", "grasp", "auto"), ("td3", "grasp", "sparse"),
+                                                     ("sac", "snfs", "sparse"), ("td3", "snfs", "auto"),
+                                                     ("sac", "dsr", "auto"), ("td3", "dsr", "sparse")])
 def test_resume_equals_uninterrupted(algo, topology, backend, tmp_path, capsys):
     # TINY, with later flags overriding it: a checkpoint before the crash, no evaluations.
     argv = ["--algo", algo, "--env", "Pendulum", "--topology", topology, "--set", "checkpoint_freq=150",

@@ -440,3 +440,100 @@ def test_lottery_rounds_prune_rewind_and_start_from_the_ticket(tmp_path, capsys)
 def test_init_from_a_missing_or_mismatched_ticket(tmp_path):
     with pytest.raises(ValueError, match="init_from='nope.npz': no such ticket file"):
         SAC(SparseSACPolicy, "Pendulum-v1", policy_kwargs=dict(init_from="nope.npz"))
+
+
+# ------------------------------------------------------------------------------------------------- SNFS
+def test_snfs_redistributes_regrowth_by_mean_momentum_and_keeps_the_total():
+    from sparse_rl.topology.methods import SNFS
+
+    method = SNFS()
+    gen = torch.Generator().manual_seed(0)
+    masks = [torch.zeros(4, 10, dtype=torch.bool), torch.zeros(4, 10, dtype=torch.bool)]
+    masks[0][:2] = True  # 20 active each
+    masks[1][2:] = True
+    weights = [torch.randn(4, 10, generator=gen) * m for m in masks]
+    momentum = [torch.full((4, 10), 3.0), torch.full((4, 10), 1.0)]  # layer 0's mean |momentum| is 3x layer 1's
+    momentum[0][3, 7] = 50.0  # the free position layer 0 grows first
+    method._pending = momentum
+    assert method.shares(masks, momentum) == [3.0, 1.0]
+    a, b = method.update(weights, masks, 0.2, gen)
+    # each layer drops 20% of its 20 by magnitude: 8 in all, regrown 6 : 2 (shares 3 : 1)
+    assert int(a.dropped.sum()) == int(b.dropped.sum()) == 4
+    assert int(a.grown.sum()) == 6 and int(b.grown.sum()) == 2
+    assert int(a.mask.sum()) + int(b.mask.sum()) == 40  # the network's nonzeros are exact
+    assert bool(a.grown[3, 7]) and not bool((a.grown & masks[0] & ~a.dropped).any())
+    for w, m, r in zip(weights, masks, (a, b)):
+        smallest = w.abs()[m].sort().values[:4]
+        assert torch.equal(w.abs()[r.dropped].sort().values, smallest)
+
+
+def test_snfs_and_dsr_option_errors():
+    from sparse_rl.topology import make_method
+
+    with pytest.raises(ValueError, match="grow_signal must be 'momentum'"):
+        make_method("snfs", grow_signal="batch")
+    with pytest.raises(ValueError, match="threshold must be a number > 0"):
+        make_method("dsr", threshold=0)
+    with pytest.raises(ValueError, match=r"tolerance must be in \[0, 1\)"):
+        make_method("dsr", tolerance=1.5)
+
+
+# -------------------------------------------------------------------------------------------------- DSR
+def test_dsr_threshold_adapts_to_the_pruned_count_and_regrowth_follows_survivors():
+    from sparse_rl.topology.methods import DSR
+
+    gen = torch.Generator().manual_seed(0)
+    masks = [torch.ones(5, 10, dtype=torch.bool), torch.ones(5, 10, dtype=torch.bool)]
+    masks[0][0, 0] = False  # not fully dense: both layers evolve
+    masks[1][0, :5] = False
+    w0 = torch.full((5, 10), 1.0)
+    w0[0, 1:] = 0.01  # 9 tiny weights in layer 0, none in layer 1
+    weights = [w0 * masks[0], torch.full((5, 10), 1.0) * masks[1]]
+    method = DSR(threshold=1e-3, tolerance=0.1)
+    # H = 1e-3 prunes nothing (K = 0 < 0.9 * N_p): H doubles, nothing changes
+    results = method.update(weights, masks, 0.1, gen)
+    assert method.current_threshold == pytest.approx(2e-3)
+    assert all(int(r.dropped.sum()) == 0 and int(r.grown.sum()) == 0 for r in results)
+    # H = 0.5 prunes the 9 tiny weights: N_p = 0.1 * 94 = 9.4, K = 9 is within 10% of it: H stays
+    method._h = 0.5
+    a, b = method.update(weights, masks, 0.1, gen)
+    assert method.current_threshold == 0.5 and int(a.dropped.sum()) == 9 and int(b.dropped.sum()) == 0
+    # 9 regrown in proportion to the survivors (40 : 45, so 4.24 : 4.76), at free positions
+    assert (int(a.grown.sum()), int(b.grown.sum())) == (4, 5)
+    assert int(a.mask.sum()) + int(b.mask.sum()) == 94
+    assert not bool((a.grown & masks[0] & ~a.dropped).any())
+    # H = 2 prunes everything: far above N_p, H halves
+    method._h = 2.0
+    method.update(weights, masks, 0.1, gen)
+    assert method.current_threshold == 1.0
+    assert method.state_dict() == {"threshold": 1.0}
+    fresh = DSR()
+    fresh.load_state_dict(method.state_dict())
+    assert fresh.current_threshold == 1.0
+
+
+@pytest.mark.parametrize("topology", ["snfs", "dsr"])
+def test_snfs_and_dsr_keep_the_shared_invariants_over_many_updates(topology):
+    net = _net()
+    config = TopologyConfig(topology=topology, update_interval=3, end_fraction=0.9, drop_fraction=0.3)
+    method = config.make_method()
+    layers = masked_layers(net)
+    targets = [26, 102, 6]
+    from sparse_rl.sparse import sparsify
+
+    sparsify(layers, 0.1, "uniform", torch.Generator().manual_seed(0))
+    total = sum(l.nnz for l in layers)
+    ctrl = TopologyController(layers, config, seed=0, progress_fn=lambda: 0.5, method=method)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    ctrl.attach(opt)
+    gen = torch.Generator().manual_seed(0)
+    moved = 0
+    for _ in range(60):
+        before = [l.mask.clone() for l in layers]
+        _step(net, opt, gen)
+        moved += sum(int((b != l.mask).sum()) for b, l in zip(before, layers))
+        assert sum(l.nnz for l in layers) == total
+        for layer in layers:
+            assert torch.all(layer.weight[~layer.mask] == 0)
+            assert torch.all(opt.state[layer.weight]["exp_avg"][~layer.mask] == 0)
+    assert ctrl.n_updates == 20 and moved > 0 and targets

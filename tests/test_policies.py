@@ -28,7 +28,7 @@ def small_model(algo, policy, env="Pendulum-v1", seed=0, policy_kwargs=None, **k
         (dict(sparsity=-0.1), ValueError, "-0.1"),
         (dict(actor_sparsity=1.2), ValueError, "1.2"),
         (dict(critic_sparsity="0.5"), TypeError, "'0.5'"),
-        (dict(topology="rigel"), ValueError, "'rigel'; known: gmp, granet, grasp, rigl, set, snip, static"),
+        (dict(topology="rigel"), ValueError, "'rigel'; known: dsr, gmp, granet, grasp, rigl, set, snfs, snip, static"),
         (dict(distribution="gauss"), ValueError, "'gauss'.*er, erk, uniform"),
         (dict(drop_schedule="linear"), ValueError, "'linear'.*constant, cosine"),
         (dict(update_interval=0), ValueError, "update_interval.*0"),

@@ -279,11 +279,22 @@ class SparseLinear(MaskedLinear):
         values = relayout(self.values)
         if values.shape == self.values.shape:
             self.values.copy_(values)
-        else:
-            self.values.grad = None
-            self.values.data = values
+            if grad is not None:
+                self.values.grad = grad
+            return
+        # A new nonzero count needs a new parameter: swapping ``.data`` under the old one keeps autograd's
+        # gradient accumulator for it, which remembers the old shape while any graph that used it is alive
+        # (SB3's SAC keeps the critic loss until the next step), and the next backward then fails.
+        old_param = self.values
+        param = nn.Parameter(values, requires_grad=old_param.requires_grad)
         if grad is not None:
-            self.values.grad = grad
+            param.grad = grad
+        if optimizer is not None:
+            for group in optimizer.param_groups:
+                group["params"] = [param if p is old_param else p for p in group["params"]]
+            if old_param in optimizer.state:
+                optimizer.state[param] = optimizer.state.pop(old_param)
+        self.values = param
 
     @torch.no_grad()
     def set_weights(self, positions: torch.Tensor, weight: torch.Tensor) -> None:

@@ -690,6 +690,150 @@ class GraSP(SNIP):
         return [MaskUpdate(new, m & ~new, torch.zeros_like(m)) for m, new in zip(masks, new_masks)]
 
 
+def _apportion(total: int, shares: Sequence[float], capacity: Sequence[int]) -> list[int]:
+    """Split ``total`` into integers proportional to ``shares`` (largest remainders), none above its
+    ``capacity``; what a full layer cannot take goes to the others by their shares."""
+    counts = [0] * len(shares)
+    left = min(total, sum(capacity))
+    open_ = [i for i, c in enumerate(capacity) if c > 0]
+    while left > 0 and open_:
+        weight = [max(float(shares[i]), 0.0) for i in open_]
+        if sum(weight) <= 0:
+            weight = [1.0] * len(open_)
+        exact = [left * w / sum(weight) for w in weight]
+        give = [int(e) for e in exact]
+        for j in sorted(range(len(open_)), key=lambda j: exact[j] - give[j], reverse=True)[: left - sum(give)]:
+            give[j] += 1
+        for j, i in enumerate(open_):
+            take = min(give[j], capacity[i] - counts[i])
+            counts[i] += take
+            left -= take
+        open_ = [i for i in open_ if counts[i] < capacity[i]]
+    return counts
+
+
+def _drop_smallest(weight: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` active positions of smallest magnitude (boolean, the shape of ``mask``)."""
+    dropped = torch.zeros_like(mask.flatten())
+    if k > 0:
+        scores = weight.abs().flatten().float().masked_fill(~mask.flatten(), float("inf"))
+        dropped[torch.topk(scores, k, largest=False).indices] = True
+    return dropped.view(mask.shape)
+
+
+def _grow_top(scores: torch.Tensor, free: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """``k`` positions among ``free`` of highest score, ties broken at random."""
+    grown = torch.zeros_like(free.flatten())
+    if k > 0:
+        flat = scores.flatten().float().masked_fill(~free.flatten(), float("-inf"))
+        perm = torch.randperm(flat.numel(), generator=generator).to(flat.device)
+        grown[perm[torch.topk(flat[perm], k).indices]] = True
+    return grown.view(free.shape)
+
+
+@register_method("snfs")
+@dataclass
+class SNFS(RigL):
+    """Sparse Networks From Scratch (Dettmers & Zettlemoyer 2019): momentum growth with redistribution.
+
+    At each update every layer drops the drop schedule's fraction of its active weights by magnitude;
+    the total dropped is then regrown across layers in proportion to each layer's mean momentum magnitude
+    over its active weights (largest remainders; a layer with no room passes its share on), and within a
+    layer where the momentum (exponential average of the dense gradients, factor ``grow_momentum``) is
+    largest. Layers' densities drift; the network's number of nonzeros stays exact. Fully dense layers
+    take no part.
+    """
+
+    grow_signal: str = "momentum"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.grow_signal != "momentum":
+            raise ValueError(f"snfs grows by gradient momentum: grow_signal must be 'momentum', got {self.grow_signal!r}")
+
+    def options(self) -> dict[str, Any]:
+        return {k: v for k, v in super().options().items() if k not in ("grow_signal", "grow_batches")}
+
+    def shares(self, masks: Sequence[torch.Tensor], momentum: Sequence[torch.Tensor]) -> list[float]:
+        """Each layer's mean momentum magnitude over its active weights (its share of the regrowth)."""
+        return [float(g.abs()[m].mean()) if bool(m.any()) else 0.0 for g, m in zip(momentum, masks)]
+
+    @torch.no_grad()
+    def update(self, weights, masks, fraction, generator, progress=0.0):
+        momentum = self.grow_gradients()
+        if momentum is None:
+            raise ValueError("snfs needs the momentum of the dense gradients")
+        evolving = [i for i, m in enumerate(masks) if not bool(m.all())]
+        dropped = {i: _drop_smallest(weights[i], masks[i], int(fraction * int(masks[i].sum()))) for i in evolving}
+        kept = {i: masks[i] & ~dropped[i] for i in evolving}
+        total = sum(int(d.sum()) for d in dropped.values())
+        shares = self.shares([masks[i] for i in evolving], [momentum[i] for i in evolving])
+        capacity = [int(kept[i].numel() - kept[i].sum()) for i in evolving]
+        counts = dict(zip(evolving, _apportion(total, shares, capacity)))
+        results: list[MaskUpdate | None] = [None] * len(masks)
+        for i in evolving:
+            grown = _grow_top(momentum[i].abs(), ~kept[i], counts[i], generator)
+            results[i] = MaskUpdate(kept[i] | grown, dropped[i], grown)
+        return results
+
+
+@register_method("dsr")
+@dataclass
+class DSR(Method):
+    """Dynamic Sparse Reparameterization (Mostafa & Wang 2019): one adaptive global magnitude threshold.
+
+    At each update every active weight of magnitude below the threshold ``H`` is pruned, in all sparse
+    layers at once; ``H`` then adapts to the number pruned ``K`` against the target ``N_p`` (the drop
+    schedule's fraction of the network's nonzeros): doubled when ``K < (1 - tolerance) N_p``, halved when
+    ``K > (1 + tolerance) N_p``. The ``K`` pruned weights are regrown at random free positions, spread over
+    the layers in proportion to their surviving weights. The network's number of nonzeros stays exact.
+
+    :param threshold: the initial ``H`` (> 0).
+    :param tolerance: the band around ``N_p`` in which ``H`` is kept, in [0, 1).
+    """
+
+    threshold: float = 1e-3
+    tolerance: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not self.threshold > 0:
+            raise ValueError(f"threshold must be a number > 0, got {self.threshold!r}")
+        if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, (int, float)) or not 0 <= self.tolerance < 1:
+            raise ValueError(f"tolerance must be in [0, 1), got {self.tolerance!r}")
+        self._h = float(self.threshold)
+
+    @property
+    def current_threshold(self) -> float:
+        return self._h
+
+    @torch.no_grad()
+    def update(self, weights, masks, fraction, generator, progress=0.0):
+        evolving = [i for i, m in enumerate(masks) if not bool(m.all())]
+        pruned = {i: masks[i] & (weights[i].abs() < self._h) for i in evolving}
+        kept = {i: masks[i] & ~pruned[i] for i in evolving}
+        k = sum(int(p.sum()) for p in pruned.values())
+        target = fraction * sum(int(masks[i].sum()) for i in evolving)
+        if k < (1 - self.tolerance) * target:
+            self._h *= 2.0
+        elif k > (1 + self.tolerance) * target:
+            self._h /= 2.0
+        survivors = [int(kept[i].sum()) for i in evolving]
+        capacity = [int(kept[i].numel()) - s for i, s in zip(evolving, survivors)]
+        counts = dict(zip(evolving, _apportion(k, survivors, capacity)))
+        results: list[MaskUpdate | None] = [None] * len(masks)
+        for i in evolving:
+            grown = _grow_top(_uniform_scores(weights[i], generator), ~kept[i], counts[i], generator)
+            results[i] = MaskUpdate(kept[i] | grown, pruned[i], grown)
+        return results
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"threshold": self._h}
+
+    def load_state_dict(self, state, device="cpu"):
+        self._h = float(state.get("threshold", self.threshold))
+
+
 def _scheduled_counts(targets: Sequence[int], starts: Sequence[int], remaining: float) -> list[int]:
     """Nonzeros on the pruning schedule: ``starts`` when ``remaining`` is 1, ``targets`` when it is 0."""
     return [t + round((n - t) * remaining) for t, n in zip(targets, starts)]
@@ -756,10 +900,12 @@ def migrate_legacy_options(values: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = [
+    "DSR",
     "GMP",
     "GROW_SIGNALS",
     "LEGACY_OPTIONS",
     "SET",
+    "SNFS",
     "SNIP",
     "DropGrow",
     "GraNet",
