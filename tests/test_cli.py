@@ -95,10 +95,13 @@ class Crash(BaseCallback):
                                                      ("sac", "snip", "auto"), ("td3", "snip", "sparse"),
                                                      ("sac", "grasp", "auto"), ("td3", "grasp", "sparse"),
                                                      ("sac", "snfs", "sparse"), ("td3", "snfs", "auto"),
-                                                     ("sac", "dsr", "auto"), ("td3", "dsr", "sparse")])
+                                                     ("sac", "dsr", "auto"), ("td3", "dsr", "sparse"),
+                                                     ("sac", "rigl:2:4", "sparse"), ("td3", "set:1:8", "auto")])
 def test_resume_equals_uninterrupted(algo, topology, backend, tmp_path, capsys):
     # TINY, with later flags overriding it: a checkpoint before the crash, no evaluations.
-    argv = ["--algo", algo, "--env", "Pendulum", "--topology", topology, "--set", "checkpoint_freq=150",
+    topology, _, structure = topology.partition(":")
+    extra = ["--set", f"structure={structure}", "--set", "distribution=uniform", "--sparsity", "0.5"] if structure else []
+    argv = ["--algo", algo, "--env", "Pendulum", "--topology", topology, *extra, "--set", "checkpoint_freq=150",
             "--save-replay-buffer", *TINY, "--n-timesteps", "500", "--set", "update_interval=20", "--eval-freq", "0",
             "--set", f"backend={backend}"]
     parser = train.build_parser()

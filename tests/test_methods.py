@@ -537,3 +537,69 @@ def test_snfs_and_dsr_keep_the_shared_invariants_over_many_updates(topology):
             assert torch.all(layer.weight[~layer.mask] == 0)
             assert torch.all(opt.state[layer.weight]["exp_avg"][~layer.mask] == 0)
     assert ctrl.n_updates == 20 and moved > 0 and targets
+
+
+# -------------------------------------------------------------------------------------------- N:M structure
+def test_nm_masks_and_rounding_of_the_distribution():
+    from sparse_rl.sparse import sparsify
+    from sparse_rl.sparse.structure import group_nonzeros, layer_n, nm_mask, parse_structure
+
+    assert parse_structure("2:4") == (2, 4) and parse_structure("unstructured") is None
+    for bad in ("4:4", "0:4", "2:1", "2-4", "two:four"):
+        with pytest.raises(ValueError, match="structure"):
+            parse_structure(bad)
+    gen = torch.Generator().manual_seed(0)
+    mask = nm_mask((5, 10), 2, 4, gen)  # groups of 4, 4, and a last one of 2
+    assert group_nonzeros(mask, 4).tolist() == [[2, 2, 2]] * 5
+    assert layer_n(0.5, 2, 4) == 2 and layer_n(0.1, 2, 4) == 1 and layer_n(0.9, 2, 4) == 2 and layer_n(0.3, 3, 8) == 2
+    net = _net()
+    layers = masked_layers(net)
+    counts = sparsify(layers, 0.25, "erk", gen, structure=(1, 4))
+    for layer, nnz in zip(layers, counts):
+        assert layer.nnz == nnz and int(group_nonzeros(layer.mask, 4).max()) <= 1  # ERK's denser layers capped at 1:4
+
+
+@pytest.mark.parametrize("topology", ["set", "rigl"])
+def test_nm_structure_survives_many_updates_with_each_group_keeping_its_count(topology):
+    from sparse_rl.sparse import sparsify
+    from sparse_rl.sparse.structure import group_nonzeros
+
+    net = _net()
+    layers = masked_layers(net)
+    sparsify(layers, 0.25, "uniform", torch.Generator().manual_seed(0), structure=(1, 4))
+    config = TopologyConfig(topology=topology, update_interval=2, end_fraction=0.9, drop_fraction=0.5)
+    method = config.make_method()
+    method.group_size = 4
+    ctrl = TopologyController(layers, config, seed=0, progress_fn=lambda: 0.5, method=method)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    ctrl.attach(opt)
+    groups = [group_nonzeros(l.mask, 4) for l in layers]
+    gen = torch.Generator().manual_seed(0)
+    changed = 0
+    for _ in range(40):
+        before = [l.mask.clone() for l in layers]
+        _step(net, opt, gen)
+        changed += sum(int((b != l.mask).sum()) for b, l in zip(before, layers))
+        for layer, g in zip(layers, groups):
+            assert torch.equal(group_nonzeros(layer.mask, 4), g)  # every group of 4 keeps its one nonzero
+            assert torch.all(layer.weight[~layer.mask] == 0)
+            assert torch.all(opt.state[layer.weight]["exp_avg"][~layer.mask] == 0)
+    assert ctrl.n_updates == 20 and changed > 0
+
+
+@pytest.mark.parametrize("algo, policy", [(SAC, SparseSACPolicy), (TD3, SparseTD3Policy)])
+def test_nm_structure_in_sb3_and_its_errors(algo, policy):
+    from sparse_rl.sparse.structure import group_nonzeros
+
+    kwargs = dict(net_arch=[32, 32], topology="rigl", update_interval=10, sparsity=0.75, distribution="uniform",
+                  structure="1:4", backend="sparse")
+    model = algo(policy, "Pendulum-v1", learning_starts=50, batch_size=32, seed=0, policy_kwargs=kwargs)
+    model.learn(200)
+    for ctrl in model.policy.topology_controllers().values():
+        assert ctrl.n_updates > 0
+        for layer in ctrl.layers:
+            assert int(group_nonzeros(layer.mask, 4).max()) <= 1
+    with pytest.raises(ValueError, match="structure '2:4' works with topology static, set, rigl, not 'gmp'"):
+        algo(policy, "Pendulum-v1", policy_kwargs=dict(structure="2:4", topology="gmp"))
+    with pytest.raises(ValueError, match="structure must be 'unstructured' or 'N:M'"):
+        algo(policy, "Pendulum-v1", policy_kwargs=dict(structure="2/4"))

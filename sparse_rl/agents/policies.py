@@ -44,10 +44,13 @@ from sparse_rl.sparse import (
     use_sparse_storage,
     use_sparse_storage_for,
 )
+from sparse_rl.sparse.structure import parse_structure
 from sparse_rl.topology import TopologyConfig, TopologyController, sparse_seed
 from sparse_rl.topology.methods import migrate_legacy_options
 
 DEFAULT_SPARSITY = 0.9
+#: the methods that keep an N:M structure (drop and grow inside each group)
+STRUCTURED_METHODS = ("static", "set", "rigl")
 
 
 @dataclass
@@ -65,6 +68,10 @@ class SparsityConfig(TopologyConfig):
     :param sparse_init: rescale each neuron's initial weights by ``sqrt(dense fan-in / actual fan-in)``.
     :param init_from: path of a lottery ticket (:mod:`sparse_rl.agents.tickets`, written by
         ``python -m sparse_rl.lottery``): start from its masks and weights instead of random ones.
+    :param structure: ``"unstructured"`` or ``"N:M"`` (e.g. ``"2:4"``): at most N nonzeros in every M
+        consecutive weights of a row; each sparse layer's density (from ``sparsity`` and ``distribution``)
+        is rounded to its nearest ``n:M`` with ``1 <= n <= N`` (``sparse_rl.sparse.structure``). Works with
+        ``static``, ``set`` and ``rigl``, whose drops and growth then stay inside each group.
     :param backend: how masked layers compute: ``"sparse"`` (CSR kernels; the trained parameters, their
         optimizer state and target copies hold the nonzeros only), ``"dense"`` (dense kernels on weights
         with exact zeros) or ``"auto"`` (per layer: sparse below the break-even density measured on this
@@ -84,6 +91,7 @@ class SparsityConfig(TopologyConfig):
     sparse_init: bool = False
     backend: str = "auto"
     init_from: str | None = None
+    structure: str = "unstructured"
 
     def __post_init__(self) -> None:
         super().__post_init__()  # topology, schedule, interval, fractions, grow signal
@@ -97,6 +105,11 @@ class SparsityConfig(TopologyConfig):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value!r}")
         check_distribution(self.distribution)
+        nm = parse_structure(self.structure)
+        if nm is not None and self.topology not in STRUCTURED_METHODS:
+            raise ValueError(
+                f"structure {self.structure!r} works with topology {', '.join(STRUCTURED_METHODS)}, not {self.topology!r}"
+            )
         if self.init_from is not None and not Path(self.init_from).is_file():
             raise ValueError(f"init_from={self.init_from!r}: no such ticket file")
         for name in ("dense_first_layer", "dense_last_layer", "sparse_init"):
@@ -172,6 +185,9 @@ class SparsePolicyMixin:
                 for layer in layers
             ]
             method = config.topology_config().make_method()  # one per network: it owns its state
+            nm = parse_structure(config.structure)
+            if nm is not None and hasattr(method, "group_size"):
+                method.group_size = nm[1]  # drops and growth stay inside each group of M
             sizes = [l.weight.numel() for l in layers]
             try:
                 sparsify(
@@ -182,6 +198,7 @@ class SparsePolicyMixin:
                     dense,
                     config.sparse_init,
                     start_counts=lambda targets, m=method, n=sizes: m.start_nonzeros(targets, n),
+                    structure=parse_structure(config.structure),
                 )
             except ValueError as err:
                 raise ValueError(f"{name}: {err}") from None

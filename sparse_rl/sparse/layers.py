@@ -397,19 +397,32 @@ def sparsify(
     dense_layers: Iterable[bool] | None = None,
     sparse_init: bool = False,
     start_counts: Callable[[list[int]], list[int]] | None = None,
+    structure: tuple[int, int] | None = None,
 ) -> list[int]:
     """Give ``layers`` random masks with the global ``density`` shared by ``distribution``.
 
     :param start_counts: maps the per-layer nonzero counts of ``density`` to the counts the masks start
         with (a pruning method starts denser than its target).
+    :param structure: ``(N, M)``: N:M masks, each sparse layer's density rounded to its nearest ``n/M``
+        with ``1 <= n <= N`` (:mod:`sparse_rl.sparse.structure`).
     :return: the nonzero count of each layer.
     """
+    from sparse_rl.sparse.structure import layer_n, nm_mask
+
     layers = list(layers)
+    dense_layers = list(dense_layers) if dense_layers is not None else None
     counts = layer_nonzeros([tuple(l.weight.shape) for l in layers], density, distribution, dense_layers)
     if start_counts is not None:
         counts = start_counts(counts)
-    for layer, nnz in zip(layers, counts):
-        mask = random_mask(layer.weight.shape, nnz, generator).to(layer.weight.device)
+    declared_dense = dense_layers or [False] * len(layers)
+    for i, (layer, nnz) in enumerate(zip(layers, counts)):
+        numel = layer.weight.numel()
+        if structure is not None and not declared_dense[i]:  # also a layer the distribution filled: capped at N:M
+            n = layer_n(nnz / numel, *structure)
+            mask = nm_mask(tuple(layer.weight.shape), n, structure[1], generator).to(layer.weight.device)
+            counts[i] = int(mask.sum())
+        else:
+            mask = random_mask(layer.weight.shape, nnz, generator).to(layer.weight.device)
         layer.explored.zero_()
         layer.set_mask(mask)
         if sparse_init:

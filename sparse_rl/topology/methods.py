@@ -139,6 +139,11 @@ class DropGrow(Method):
     #: whether :meth:`grow_score` reads the dense weight gradient (``grad``)
     uses_gradient: ClassVar[bool] = False
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        #: N:M structure's M (set by the policy): growth replaces each drop inside its group of M columns
+        self.group_size: int | None = None
+
     def drop_groups(self, weight: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
         """Disjoint groups of active weights; ``drop_fraction`` of each group is dropped."""
         return [mask]
@@ -181,7 +186,13 @@ class DropGrow(Method):
         kept = flat_mask & ~dropped
         n_grow = int(dropped.sum())
         grown = torch.zeros_like(flat_mask)
-        if n_grow:
+        if n_grow and self.group_size is not None:
+            from sparse_rl.sparse.structure import grow_in_groups
+
+            scores = self.grow_score(weight, grad, generator)
+            shape = mask.shape
+            grown = grow_in_groups(scores, kept.view(shape), dropped.view(shape), self.group_size, generator).flatten()
+        elif n_grow:
             scores = self.grow_score(weight, grad, generator).flatten().float()
             scores = scores.masked_fill(kept, float("-inf"))
             # Visit positions in random order so that ties (e.g. zero gradients) break at random.
