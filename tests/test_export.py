@@ -266,3 +266,64 @@ def test_run_without_model(tmp_path, capsys):
     code, lines = run_cli([run, "--format", "sparse", "--out", tmp_path / "p.npz"], capsys)
     assert code == 2 and len(lines) == 1 and "has no model yet" in lines[0]
     assert not (tmp_path / "p.npz").exists()
+
+
+# ------------------------------------------------------------------------------------------------ N:M layout
+@pytest.fixture(scope="module", params=[("sac", "2:4"), ("td3", "1:8")])
+def nm_model(request):
+    algo, structure = request.param
+    n, m = (int(x) for x in structure.split(":"))
+    kwargs = dict(sparsity=1 - n / m, distribution="uniform", structure=structure, net_arch=[64, 64], update_interval=50,
+                  topology="rigl", backend="sparse" if algo == "sac" else "dense")
+    cls, policy = (SAC, SparseSACPolicy) if algo == "sac" else (TD3, SparseTD3Policy)
+    model = cls(policy, "Pendulum-v1", policy_kwargs=kwargs, learning_starts=100, batch_size=64, seed=0)
+    model.learn(300)
+    return model, n, m
+
+
+def test_nm_layout_costs_log2_m_bits_per_nonzero_and_matches_torch(nm_model, tmp_path):
+    import json
+
+    from sparse_rl.export.graph import offset_bits
+
+    model, n, m = nm_model
+    graph = extract_actor(model)
+    assert all(layer.nm() == (n, m) for layer in graph.layers[1:])  # the 3-input first layer: min(n, 3) per group
+    path = tmp_path / "nm.npz"
+    cli.export(graph, "sparse", path)
+    with np.load(path) as f:
+        meta = json.loads(bytes(f["meta"]).decode())
+        for i, entry in enumerate(meta["layers"]):
+            assert entry["layout"] == "nm" and entry["m"] == m
+            slots = f[f"l{i}_values"].size
+            assert f[f"l{i}_offsets"].nbytes == -(-slots * offset_bits(m) // 8) + 1  # log2(M) bits per slot
+            assert f"l{i}_indices" not in f.files
+    obs = observations(model)
+    rng = action_range(model)
+    assert np.abs(SparsePolicy.load(path).act(obs) - torch_actions(model, obs)).max() <= FLOAT_TOL * rng
+    out = tmp_path / "c"
+    cli.export(graph, "c", out)
+    assert "N:M layout" in (out / "policy.c").read_text()
+    c = CPolicy(out, "sparse_rl_policy", graph.obs_dim, graph.act_dim, extra_flags=["-Werror"])
+    assert c.warnings == ""
+    assert np.abs(c.act(obs) - torch_actions(model, obs)).max() <= FLOAT_TOL * rng
+    cli.export(graph, "c", tmp_path / "c8", quantize="int8")
+    cli.export(graph, "sparse", tmp_path / "p8.npz", quantize="int8")
+    c8 = CPolicy(tmp_path / "c8", "sparse_rl_policy", graph.obs_dim, graph.act_dim, extra_flags=["-Werror"])
+    a_c, a_np, ref = c8.act(obs), SparsePolicy.load(tmp_path / "p8.npz").act(obs), torch_actions(model, obs)
+    assert np.abs(a_c - a_np).max() <= FLOAT_TOL * rng
+    assert np.abs(a_c - ref).max() <= INT8_MAX_TOL * rng and np.abs(a_c - ref).mean() <= INT8_MEAN_TOL * rng
+
+
+def test_a_corrupt_nm_offset_is_named(nm_model, tmp_path):
+    from sparse_rl.export.runtime import PolicyFileError
+
+    model, _, _ = nm_model
+    path = tmp_path / "nm.npz"
+    cli.export(extract_actor(model), "sparse", path)
+    with np.load(path) as f:
+        data = {k: f[k] for k in f.files}
+    data["l1_offsets"] = data["l1_offsets"][:-2]
+    np.savez(tmp_path / "bad.npz", **data)
+    with pytest.raises(PolicyFileError, match=r"layer 1: l1_offsets has shape"):
+        SparsePolicy.load(tmp_path / "bad.npz")

@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 
-from sparse_rl.export.graph import ActorGraph, ExportError, int8_bias, quantize_rows
+from sparse_rl.export.graph import ActorGraph, ExportError, int8_bias, offset_bits, pack_bits, quantize_rows
 from sparse_rl.export.runtime import FORMAT_NAME, FORMAT_VERSION
 
 QUANTIZE = ("none", "int8")
@@ -24,6 +24,21 @@ def sparse_file_bytes(graph: ActorGraph, quantize: str = "none") -> bytes:
     arrays: dict[str, np.ndarray] = {}
     layers_meta = []
     for i, layer in enumerate(graph.layers):
+        out, inp = layer.shape
+        entry = {"in": inp, "out": out, "nnz": layer.nnz, "activation": layer.activation}
+        if layer.nm() is not None:  # N:M: n values per group of M, each with a log2(M)-bit offset
+            values, offsets, n, m = layer.nm_arrays()
+            arrays[f"l{i}_offsets"] = pack_bits(offsets, offset_bits(m))
+            entry.update(layout="nm", n=n, m=m)
+            if quantize == "int8":
+                q, scale = quantize_rows(layer.weight)
+                arrays[f"l{i}_values"] = _quantized_slots(values, layer.weight, scale)
+                arrays[f"l{i}_scale_bias"] = np.stack([scale, layer.bias]).astype(np.float16)
+            else:
+                arrays[f"l{i}_values"] = values
+                arrays[f"l{i}_bias"] = layer.bias.astype(np.float32)
+            layers_meta.append(entry)
+            continue
         indptr, indices, values = layer.csr()
         arrays[f"l{i}_indptr"], arrays[f"l{i}_indices"] = indptr, indices
         if quantize == "int8":
@@ -34,8 +49,7 @@ def sparse_file_bytes(graph: ActorGraph, quantize: str = "none") -> bytes:
         else:
             arrays[f"l{i}_values"] = values
             arrays[f"l{i}_bias"] = layer.bias.astype(np.float32)
-        out, inp = layer.shape
-        layers_meta.append({"in": inp, "out": out, "nnz": layer.nnz, "activation": layer.activation})
+        layers_meta.append(entry)
     meta = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
@@ -54,10 +68,22 @@ def sparse_file_bytes(graph: ActorGraph, quantize: str = "none") -> bytes:
     return buf.getvalue()
 
 
+def _quantized_slots(values: np.ndarray, weight: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """The N:M value slots as int8 with ``weight``'s per-row scales (padding slots stay 0)."""
+    out = weight.shape[0]
+    per_row = values.reshape(out, -1)
+    return np.clip(np.round(per_row / scale[:, None]), -127, 127).astype(np.int8).reshape(-1)
+
+
 def sparse_payload_bytes(graph: ActorGraph, quantize: str = "none") -> int:
-    """nonzeros x (value + index bytes) + row pointers: what a sparse file must stay close to."""
+    """nonzeros x (value + index bytes) + row pointers (CSR), or slots x value bytes + packed offsets (N:M):
+    what a sparse file must stay close to."""
     total = 0
     for layer in graph.layers:
+        if layer.nm() is not None:
+            values, offsets, _, m = layer.nm_arrays()
+            total += values.size * (1 if quantize == "int8" else 4) + pack_bits(offsets, offset_bits(m)).nbytes
+            continue
         indptr, indices, _ = layer.csr()
         total += layer.nnz * ((1 if quantize == "int8" else 4) + indices.itemsize) + indptr.nbytes
     return total
@@ -165,6 +191,7 @@ def c_sources(
     decl.append(f"static const float action_low[{graph.act_dim}] = {{{_c_floats(graph.action_low)}}};")
     decl.append(f"static const float action_half_range[{graph.act_dim}] = {{{_c_floats(half)}}};")
     decl.append(f"static float scratch[2][{width}];")
+    uses_nm = False
     for i, layer in enumerate(graph.layers):
         out, inp = layer.shape
         src = "obs" if i == 0 else f"scratch[{(i - 1) % 2}]"
@@ -184,6 +211,25 @@ def c_sources(
             if quantize == "int8":
                 term = f"(float)l{i}_w[r * {inp} + k] * {src}[k]"
             loop = f"for (k = 0; k < {inp}; ++k) acc += {term};"
+        elif layer.nm() is not None:
+            values, offsets, n, m = layer.nm_arrays()
+            bits = offset_bits(m)
+            groups = -(-inp // m)
+            packed = pack_bits(offsets, bits)
+            decl.append(f"/* N:M layout: {n} slots per group of {m} inputs, {bits}-bit offsets, little-endian bit stream */")
+            decl.append(f"static const unsigned char l{i}_off[{packed.size}] = {{{_c_ints(packed)}}};")
+            if quantize == "int8":
+                slots = _quantized_slots(values, layer.weight, quantize_rows(layer.weight)[1])
+                decl.append(f"static const signed char l{i}_val[{slots.size}] = {{{_c_ints(slots)}}};")
+                term = f"(float)l{i}_val[k] * {src}[g * {m} + off]"
+            else:
+                decl.append(f"static const float l{i}_val[{values.size}] = {{{_c_floats(values)}}};")
+                term = f"l{i}_val[k] * {src}[g * {m} + off]"
+            read = (f"bit = (unsigned long)k * {bits}u; off = (((unsigned)l{i}_off[bit >> 3] | "
+                    f"((unsigned)l{i}_off[(bit >> 3) + 1] << 8)) >> (bit & 7u)) & {(1 << bits) - 1}u;")
+            loop = (f"for (g = 0; g < {groups}; ++g) for (s = 0; s < {n}; ++s) {{ k = (r * {groups} + g) * {n} + s; "
+                    f"{read} acc += {term}; }}")
+            uses_nm = True
         else:
             indptr, indices, values = layer.csr()
             decl.append(f"static const {_C_INDEX[indptr.itemsize]} l{i}_ptr[{out + 1}] = {{{_c_ints(indptr)}}};")
@@ -215,7 +261,8 @@ def c_sources(
         body.append(f"        {loop}")
         body.append(f"        {stmts}")
         body.append("    }")
-    kind = ("dense" if dense else "sparse CSR") + (", int8 weights" if quantize == "int8" else ", float32")
+    layout = "dense" if dense else "sparse N:M and CSR" if uses_nm else "sparse CSR"
+    kind = layout + (", int8 weights" if quantize == "int8" else ", float32")
     header = f"""/* Generated by sparse_rl.export ({graph.algo.upper()} actor, {kind}). Do not edit. */
 #ifndef {up}_H
 #define {up}_H
@@ -248,6 +295,7 @@ void {prefix}_act(const float *obs, float *action);
             f"void {prefix}_act(const float *obs, float *action)",
             "{",
             "    long r, k;",
+            *(["    long g, s;", "    unsigned long bit;", "    unsigned off;"] if uses_nm else []),
             "    float acc;",
             *body,
             "}",

@@ -29,6 +29,37 @@ class Layer:
     weight: np.ndarray  # (out, in) float32, zeros at absent connections
     bias: np.ndarray  # (out,) float32
     activation: str  # relu | tanh | identity
+    group: int | None = None  # M of an N:M structure the layer follows (None: unstructured, stored as CSR)
+
+    def nm(self) -> tuple[int, int] | None:
+        """``(n, M)``: the layer's nonzeros fit ``n`` slots in every group of M consecutive inputs of a row,
+        with ``n < M`` (otherwise, or without a structure, ``None``: CSR)."""
+        if self.group is None:
+            return None
+        m = self.group
+        out, inp = self.shape
+        groups = -(-inp // m)
+        padded = np.zeros((out, groups * m), dtype=bool)
+        padded[:, :inp] = self.weight != 0
+        n = int(padded.reshape(out, groups, m).sum(-1).max()) if out and inp else 0
+        return (max(n, 1), m) if n < m else None
+
+    def nm_arrays(self) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """``(values [out*G*n], offsets [out*G*n], n, M)``: each group's nonzeros in column order, padded
+        with zero values at offset 0."""
+        nm = self.nm()
+        assert nm is not None
+        n, m = nm
+        out, inp = self.shape
+        groups = -(-inp // m)
+        w = np.zeros((out, groups * m), dtype=np.float32)
+        w[:, :inp] = self.weight
+        w = w.reshape(out, groups, m)
+        # stable: nonzeros first, each in column order
+        order = np.argsort(w == 0, axis=-1, kind="stable")[..., :n]
+        values = np.take_along_axis(w, order, axis=-1)
+        offsets = np.where(values != 0, order, 0)
+        return values.reshape(-1).astype(np.float32), offsets.reshape(-1).astype(np.int64), n, m
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -101,7 +132,8 @@ def _sequential_layers(modules: list[nn.Module], what: str) -> list[Layer]:
 
 
 def extract_actor(model: Any) -> ActorGraph:
-    """The deterministic actor of an SB3 SAC or TD3 model (sparse or dense)."""
+    """The deterministic actor of an SB3 SAC or TD3 model (sparse or dense); the layers of a policy trained
+    with ``structure="N:M"`` that follow it are marked for the N:M layout."""
     from stable_baselines3.common.torch_layers import FlattenExtractor
     from stable_baselines3.sac.policies import SACPolicy
     from stable_baselines3.td3.policies import TD3Policy
@@ -123,8 +155,33 @@ def extract_actor(model: Any) -> ActorGraph:
     else:
         layers = _sequential_layers(list(actor.mu), "TD3 actor")
         squash, algo = "none", "td3"
+    structure = getattr(getattr(policy, "sparse_config", None), "structure", "unstructured")
+    if structure != "unstructured":
+        from sparse_rl.sparse.structure import parse_structure
+
+        nm = parse_structure(structure)
+        for layer in layers:
+            layer.group = nm[1] if nm else None
     space = policy.action_space
     return ActorGraph(layers, squash, np.asarray(space.low, dtype=np.float32), np.asarray(space.high, dtype=np.float32), algo)
+
+
+def offset_bits(m: int) -> int:
+    """Bits of one in-group offset: ``ceil(log2(m))``."""
+    return max((m - 1).bit_length(), 1)
+
+
+def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
+    """``values`` (each < 2**bits, bits <= 8) as a little-endian bit stream, plus one spare byte (so a
+    16-bit read at the last offset stays inside the array)."""
+    stream = ((values.astype(np.int64)[:, None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(-1)
+    packed = np.packbits(stream, bitorder="little")
+    return np.concatenate([packed, np.zeros(1, dtype=np.uint8)])
+
+
+def unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    stream = np.unpackbits(packed, bitorder="little")[: count * bits].reshape(count, bits).astype(np.int64)
+    return (stream << np.arange(bits)).sum(axis=1)
 
 
 def quantize_rows(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

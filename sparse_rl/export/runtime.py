@@ -5,6 +5,12 @@ per layer ``i``: ``l{i}_indptr`` (row pointers), ``l{i}_indices`` (column of eac
 smallest unsigned type that fits (uint8/uint16/uint32), ``l{i}_values`` (float32, or int8 with
 one scale per output row: ``w = q * scale``), and ``l{i}_bias`` (float32); int8 files hold instead
 ``l{i}_scale_bias``, float16 of shape ``(2, out)``: row scales, then biases.
+
+A layer whose meta says ``"layout": "nm"`` (with ``n`` and ``m``; a policy trained with an N:M
+structure) holds instead of the row pointers and indices ``n`` value slots for every group of ``m``
+consecutive inputs of each row (``l{i}_values``, ``out * ceil(in / m) * n``, row-major, unused slots 0) and
+``l{i}_offsets``: each slot's position inside its group, ``ceil(log2 m)`` bits per slot as a
+little-endian bit stream (uint8, one spare byte at the end). Input column = group * m + offset.
 ``meta`` holds the format name and version, dims, per-layer activations, the output squashing and the
 action bounds.
 
@@ -87,6 +93,34 @@ class _Checker:
         return value
 
 
+def _nm_layer(
+    check: _Checker, layer: dict, i: int, out: int, inp: int, quantized: bool, where: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The dense weight and the bias of an N:M layer (see the module docstring), checked."""
+    n, m = check.positive_int(layer, "n", where), check.positive_int(layer, "m", where)
+    if not (2 <= m <= 256 and n < m):
+        raise check.fail(f"{where}: n={n}, m={m}: need 1 <= n < m <= 256")
+    bits = max((m - 1).bit_length(), 1)
+    groups = -(-inp // m)
+    slots = out * groups * n
+    values = check.array(f"l{i}_values", "i" if quantized else "f", (slots,), where).astype(np.float32)
+    packed = check.array(f"l{i}_offsets", "u", (-(-slots * bits // 8) + 1,), where)
+    stream = np.unpackbits(packed.astype(np.uint8), bitorder="little")[: slots * bits].reshape(slots, bits)
+    offsets = (stream.astype(np.int64) << np.arange(bits)).sum(axis=1)
+    columns = (np.arange(slots) // n) % groups * m + offsets
+    if np.any(offsets >= m) or np.any(columns >= inp):
+        raise check.fail(f"{where}: l{i}_offsets points beyond its group or its {inp} inputs")
+    rows = np.arange(slots) // (groups * n)
+    if quantized:
+        scale, bias = check.array(f"l{i}_scale_bias", "f", (2, out), where).astype(np.float32)
+        values = values * scale[rows]
+    else:
+        bias = check.array(f"l{i}_bias", "f", (out,), where).astype(np.float32)
+    w = np.zeros((out, inp), dtype=np.float32)
+    np.add.at(w, (rows, columns), values)  # padding slots add 0
+    return w, bias
+
+
 @dataclass
 class SparsePolicy:
     """A loaded policy; layers are expanded to dense float32 matrices for numpy's matmul."""
@@ -133,6 +167,14 @@ class SparsePolicy:
             if inp != width:
                 raise PolicyFileError(f"{str(path)!r}: {where} takes {inp} inputs but receives {width}")
             activations.append(check.choice(layer, "activation", ACTIVATIONS, where))
+            if layer.get("layout", "csr") == "nm":
+                w, bias = _nm_layer(check, layer, i, out, inp, quantized, where)
+                weights.append(w)
+                biases.append(bias)
+                width = out
+                continue
+            if "layout" in layer:
+                check.choice(layer, "layout", ("csr", "nm"), where)
             indptr = check.array(f"l{i}_indptr", "u", (out + 1,), where)
             nnz = int(indptr[-1]) if len(indptr) else 0
             if indptr[0] != 0 or np.any(np.diff(indptr.astype(np.int64)) < 0):
