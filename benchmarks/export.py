@@ -1,12 +1,15 @@
 """Export benchmark: latency, bytes, Cortex-M4 size and instructions per call of exported actors.
 
-For SAC actors of HalfCheetah-v5 (256x256, ERK masks) at sparsity 0, 0.9, 0.95, 0.98, in one run:
+For SAC actors of HalfCheetah-v5 (256x256, ERK masks) at sparsity 0, 0.9, 0.95, 0.98, and N:M-structured
+ones (2:4, 1:4, 1:8: uniform, every sparse layer exactly N:M; each also exported with the same masks in
+the CSR layout, "as CSR", to isolate the index cost), in one run:
 batch-1 median latency of torch, ONNX Runtime, the numpy runtime, C float32 and C int8 (sparse CSR and
 the dense C of the same network); bytes of weights per format; Cortex-M4F flash/RAM
 (arm-none-eabi-size, when installed); and, as a deterministic proxy for a microcontroller without
 SIMD, instructions executed per call (valgrind callgrind on a scalar build, -O2 -fno-tree-vectorize).
 
     python benchmarks/export.py            # prints Markdown tables
+    python benchmarks/export.py --sparsities 0.0 --structures 2:4 1:8
 """
 
 from __future__ import annotations
@@ -105,6 +108,7 @@ def median_latency_us(fn, n: int = 2000, reps: int = 7) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.0, 0.9, 0.95, 0.98])
+    parser.add_argument("--structures", nargs="*", default=["2:4", "1:4", "1:8"], help="N:M structures")
     args = parser.parse_args()
     torch.set_num_threads(1)
     import onnxruntime as ort
@@ -122,11 +126,24 @@ def main() -> None:
     obs = np.linspace(-0.5, 0.5, 17, dtype=np.float32)
     lat_rows, size_rows, instr_rows = [], [], []
     ort_dense_us = None
+    import copy
+
+    cases = []  # (row label, policy kwargs, whether to drop the N:M layout)
+    for sparsity in args.sparsities:
+        cases.append((str(sparsity), dict(sparsity=sparsity), False))
+    for structure in args.structures:
+        n, m = (int(x) for x in structure.split(":"))
+        kwargs = dict(sparsity=1 - n / m, distribution="uniform", structure=structure, topology="rigl")
+        cases += [(f"{structure} N:M", kwargs, False), (f"{structure} as CSR", kwargs, True)]
     with tempfile.TemporaryDirectory() as tmp:
-        for sparsity in args.sparsities:
-            model = bind(SAC(SparseSACPolicy, "HalfCheetah-v5", policy_kwargs=dict(sparsity=sparsity), seed=0))
+        for case, (sparsity, kwargs, as_csr) in enumerate(cases):
+            model = bind(SAC(SparseSACPolicy, "HalfCheetah-v5", policy_kwargs=kwargs, seed=0))
             graph = extract_actor(model)
-            d = Path(tmp) / f"s{sparsity}"
+            if as_csr:
+                graph = copy.deepcopy(graph)
+                for layer in graph.layers:
+                    layer.group = None
+            d = Path(tmp) / f"case{case}"
             paths = {
                 "c": cli.export(graph, "c", d / "c"),
                 "c8": cli.export(graph, "c", d / "c8", quantize="int8"),
@@ -153,7 +170,7 @@ def main() -> None:
                 "C int8": c_latency_us(paths["c8"]),
                 "dense C f32": c_latency_us(paths["cd"]),
             }
-            if sparsity == 0.0:
+            if sparsity == "0.0" or ort_dense_us is None:
                 ort_dense_us = lat["onnxruntime"]
             lat_rows.append((sparsity, lat))
             dense_bytes = graph.stats()["weights"] * 4
@@ -173,7 +190,7 @@ def main() -> None:
 
     print("Batch-1 latency, median µs (1 thread; C timed in a C loop, Python runtimes include call overhead):\n")
     print(
-        "| sparsity | torch | onnxruntime | numpy runtime | C f32 | C int8 | dense C f32 | C f32 vs dense ORT | C f32 vs dense C |"
+        "| sparsity / structure | torch | onnxruntime | numpy runtime | C f32 | C int8 | dense C f32 | C f32 vs dense ORT | C f32 vs dense C |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for s, lat in lat_rows:
@@ -184,7 +201,7 @@ def main() -> None:
         )
     print("\nBytes (weights; dense float32 = weights × 4):\n")
     print(
-        "| sparsity | nonzeros | dense f32 | npz f32 | npz int8 | ONNX | C f32 arrays | C int8 arrays | C f32 / dense | C int8 / dense |"
+        "| sparsity / structure | nonzeros | dense f32 | npz f32 | npz int8 | ONNX | C f32 arrays | C int8 arrays | C f32 / dense | C int8 / dense |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for s, st, dense_bytes, sizes, _ in size_rows:
@@ -197,14 +214,14 @@ def main() -> None:
         print(
             "\nCortex-M4F object sizes (arm-none-eabi-gcc -O2 -mcpu=cortex-m4 -mthumb -mfloat-abi=hard -mfpu=fpv4-sp-d16), bytes:\n"
         )
-        print("| sparsity | C f32 flash | C f32 RAM | C int8 flash | C int8 RAM | dense C f32 flash |")
+        print("| sparsity / structure | C f32 flash | C f32 RAM | C int8 flash | C int8 RAM | dense C f32 flash |")
         print("|---|---|---|---|---|---|")
         for s, _, _, _, m4 in size_rows:
             print(
                 f"| {s} | {m4['c']['flash']} | {m4['c']['ram']} | {m4['c8']['flash']} | {m4['c8']['ram']} | {m4['cd']['flash']} |"
             )
     print("\nInstructions per call (callgrind, scalar build -O2 -fno-tree-vectorize):\n")
-    print("| sparsity | C f32 | C int8 | dense C f32 | dense C int8 | C f32 / dense C f32 |")
+    print("| sparsity / structure | C f32 | C int8 | dense C f32 | dense C int8 | C f32 / dense C f32 |")
     print("|---|---|---|---|---|---|")
     for s, ins in instr_rows:
         print(f"| {s} | {ins['c']:.0f} | {ins['c8']:.0f} | {ins['cd']:.0f} | {ins['cd8']:.0f} | {ins['c'] / ins['cd']:.3f} |")
