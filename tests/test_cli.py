@@ -96,7 +96,9 @@ class Crash(BaseCallback):
                                                      ("sac", "grasp", "auto"), ("td3", "grasp", "sparse"),
                                                      ("sac", "snfs", "sparse"), ("td3", "snfs", "auto"),
                                                      ("sac", "dsr", "auto"), ("td3", "dsr", "sparse"),
-                                                     ("sac", "rigl:2:4", "sparse"), ("td3", "set:1:8", "auto")])
+                                                     ("sac", "rigl:2:4", "sparse"), ("td3", "set:1:8", "auto"),
+                                                     ("sac", "deepr", "sparse"), ("td3", "deepr", "auto"),
+                                                     ("sac", "topkast", "auto"), ("td3", "topkast", "sparse")])
 def test_resume_equals_uninterrupted(algo, topology, backend, tmp_path, capsys):
     # TINY, with later flags overriding it: a checkpoint before the crash, no evaluations.
     topology, _, structure = topology.partition(":")

@@ -512,8 +512,8 @@ def test_dsr_threshold_adapts_to_the_pruned_count_and_regrowth_follows_survivors
     assert fresh.current_threshold == 1.0
 
 
-@pytest.mark.parametrize("topology", ["snfs", "dsr"])
-def test_snfs_and_dsr_keep_the_shared_invariants_over_many_updates(topology):
+@pytest.mark.parametrize("topology", ["snfs", "dsr", "deepr", "topkast"])
+def test_new_methods_keep_the_shared_invariants_over_many_updates(topology):
     net = _net()
     config = TopologyConfig(topology=topology, update_interval=3, end_fraction=0.9, drop_fraction=0.3)
     method = config.make_method()
@@ -603,3 +603,58 @@ def test_nm_structure_in_sb3_and_its_errors(algo, policy):
         algo(policy, "Pendulum-v1", policy_kwargs=dict(structure="2:4", topology="gmp"))
     with pytest.raises(ValueError, match="structure must be 'unstructured' or 'N:M'"):
         algo(policy, "Pendulum-v1", policy_kwargs=dict(structure="2/4"))
+
+
+# ------------------------------------------------------------------------------------------------ DeepR
+def test_deepr_prior_and_noise_step_and_rewiring_on_sign_flips():
+    from sparse_rl.topology.methods import DeepR
+
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.zeros(3, 4, dtype=torch.bool)
+    mask[0, :2] = mask[1, 1] = True
+    weight = torch.zeros(3, 4)
+    weight[0, 0], weight[0, 1], weight[1, 1] = 0.5, -0.2, 0.3
+    method = DeepR(temperature=0.0, l1=2.0, step_size=0.1)
+    (stepped,) = method.after_step([weight], [mask], gen)
+    signs = method.signs([weight], [mask], gen)[0]
+    assert signs[0, 0] == 1 and signs[0, 1] == -1 and signs[1, 1] == 1  # active weights keep their sign
+    expected = weight.clone()
+    expected[0, 0], expected[0, 1], expected[1, 1] = 0.5 - 0.2, -0.2 + 0.2, 0.3 - 0.2  # w - eta * alpha * s
+    torch.testing.assert_close(stepped, expected)
+    noisy = DeepR(temperature=1.0, l1=0.0, step_size=0.5)
+    (out,) = noisy.after_step([weight], [mask], torch.Generator().manual_seed(1))
+    assert torch.equal(out[~mask], weight[~mask]) and not torch.equal(out[mask], weight[mask])  # noise: active only
+    flipped = weight.clone()
+    flipped[0, 0] = -0.01  # crossed zero against its + sign
+    (result,) = method.update([flipped], [mask], 0.3, gen)
+    assert result.dropped.nonzero().tolist() == [[0, 0]] and int(result.grown.sum()) == 1
+    assert not bool((result.grown & mask).any()) and int(result.mask.sum()) == 3
+    restored = DeepR()
+    restored.load_state_dict(method.state_dict())
+    assert torch.equal(restored.signs([weight], [mask], gen)[0], signs)
+
+
+# ---------------------------------------------------------------------------------------------- Top-KAST
+def test_topkast_forward_set_is_the_top_k_of_forward_and_backward_sets():
+    from sparse_rl.topology.methods import TopKAST
+
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.zeros(2, 8, dtype=torch.bool)
+    mask[0, :2] = mask[1, :2] = True  # A: 4 of 16
+    weight = torch.zeros(2, 8)
+    weight[0, 0], weight[0, 1], weight[1, 0], weight[1, 1] = 0.9, 0.1, -0.8, 0.05
+    method = TopKAST(backward_ratio=2.0, penalty=0.0, reserve_lr=1.0)
+    method.after_step([weight], [mask], gen)  # makes the reserve: 4 more positions
+    (reserve_mask,) = method._reserve_mask
+    assert int(reserve_mask.sum()) == 4 and not bool((reserve_mask & mask).any())
+    assert method.extra_stats([mask]) == {"backward_density": 0.5}
+    # a dense gradient of -1 everywhere: reserve weights take one SGD step (lr 1), to 1.0; A is not touched
+    method.observe(1, 10, [torch.full((2, 8), -1.0)], False)
+    assert method.after_step([weight], [mask], gen) is None
+    assert torch.equal(method._reserve[0], reserve_mask.float())
+    (result,) = method.update([weight], [mask], 0.0, gen)
+    # top-4 magnitudes of A ∪ R: the four reserve weights (1.0) beat 0.9, 0.8, 0.1, 0.05
+    assert torch.equal(result.grown, reserve_mask) and torch.equal(result.dropped, mask)
+    assert torch.equal(result.values[reserve_mask], torch.ones(4))  # entering weights keep their reserve values
+    assert torch.equal(method._reserve_mask[0], mask)  # what left A is the reserve now, with its weights
+    assert method._reserve[0][0, 0] == 0.9 and method._reserve[0][1, 0] == -0.8

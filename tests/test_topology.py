@@ -31,7 +31,8 @@ def train_step(net, opt, gen):
 
 def test_registries_list_methods():
     assert {"static", "set", "rigl"} <= set(available_methods())
-    with pytest.raises(ValueError, match=r"'foo'; known: dsr, gmp, granet, grasp, rigl, set, snfs, snip, static"):
+    known = "deepr, dsr, gmp, granet, grasp, rigl, set, snfs, snip, static, topkast"
+    with pytest.raises(ValueError, match=rf"'foo'; known: {known}"):
         make_method("foo")
     with pytest.raises(ValueError, match=r"unknown option 'grow_signl' of topology 'rigl'; did you mean 'grow_signal'"):
         make_method("rigl", grow_signl="batch")

@@ -274,6 +274,8 @@ class TopologyController(nn.Module):
                 torch._foreach_mul_(list(grads), list(masks))
 
     def _post_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self.method.wants_after_step and self.method.active(self.progress(), self.config.end_fraction):
+            self._after_step()
         if self._due:
             self._due = False
             self.update_topology(optimizer)
@@ -281,6 +283,17 @@ class TopologyController(nn.Module):
             with torch.no_grad():
                 torch._foreach_mul_([l.weight for l in self._dense_storage], [l.mask for l in self._dense_storage])
         self._arm_dense_grads()
+
+    @torch.no_grad()
+    def _after_step(self) -> None:
+        generator = torch.Generator()
+        generator.set_state(self._rng_state)
+        layers = self._layers
+        new = self.method.after_step([l.weight for l in layers], [l.mask for l in layers], generator)
+        self._rng_state = generator.get_state()
+        for layer, weight in zip(layers, new or []):
+            if weight is not None:
+                layer.set_weights(layer.mask, weight)
 
     # ---------------------------------------------------------------- update
     @torch.no_grad()
@@ -302,6 +315,8 @@ class TopologyController(nn.Module):
                 continue
             changed = result.changed
             layer.change_mask(result.mask, changed, optimizer)
+            if result.values is not None:  # grown connections that start from the method's values
+                layer.set_weights(result.grown, result.values)
             for target in self._targets:
                 target[i].change_mask(result.mask, changed)
             dropped += int(result.dropped.sum())
@@ -369,6 +384,7 @@ class TopologyController(nn.Module):
             last_drop_fraction=self.last_fraction,
             last_rewired=self.last_rewired,
         )
+        stats.update(self.method.extra_stats([l.mask for l in self._layers]))
         return stats
 
 

@@ -43,6 +43,8 @@ class MaskUpdate:
     mask: torch.Tensor
     dropped: torch.Tensor
     grown: torch.Tensor
+    #: dense ``[out, in]`` weights the grown connections start from (``None``: zero, the default)
+    values: torch.Tensor | None = None
 
     @property
     def changed(self) -> torch.Tensor:
@@ -130,6 +132,21 @@ class Method:
 
     def options(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    # --------------------------------------------------------------- extra hooks
+    #: whether :meth:`after_step` runs after every optimizer step (while the method is active)
+    wants_after_step: ClassVar[bool] = False
+
+    def after_step(
+        self, weights: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], generator: torch.Generator
+    ) -> list[torch.Tensor | None] | None:
+        """After each optimizer step (with :attr:`wants_after_step`): new dense weights to write at each
+        layer's active positions (``None``: unchanged)."""
+        return None
+
+    def extra_stats(self, masks: Sequence[torch.Tensor]) -> dict[str, float]:
+        """Metrics of the method's own (logged with the controller's density, ITOP, ...)."""
+        return {}
 
 
 @dataclass
@@ -845,6 +862,209 @@ class DSR(Method):
         self._h = float(state.get("threshold", self.threshold))
 
 
+def _number(value: Any, name: str, low: float, high: float = float("inf"), low_open: bool = False) -> None:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float))
+    ok = ok and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        bound = f"> {low}" if low_open else f">= {low}"
+        raise ValueError(f"{name} must be a number {bound}{f' and <= {high}' if high != float('inf') else ''}, got {value!r}")
+
+
+@register_method("deepr")
+@dataclass
+class DeepR(Method):
+    """Deep Rewiring (Bellec et al. 2018): connections with fixed signs, noisy updates, rewiring on sign flips.
+
+    Every connection has a sign, fixed for the whole of training (an active one's initial sign; a random one
+    for the others). While the method is active, after every optimizer step the active weights take the
+    DEEP R prior and noise as an SGD-style Langevin step of their own, ``w <- w - step_size * l1 * s +
+    sqrt(2 * step_size * temperature) * N(0, 1)`` (``s``: the fixed sign): **adapted to Adam**, the loss
+    gradient itself is the optimizer's (Adam's) step, and the L1 shrinkage and the exploration noise are
+    this separate plain step, whose size does not depend on Adam's normalisation. Every
+    ``update_interval`` steps an active connection whose weight has crossed zero against its sign becomes
+    dormant (dropped), and as many dormant connections, drawn uniformly at random, become active at weight
+    0; each layer's count is unchanged.
+
+    :param temperature: ``T`` of the noise, >= 0.
+    :param l1: ``alpha`` of the L1 prior, >= 0.
+    :param step_size: step size of the prior-and-noise step, > 0.
+    """
+
+    temperature: float = 1e-8
+    l1: float = 1e-5
+    step_size: float = 1e-3
+
+    wants_after_step = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _number(self.temperature, "temperature", 0.0)
+        _number(self.l1, "l1", 0.0)
+        _number(self.step_size, "step_size", 0.0, low_open=True)
+        self._signs: list[torch.Tensor] | None = None
+
+    def signs(self, weights: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], generator: torch.Generator) -> list:
+        """The fixed signs (+1/-1), chosen at the first call: active weights keep theirs, the rest at random."""
+        if self._signs is None:
+            signs = []
+            for w, m in zip(weights, masks):
+                coin = torch.rand(w.shape, generator=generator).to(w.device) < 0.5
+                random_sign = torch.where(coin, 1.0, -1.0).to(w.dtype)
+                signs.append(torch.where(m & (w != 0), torch.sign(w), random_sign))
+            self._signs = signs
+        return self._signs
+
+    @torch.no_grad()
+    def after_step(self, weights, masks, generator):
+        signs = self.signs(weights, masks, generator)
+        noise_scale = (2.0 * self.step_size * self.temperature) ** 0.5
+        out = []
+        for w, m, sign in zip(weights, masks, signs):
+            if bool(m.all()):
+                out.append(None)
+                continue
+            noise = torch.randn(w.shape, generator=generator).to(w.device) * noise_scale
+            out.append(torch.where(m, w - self.step_size * self.l1 * sign + noise, w))
+        return out
+
+    @torch.no_grad()
+    def update(self, weights, masks, fraction, generator, progress=0.0):
+        signs = self.signs(weights, masks, generator)
+        results: list[MaskUpdate | None] = []
+        for w, m, sign in zip(weights, masks, signs):
+            if bool(m.all()):
+                results.append(None)
+                continue
+            dormant = m & (w * sign < 0)
+            kept = m & ~dormant
+            count = int(dormant.sum())
+            grown = _grow_top(_uniform_scores(w, generator), ~m, count, generator)  # never one just made dormant
+            results.append(MaskUpdate(kept | grown, dormant, grown))
+        return results
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"signs": None if self._signs is None else [t.clone() for t in self._signs]}
+
+    def load_state_dict(self, state, device="cpu"):
+        signs = state.get("signs")
+        self._signs = None if signs is None else [t.to(device).clone() for t in signs]
+
+
+@register_method("topkast")
+@dataclass
+class TopKAST(Method):
+    """Top-KAST (Jayakumar et al. 2020): a forward set of the top-k weights, a larger backward set.
+
+    Each layer's mask is the forward set A (its nonzeros: what the network computes with, what its density
+    reports). Beside it the method keeps a reserve R: ``(backward_ratio - 1) * |A|`` more positions whose
+    weights also learn, from the dense gradient of every optimizer step, though the forward pass does not
+    use them: A ∪ R is the backward set B, of density ``backward_ratio`` times the forward one (capped at
+    dense), logged as ``backward_density``. Reserve weights take plain SGD steps of size ``reserve_lr``
+    (they have no optimizer state: an adaptation) with Top-KAST's exploration penalty, an L2 term of
+    weight ``penalty / D`` (``D``: the layer's forward density), so that a connection outside the forward
+    set must earn its way in; the forward set is trained by the optimizer as usual. Every
+    ``update_interval`` steps A becomes the top ``|A|`` magnitudes of A ∪ R (reserve weights that enter
+    start from their reserve values, weights that leave go to the reserve with theirs), and the drop
+    schedule's fraction of the smallest reserve weights is replaced by random new positions at 0, so that
+    B explores (the dense parameters Top-KAST keeps outside B are not stored here).
+
+    :param backward_ratio: ``|B| / |A|`` per layer, > 1.
+    :param penalty: the exploration penalty's weight, >= 0.
+    :param reserve_lr: SGD step size of the reserve weights, > 0.
+    """
+
+    backward_ratio: float = 2.0
+    penalty: float = 1e-4
+    reserve_lr: float = 1e-3
+
+    wants_after_step = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _number(self.backward_ratio, "backward_ratio", 1.0, low_open=True)
+        _number(self.penalty, "penalty", 0.0)
+        _number(self.reserve_lr, "reserve_lr", 0.0, low_open=True)
+        self._reserve: list[torch.Tensor] | None = None  # dense values, zero outside R
+        self._reserve_mask: list[torch.Tensor] | None = None
+        self._grads: list[torch.Tensor] | None = None
+
+    def needs_dense_grad(self, step, update_interval):
+        return True
+
+    @torch.no_grad()
+    def observe(self, step, update_interval, grads, due):
+        self._grads = [g.detach().clone() for g in grads]
+
+    def _init_reserve(self, weights, masks, generator) -> None:
+        self._reserve, self._reserve_mask = [], []
+        for w, m in zip(weights, masks):
+            extra = 0 if bool(m.all()) else min(int((self.backward_ratio - 1) * int(m.sum())), int((~m).sum()))
+            chosen = _grow_top(_uniform_scores(w, generator), ~m, extra, generator)
+            self._reserve_mask.append(chosen)
+            self._reserve.append(torch.zeros_like(w))
+
+    @torch.no_grad()
+    def after_step(self, weights, masks, generator):
+        if self._reserve is None:
+            self._init_reserve(weights, masks, generator)
+        assert self._reserve is not None and self._reserve_mask is not None
+        if self._grads is not None:
+            for value, chosen, g, m in zip(self._reserve, self._reserve_mask, self._grads, masks):
+                density = max(float(m.float().mean()), 1e-12)
+                step = g.to(value) + (self.penalty / density) * value
+                value.sub_(self.reserve_lr * step * chosen)
+            self._grads = None
+        return None
+
+    @torch.no_grad()
+    def update(self, weights, masks, fraction, generator, progress=0.0):
+        if self._reserve is None:
+            self._init_reserve(weights, masks, generator)
+        assert self._reserve is not None and self._reserve_mask is not None
+        results: list[MaskUpdate | None] = []
+        for i, (w, m) in enumerate(zip(weights, masks)):
+            reserve, chosen = self._reserve[i], self._reserve_mask[i]
+            if bool(m.all()) or not bool(chosen.any()):
+                results.append(None)
+                continue
+            combined = torch.where(m, w, reserve)
+            backward = m | chosen
+            scores = combined.abs().float().masked_fill(~backward, float("-inf"))
+            new = _grow_top(scores, backward, int(m.sum()), generator)
+            entering, leaving = new & ~m, m & ~new
+            # the reserve: what left A (with its weights), what stayed, minus its smallest, plus random new ones
+            left_in = (backward & ~new)
+            values = torch.where(leaving, w, reserve) * left_in
+            n_explore = int(fraction * int(left_in.sum()))
+            if n_explore:
+                smallest = _drop_smallest(values.masked_fill(~left_in, float("inf")), left_in, n_explore)
+                left_in = left_in & ~smallest
+                values = values * left_in
+                left_in = left_in | _grow_top(_uniform_scores(w, generator), ~(new | left_in | smallest), n_explore, generator)
+            self._reserve[i], self._reserve_mask[i] = values, left_in
+            results.append(MaskUpdate(new, leaving, entering, values=torch.where(entering, reserve, torch.zeros_like(w))))
+        return results
+
+    def extra_stats(self, masks):
+        if self._reserve_mask is None:
+            return {"backward_density": float(sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks))}
+        backward = sum(int((m | r).sum()) for m, r in zip(masks, self._reserve_mask))
+        return {"backward_density": backward / sum(m.numel() for m in masks)}
+
+    def state_dict(self) -> dict[str, Any]:
+        def copy(ts):
+            return None if ts is None else [t.clone() for t in ts]
+
+        return {"reserve": copy(self._reserve), "reserve_mask": copy(self._reserve_mask), "grads": copy(self._grads)}
+
+    def load_state_dict(self, state, device="cpu"):
+        def load(ts):
+            return None if ts is None else [t.to(device).clone() for t in ts]
+
+        self._reserve, self._reserve_mask = load(state.get("reserve")), load(state.get("reserve_mask"))
+        self._grads = load(state.get("grads"))
+
+
 def _scheduled_counts(targets: Sequence[int], starts: Sequence[int], remaining: float) -> list[int]:
     """Nonzeros on the pruning schedule: ``starts`` when ``remaining`` is 1, ``targets`` when it is 0."""
     return [t + round((n - t) * remaining) for t, n in zip(targets, starts)]
@@ -918,6 +1138,7 @@ __all__ = [
     "SET",
     "SNFS",
     "SNIP",
+    "DeepR",
     "DropGrow",
     "GraNet",
     "GraSP",
@@ -925,6 +1146,7 @@ __all__ = [
     "Method",
     "RigL",
     "Static",
+    "TopKAST",
     "available_methods",
     "make_method",
     "method_options",
