@@ -87,7 +87,8 @@ def export(
 
 
 def c_weight_bytes(graph: ActorGraph, quantize: str = "none", dense: bool = False) -> int:
-    """Bytes of the ``const`` weight arrays of the generated C (values, indices, row pointers, biases, scales)."""
+    """Bytes of the ``const`` weight arrays of the generated C (values, indices, row pointers or N:M offsets,
+    biases, scales)."""
     total = 0
     for layer in graph.layers:
         out, inp = layer.shape
@@ -95,6 +96,11 @@ def c_weight_bytes(graph: ActorGraph, quantize: str = "none", dense: bool = Fals
         total += out * 4 + (out * 4 if quantize == "int8" else 0)
         if dense:
             total += out * inp * value
+        elif layer.nm() is not None:  # value slots and packed offsets
+            from sparse_rl.export.graph import offset_bits, pack_bits
+
+            values, offsets, _, m = layer.nm_arrays()
+            total += values.size * value + pack_bits(offsets, offset_bits(m)).nbytes
         else:
             indptr, indices, _ = layer.csr()
             total += layer.nnz * (value + indices.itemsize) + indptr.nbytes

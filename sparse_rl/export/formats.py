@@ -191,7 +191,7 @@ def c_sources(
     decl.append(f"static const float action_low[{graph.act_dim}] = {{{_c_floats(graph.action_low)}}};")
     decl.append(f"static const float action_half_range[{graph.act_dim}] = {{{_c_floats(half)}}};")
     decl.append(f"static float scratch[2][{width}];")
-    uses_nm = False
+    uses_nm = uses_bit = False
     for i, layer in enumerate(graph.layers):
         out, inp = layer.shape
         src = "obs" if i == 0 else f"scratch[{(i - 1) % 2}]"
@@ -225,10 +225,18 @@ def c_sources(
             else:
                 decl.append(f"static const float l{i}_val[{values.size}] = {{{_c_floats(values)}}};")
                 term = f"l{i}_val[k] * {src}[g * {m} + off]"
-            read = (f"bit = (unsigned long)k * {bits}u; off = (((unsigned)l{i}_off[bit >> 3] | "
-                    f"((unsigned)l{i}_off[(bit >> 3) + 1] << 8)) >> (bit & 7u)) & {(1 << bits) - 1}u;")
-            loop = (f"for (g = 0; g < {groups}; ++g) for (s = 0; s < {n}; ++s) {{ k = (r * {groups} + g) * {n} + s; "
-                    f"{read} acc += {term}; }}")
+            mask_bits = (1 << bits) - 1
+            if 8 % bits == 0:  # whole offsets per byte (M = 2, 4, 16, 256): one load, one shift, one mask
+                per_byte = 8 // bits
+                read = (f"off = ((unsigned)l{i}_off[k / {per_byte}] >> ((unsigned)(k % {per_byte}) * {bits}u)) "
+                        f"& {mask_bits}u;")
+            else:  # offsets may straddle two bytes: a 16-bit read
+                read = (f"bit = (unsigned long)k * {bits}u; off = (((unsigned)l{i}_off[bit >> 3] | "
+                        f"((unsigned)l{i}_off[(bit >> 3) + 1] << 8)) >> (bit & 7u)) & {mask_bits}u;")
+                uses_bit = True
+            term = term.replace(f"{src}[g * {m} + off]", "in[off]")
+            loop = (f"k = r * {groups * n}; for (g = 0; g < {groups}; ++g) {{ const float *in = {src} + g * {m}; "
+                    f"for (s = 0; s < {n}; ++s, ++k) {{ {read} acc += {term}; }} }}")
             uses_nm = True
         else:
             indptr, indices, values = layer.csr()
@@ -295,7 +303,8 @@ void {prefix}_act(const float *obs, float *action);
             f"void {prefix}_act(const float *obs, float *action)",
             "{",
             "    long r, k;",
-            *(["    long g, s;", "    unsigned long bit;", "    unsigned off;"] if uses_nm else []),
+            *(["    long g, s;", "    unsigned off;"] if uses_nm else []),
+            *(["    unsigned long bit;"] if uses_bit else []),
             "    float acc;",
             *body,
             "}",
