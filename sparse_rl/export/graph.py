@@ -179,11 +179,6 @@ def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
     return np.concatenate([packed, np.zeros(1, dtype=np.uint8)])
 
 
-def unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
-    stream = np.unpackbits(packed, bitorder="little")[: count * bits].reshape(count, bits).astype(np.int64)
-    return (stream << np.arange(bits)).sum(axis=1)
-
-
 def quantize_rows(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric per-row int8: ``scale_r = max|w_r| / 127`` (rounded to float16, how it is stored),
     ``q = round(w / scale_r)`` clipped to [-127, 127]. Absent weights stay exactly 0."""

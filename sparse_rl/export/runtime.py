@@ -111,14 +111,20 @@ def _nm_layer(
     if np.any(offsets >= m) or np.any(columns >= inp):
         raise check.fail(f"{where}: l{i}_offsets points beyond its group or its {inp} inputs")
     rows = np.arange(slots) // (groups * n)
-    if quantized:
-        scale, bias = check.array(f"l{i}_scale_bias", "f", (2, out), where).astype(np.float32)
-        values = values * scale[rows]
-    else:
-        bias = check.array(f"l{i}_bias", "f", (out,), where).astype(np.float32)
+    values, bias = _scaled_values_and_bias(check, i, out, rows, values, quantized, where)
     w = np.zeros((out, inp), dtype=np.float32)
     np.add.at(w, (rows, columns), values)  # padding slots add 0
     return w, bias
+
+
+def _scaled_values_and_bias(
+    check: _Checker, i: int, out: int, rows: np.ndarray, values: np.ndarray, quantized: bool, where: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Float weights (int8 ones times their row's scale) and the layer's bias, checked."""
+    if quantized:
+        scale, bias = check.array(f"l{i}_scale_bias", "f", (2, out), where).astype(np.float32)
+        return values * scale[rows], bias
+    return values, check.array(f"l{i}_bias", "f", (out,), where).astype(np.float32)
 
 
 @dataclass
@@ -185,12 +191,7 @@ class SparsePolicy:
                 raise PolicyFileError(f"{str(path)!r}: {where}: l{i}_indices holds column {column}, beyond its {inp} inputs")
             values = check.array(f"l{i}_values", "i" if quantized else "f", (nnz,), where)
             rows = np.repeat(np.arange(out), np.diff(indptr.astype(np.int64)))
-            values = values.astype(np.float32)
-            if quantized:
-                scale, bias = check.array(f"l{i}_scale_bias", "f", (2, out), where).astype(np.float32)
-                values = values * scale[rows]
-            else:
-                bias = check.array(f"l{i}_bias", "f", (out,), where).astype(np.float32)
+            values, bias = _scaled_values_and_bias(check, i, out, rows, values.astype(np.float32), quantized, where)
             w = np.zeros((out, inp), dtype=np.float32)
             w[rows, indices.astype(np.int64)] = values
             weights.append(w)
