@@ -389,9 +389,11 @@ def run_trial(config: dict[str, Any], poll_s: float = 2.0) -> None:
         try:
             while proc.poll() is None:
                 time.sleep(poll_s)
-                found = read_evaluations(run_dir)
+                found = read_evaluations(run_dir)  # a resumed run may rewind it: report on change, if any
                 if len(found) != rows:
                     rows = len(found)
+                    if not found:
+                        continue
                     steps = int(float(found[-1]["timesteps"]))
                     _tune_report(_trial_metrics(run_dir, steps, steps / max(time.time() - start, 1e-9)))
         finally:
@@ -677,10 +679,17 @@ def main(argv: list[str] | None = None) -> int:
             rows = run_grid(spec, out, trials, args.max_concurrent, address)
             failed = [r for r in rows if r["error"]]
             done = sum((t.run_dir(out) / SUMMARY_FILE).is_file() for t in trials)
+            resume = f"python -m sparse_rl.sweep {args.spec} --out {args.out} --resume"
+            if done < len(trials) and not failed:  # Tune takes Ctrl-C itself: it stops the trials and returns
+                print(f"\ninterrupted after {(time.time() - start) / 60:.1f} min: {done}/{len(trials)} trials done; "
+                      f"continue with: {resume}", file=sys.stderr)
+                return 130
             print(f"sweep finished in {(time.time() - start) / 60:.1f} min: {done}/{len(trials)} trials done "
                   f"({finished_before} were already), {len(failed)} failed; report: python -m sparse_rl.report {out}")
             for r in failed:
                 print(f"  failed: {r['env']}/{r['name']}: {r['error'].strip().splitlines()[-1]}")
+            if failed:
+                print(f"  their logs: {out / LOG_DIR}; after a fix, rerun them with: {resume}")
             return 1 if failed else 0
         run_search(spec, out, args.max_concurrent, address, args.resume)
         return 0
