@@ -163,6 +163,22 @@ def test_a_search_samples_the_ranges_stops_laggards_and_writes_the_best_preset(t
     assert 1e-4 <= best["learning_rate"] <= 1e-3 and "preset" not in best and "on preset rigl" in text
 
 
+def test_ctrl_c_stops_the_sweep_with_the_resume_command(tmp_path):
+    spec = _spec(tmp_path, seeds=[0], n_timesteps=3000, grid={"preset": ["rigl"]})
+    out = tmp_path / "out"
+    driver = subprocess.Popen([sys.executable, "-m", "sparse_rl.sweep", str(spec), "--out", str(out)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(out.glob("Pendulum-v1/rigl-s0/checkpoints/step-*")):
+        time.sleep(0.1)
+    driver.send_signal(signal.SIGINT)
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode == 130, err
+    assert f"continue with: python -m sparse_rl.sweep {spec} --out {out} --resume" in err
+    time.sleep(3)
+    assert not subprocess.run(["pgrep", "-f", f"sparse_rl.train .*{out}"], capture_output=True, text=True).stdout.strip()
+
+
 # ------------------------------------------------------------------------------- a two-node cluster
 @pytest.fixture
 def two_node_cluster():
