@@ -180,12 +180,49 @@ def test_ctrl_c_stops_the_sweep_with_the_resume_command(tmp_path):
 
 
 # ------------------------------------------------------------------------------- a two-node cluster
+def _processes_of(marker: str) -> list[int]:
+    """PIDs whose command line holds ``marker``, with all their descendants (Linux /proc)."""
+    parents: dict[int, int] = {}
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if marker in cmdline:
+            found.append(int(entry.name))
+    tree, todo = set(found), list(found)
+    while todo:
+        pid = todo.pop()
+        for child, parent in parents.items():
+            if parent == pid and child not in tree:
+                tree.add(child)
+                todo.append(child)
+    return sorted(tree)
+
+
+def _stop(pids: list[int]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(3)
+
+
 @pytest.fixture
 def two_node_cluster():
+    """Two Ray nodes on 127.0.0.1 with a temp dir of their own. Teardown stops exactly their processes:
+    ``ray stop`` would stop every Ray on the machine, a user's running sweep included."""
     ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
     port = 6390 + os.getpid() % 500
+    temp = Path(f"/tmp/sprl-ray-{os.getpid()}")  # short: Ray's socket paths must stay under ~107 characters
     env = {**os.environ, "RAY_worker_niceness": "0", "RAY_AUTH_MODE": "token"}
-    common = ["--num-cpus", "1", "--disable-usage-stats"]
+    common = ["--num-cpus", "1", "--disable-usage-stats", "--temp-dir", str(temp)]
     try:
         subprocess.run([ray_bin, "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
                         "--include-dashboard", "false", *common], env=env, check=True, capture_output=True, timeout=120)
@@ -193,7 +230,8 @@ def two_node_cluster():
                        env=env, check=True, capture_output=True, timeout=120)
         yield f"127.0.0.1:{port}", env
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop(_processes_of(str(temp)))
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_a_two_node_cluster_runs_the_same_sweep_through_address(tmp_path, two_node_cluster):
