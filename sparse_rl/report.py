@@ -205,7 +205,8 @@ def plot_profiles(scores: dict[str, np.ndarray], path: Path, reps: int) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     plot_utils.plot_performance_profiles(profiles, taus, performance_profile_cis=cis, ax=ax,
                                          xlabel="score / baseline mean (τ)", colors=None)
-    ax.legend(list(scores), fontsize=8)
+    lines = ax.get_lines()[: len(scores)]  # one per method, in order (the CI bands are not lines)
+    ax.legend(lines, list(scores), fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
