@@ -291,9 +291,11 @@ def _literal(value: Any) -> str:
     return value if isinstance(value, str) else repr(value)
 
 
-def train_argv(spec: Spec, trial: Trial, run_dir: Path) -> list[str]:
-    """The ``sparse_rl.train`` arguments of ``trial``."""
-    argv = ["--algo", spec.algo, "--env", trial.env, "--seed", str(trial.seed), "--run-dir", str(run_dir), "--no-progress"]
+def train_argv(spec: Spec, trial: Trial, run_dir: Path | None) -> list[str]:
+    """The ``sparse_rl.train`` arguments of ``trial`` (``run_dir`` None: left for the caller to add)."""
+    argv = ["--algo", spec.algo, "--env", trial.env, "--seed", str(trial.seed), "--no-progress"]
+    if run_dir is not None:
+        argv += ["--run-dir", str(run_dir)]
     if trial.preset is not None:
         argv += ["--preset", str(trial.preset)]
     if spec.n_timesteps is not None:
@@ -337,7 +339,6 @@ def _trial_metrics(run_dir: Path, timesteps: int, rate: float | None) -> dict[st
         "timesteps": int(timesteps),
         "return": float(last["return_mean"]) if last else float("nan"),
         "steps_per_s": float(rate) if rate is not None else float("nan"),
-        "finished": (run_dir / SUMMARY_FILE).is_file(),
     }
 
 
@@ -565,7 +566,7 @@ def search_trainable(config: dict[str, Any]) -> None:
     run_trial({"out": base["out"], "env": base["env"], "name": name, "argv": argv})
 
 
-def run_search(spec: Spec, out: Path, max_concurrent: int | None, address: str | None, resume: bool) -> list[dict]:
+def run_search(spec: Spec, out: Path, max_concurrent: int | None, address: str | None, resume: bool) -> None:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -574,9 +575,8 @@ def run_search(spec: Spec, out: Path, max_concurrent: int | None, address: str |
     concurrent = max_concurrent or cpus
     search = spec.search or {}
     env, seed = spec.envs[0], spec.seeds[0]
-    argv = train_argv(spec, _search_base(spec), out)
-    i = argv.index("--run-dir")  # each trial names its own run directory
-    base = {"out": str(out), "env": env, "seed": seed, "argv": argv[:i] + argv[i + 2 :]}
+    # each trial names its own run directory
+    base = {"out": str(out), "env": env, "seed": seed, "argv": train_argv(spec, _search_base(spec), None)}
     n = spec.n_timesteps or resolve_config(spec.algo, env, spec.fixed.get("preset", "sparse_rl")).n_timesteps
     scheduler = ASHAScheduler(time_attr="timesteps", max_t=n, grace_period=search.get("grace_period") or max(n // 5, 1),
                               reduction_factor=search.get("reduction_factor", 3))
@@ -613,11 +613,6 @@ def run_search(spec: Spec, out: Path, max_concurrent: int | None, address: str |
               f"{f' (it holds only what differs from {preset}: merge it into a copy of that preset)' if preset else ''}\n")
     atomic_write(out / BEST_FILE, lambda f: f.write((header + yaml.safe_dump(snippet, sort_keys=False)).encode()))
     print(f"best configuration: {values} (return {best.metrics.get('return'):.1f}) -> {out / BEST_FILE}")
-    rows = []
-    for result in results:
-        rows.append({"config": {k: v for k, v in result.config.items() if k != "_sweep"},
-                     "return": (result.metrics or {}).get("return"), "timesteps": (result.metrics or {}).get("timesteps")})
-    return rows
 
 
 # ------------------------------------------------------------------------------------------------ cli

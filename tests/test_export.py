@@ -284,7 +284,7 @@ def nm_model(request):
 def test_nm_layout_costs_log2_m_bits_per_nonzero_and_matches_torch(nm_model, tmp_path):
     import json
 
-    from sparse_rl.export.graph import offset_bits
+    from sparse_rl.export.runtime import offset_bits
 
     model, n, m = nm_model
     graph = extract_actor(model)

@@ -175,6 +175,7 @@ class SparsePolicyMixin:
         generator = torch.Generator().manual_seed(sparse_seed())
         config = self.sparse_config
         tickets = read_ticket(config.init_from) if config.init_from is not None else {}
+        nm = parse_structure(config.structure)
         for name, (network, targets) in self._networks().items():
             layers = replace_linears(network)
             target_layers = [replace_linears(target) for target in targets]
@@ -185,7 +186,6 @@ class SparsePolicyMixin:
                 for layer in layers
             ]
             method = config.topology_config().make_method()  # one per network: it owns its state
-            nm = parse_structure(config.structure)
             if nm is not None and hasattr(method, "group_size"):
                 method.group_size = nm[1]  # drops and growth stay inside each group of M
             sizes = [l.weight.numel() for l in layers]
@@ -198,7 +198,7 @@ class SparsePolicyMixin:
                     dense,
                     config.sparse_init,
                     start_counts=lambda targets, m=method, n=sizes: m.start_nonzeros(targets, n),
-                    structure=parse_structure(config.structure),
+                    structure=nm,
                 )
             except ValueError as err:
                 raise ValueError(f"{name}: {err}") from None

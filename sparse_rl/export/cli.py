@@ -96,14 +96,10 @@ def c_weight_bytes(graph: ActorGraph, quantize: str = "none", dense: bool = Fals
         total += out * 4 + (out * 4 if quantize == "int8" else 0)
         if dense:
             total += out * inp * value
-        elif layer.nm() is not None:  # value slots and packed offsets
-            from sparse_rl.export.graph import offset_bits, pack_bits
-
-            values, offsets, _, m = layer.nm_arrays()
-            total += values.size * value + pack_bits(offsets, offset_bits(m)).nbytes
         else:
-            indptr, indices, _ = layer.csr()
-            total += layer.nnz * (value + indices.itemsize) + indptr.nbytes
+            from sparse_rl.export.formats import layer_payload_bytes
+
+            total += layer_payload_bytes(layer, quantize)
     return total
 
 

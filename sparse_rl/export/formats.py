@@ -11,8 +11,8 @@ import re
 
 import numpy as np
 
-from sparse_rl.export.graph import ActorGraph, ExportError, int8_bias, offset_bits, pack_bits, quantize_rows
-from sparse_rl.export.runtime import FORMAT_NAME, FORMAT_VERSION
+from sparse_rl.export.graph import ActorGraph, ExportError, Layer, int8_bias, pack_bits, quantize_rows
+from sparse_rl.export.runtime import FORMAT_NAME, FORMAT_VERSION, offset_bits
 
 QUANTIZE = ("none", "int8")
 
@@ -75,18 +75,20 @@ def _quantized_slots(values: np.ndarray, weight: np.ndarray, scale: np.ndarray) 
     return np.clip(np.round(per_row / scale[:, None]), -127, 127).astype(np.int8).reshape(-1)
 
 
+def layer_payload_bytes(layer: Layer, quantize: str = "none") -> int:
+    """One layer's weights as stored: slots x value bytes + packed offsets (N:M), or nonzeros x (value +
+    index bytes) + row pointers (CSR)."""
+    value = 1 if quantize == "int8" else 4
+    if layer.nm() is not None:
+        values, offsets, _, m = layer.nm_arrays()
+        return values.size * value + pack_bits(offsets, offset_bits(m)).nbytes
+    indptr, indices, _ = layer.csr()
+    return layer.nnz * (value + indices.itemsize) + indptr.nbytes
+
+
 def sparse_payload_bytes(graph: ActorGraph, quantize: str = "none") -> int:
-    """nonzeros x (value + index bytes) + row pointers (CSR), or slots x value bytes + packed offsets (N:M):
-    what a sparse file must stay close to."""
-    total = 0
-    for layer in graph.layers:
-        if layer.nm() is not None:
-            values, offsets, _, m = layer.nm_arrays()
-            total += values.size * (1 if quantize == "int8" else 4) + pack_bits(offsets, offset_bits(m)).nbytes
-            continue
-        indptr, indices, _ = layer.csr()
-        total += layer.nnz * ((1 if quantize == "int8" else 4) + indices.itemsize) + indptr.nbytes
-    return total
+    """The layers' stored weights (:func:`layer_payload_bytes`): what a sparse file must stay close to."""
+    return sum(layer_payload_bytes(layer, quantize) for layer in graph.layers)
 
 
 # ----------------------------------------------------------------------------------- ONNX

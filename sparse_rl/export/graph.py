@@ -166,11 +166,6 @@ def extract_actor(model: Any) -> ActorGraph:
     return ActorGraph(layers, squash, np.asarray(space.low, dtype=np.float32), np.asarray(space.high, dtype=np.float32), algo)
 
 
-def offset_bits(m: int) -> int:
-    """Bits of one in-group offset: ``ceil(log2(m))``."""
-    return max((m - 1).bit_length(), 1)
-
-
 def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
     """``values`` (each < 2**bits, bits <= 8) as a little-endian bit stream, plus one spare byte (so a
     16-bit read at the last offset stays inside the array)."""

@@ -40,6 +40,11 @@ def index_dtype(max_value: int) -> np.dtype:
     raise ValueError(f"index {max_value} does not fit in uint32")
 
 
+def offset_bits(m: int) -> int:
+    """Bits of one in-group offset of an N:M layer: ``ceil(log2(m))``."""
+    return max((m - 1).bit_length(), 1)
+
+
 def _activate(x: np.ndarray, name: str) -> np.ndarray:
     if name == "relu":
         return np.maximum(x, np.float32(0))
@@ -100,7 +105,7 @@ def _nm_layer(
     n, m = check.positive_int(layer, "n", where), check.positive_int(layer, "m", where)
     if not (2 <= m <= 256 and n < m):
         raise check.fail(f"{where}: n={n}, m={m}: need 1 <= n < m <= 256")
-    bits = max((m - 1).bit_length(), 1)
+    bits = offset_bits(m)
     groups = -(-inp // m)
     slots = out * groups * n
     values = check.array(f"l{i}_values", "i" if quantized else "f", (slots,), where).astype(np.float32)

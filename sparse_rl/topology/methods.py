@@ -209,12 +209,8 @@ class DropGrow(Method):
             scores = self.grow_score(weight, grad, generator)
             shape = mask.shape
             grown = grow_in_groups(scores, kept.view(shape), dropped.view(shape), self.group_size, generator).flatten()
-        elif n_grow:
-            scores = self.grow_score(weight, grad, generator).flatten().float()
-            scores = scores.masked_fill(kept, float("-inf"))
-            # Visit positions in random order so that ties (e.g. zero gradients) break at random.
-            perm = torch.randperm(scores.numel(), generator=generator).to(scores.device)
-            grown[perm[torch.topk(scores[perm], n_grow).indices]] = True
+        elif n_grow:  # ties (e.g. zero gradients) break at random
+            grown = _grow_top(self.grow_score(weight, grad, generator), ~kept, n_grow, generator).flatten()
         new_mask = kept | grown
         if int(new_mask.sum()) != int(flat_mask.sum()) or bool((kept & grown).any()):
             raise RuntimeError(f"method {self.name!r} broke the mask invariants")
