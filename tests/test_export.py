@@ -1,3 +1,4 @@
+import itertools
 import subprocess
 import sys
 
@@ -327,3 +328,38 @@ def test_a_corrupt_nm_offset_is_named(nm_model, tmp_path):
     np.savez(tmp_path / "bad.npz", **data)
     with pytest.raises(PolicyFileError, match=r"layer 1: l1_offsets has shape"):
         SparsePolicy.load(tmp_path / "bad.npz")
+
+
+@pytest.mark.parametrize(
+    "n, m, loops",
+    [(1, 2, "both"), (2, 4, "both"), (1, 8, "both"), (2, 16, "chunk"), (3, 8, "stream"), (5, 16, "stream"), (2, 32, "stream")],
+)
+def test_nm_c_loops_match_numpy_for_any_n_m(n, m, loops, tmp_path):
+    """Hand-built N:M layers (random per-group patterns, some groups short of n) of widths that give both C
+    loops: unrolled chunks where every row starts on a chunk boundary, the bit stream elsewhere (rows
+    straddling bytes, chunks wider than 32 bits)."""
+    from sparse_rl.export.graph import ActorGraph, Layer
+
+    rng = np.random.default_rng(n * 100 + m)
+    widths = [9, 8 * m, 3 * m + 1, 8 * m, 3]
+    layers = []
+    for i, (inp, out) in enumerate(itertools.pairwise(widths)):
+        groups = -(-inp // m)
+        keep = np.zeros((out, groups * m), dtype=bool)
+        for r in range(out):
+            for g in range(groups):
+                k = rng.integers(0, n + 1)  # 0..n nonzeros in this group
+                keep[r, g * m + rng.choice(m, size=k, replace=False)] = True
+        keep = keep[:, :inp]
+        keep[:, 0] |= ~keep.any(1)
+        weight = (rng.normal(size=(out, inp)) * keep).astype(np.float32)
+        layers.append(Layer(weight, rng.normal(size=out).astype(np.float32) * 0.1, "identity" if i == 3 else "relu", m))
+    graph = ActorGraph(layers, "tanh", -np.ones(3, np.float32), 2 * np.ones(3, np.float32), "sac")
+    assert all(layer.nm() is not None for layer in graph.layers)
+    cli.export(graph, "c", tmp_path / "c")
+    source = (tmp_path / "c" / "policy.c").read_text()
+    c = CPolicy(tmp_path / "c", "sparse_rl_policy", graph.obs_dim, graph.act_dim, extra_flags=["-Werror"])
+    assert c.warnings == ""
+    obs = rng.normal(size=(64, 9)).astype(np.float32)
+    assert np.abs(c.act(obs) - graph.forward(obs)).max() <= FLOAT_TOL * 3
+    assert ("w = " in source) == (loops in ("chunk", "both")) and ("have" in source) == (loops in ("stream", "both"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 
 import numpy as np
@@ -193,7 +194,7 @@ def c_sources(
     decl.append(f"static const float action_low[{graph.act_dim}] = {{{_c_floats(graph.action_low)}}};")
     decl.append(f"static const float action_half_range[{graph.act_dim}] = {{{_c_floats(half)}}};")
     decl.append(f"static float scratch[2][{width}];")
-    uses_nm = uses_bit = False
+    uses_nm, nm_vars = False, set()
     for i, layer in enumerate(graph.layers):
         out, inp = layer.shape
         src = "obs" if i == 0 else f"scratch[{(i - 1) % 2}]"
@@ -205,6 +206,7 @@ def c_sources(
         if quantize == "int8":
             q, scale = quantize_rows(layer.weight)
             decl.append(f"static const float l{i}_scale[{out}] = {{{_c_floats(scale)}}};")
+        pre = ""
         if dense:
             w = q if quantize == "int8" else layer.weight
             ctype = "signed char" if quantize == "int8" else "float"
@@ -223,22 +225,10 @@ def c_sources(
             if quantize == "int8":
                 slots = _quantized_slots(values, layer.weight, quantize_rows(layer.weight)[1])
                 decl.append(f"static const signed char l{i}_val[{slots.size}] = {{{_c_ints(slots)}}};")
-                term = f"(float)l{i}_val[k] * {src}[g * {m} + off]"
             else:
                 decl.append(f"static const float l{i}_val[{values.size}] = {{{_c_floats(values)}}};")
-                term = f"l{i}_val[k] * {src}[g * {m} + off]"
-            mask_bits = (1 << bits) - 1
-            if 8 % bits == 0:  # whole offsets per byte (M = 2, 4, 16, 256): one load, one shift, one mask
-                per_byte = 8 // bits
-                read = (f"off = ((unsigned)l{i}_off[k / {per_byte}] >> ((unsigned)(k % {per_byte}) * {bits}u)) "
-                        f"& {mask_bits}u;")
-            else:  # offsets may straddle two bytes: a 16-bit read
-                read = (f"bit = (unsigned long)k * {bits}u; off = (((unsigned)l{i}_off[bit >> 3] | "
-                        f"((unsigned)l{i}_off[(bit >> 3) + 1] << 8)) >> (bit & 7u)) & {mask_bits}u;")
-                uses_bit = True
-            term = term.replace(f"{src}[g * {m} + off]", "in[off]")
-            loop = (f"k = r * {groups * n}; for (g = 0; g < {groups}; ++g) {{ const float *in = {src} + g * {m}; "
-                    f"for (s = 0; s < {n}; ++s, ++k) {{ {read} acc += {term}; }} }}")
+            pre, loop, needs = _nm_loop(i, src, n, m, groups, bits, quantize == "int8")
+            nm_vars |= needs
             uses_nm = True
         else:
             indptr, indices, values = layer.csr()
@@ -266,6 +256,8 @@ def c_sources(
             squash, store = "", f"{dst}[r] = acc;"
         stmts = " ".join(s for s in (finish, act, squash, store) if s)
         body.append(f"    /* layer {i} */")
+        if pre:
+            body.append(f"    {pre}")
         body.append(f"    for (r = 0; r < {out}; ++r) {{")
         body.append(f"        acc = {init};")
         body.append(f"        {loop}")
@@ -305,8 +297,9 @@ void {prefix}_act(const float *obs, float *action);
             f"void {prefix}_act(const float *obs, float *action)",
             "{",
             "    long r, k;",
-            *(["    long g, s;", "    unsigned off;"] if uses_nm else []),
-            *(["    unsigned long bit;"] if uses_bit else []),
+            *(["    long g;", "    const unsigned char *p;", "    const float *in;"] if uses_nm else []),
+            *(["    unsigned long w;"] if "chunk" in nm_vars else []),
+            *(["    long s;", "    unsigned off, buf, have;"] if "stream" in nm_vars else []),
             "    float acc;",
             *body,
             "}",
@@ -314,6 +307,38 @@ void {prefix}_act(const float *obs, float *action);
         ]
     )
     return {"policy.h": header, "policy.c": source}
+
+
+def _nm_loop(i: int, src: str, n: int, m: int, groups: int, bits: int, int8: bool) -> tuple[str, str, set[str]]:
+    """C for one row of an N:M layer: (statement before the row loop, loop accumulating into ``acc``, and
+    which kind of loop it is: ``{"chunk"}`` or ``{"stream"}``, for the variables to declare).
+
+    The offsets are one little-endian bit stream in slot order across the layer (``n`` slots per group of
+    ``m`` inputs, ``groups`` groups per row), read through the pointer ``p``; values are ``l{i}_val[k]``.
+    Where every row starts on a chunk boundary (a whole number of bytes holding a whole number of groups),
+    a chunk is loaded into one word and its slots are unrolled with constant shifts and input offsets.
+    Otherwise a byte is read whenever fewer than ``bits`` bits are buffered.
+    """
+    val = f"(float)l{i}_val" if int8 else f"l{i}_val"
+    mask, slots = (1 << bits) - 1, groups * n
+    per_chunk = math.lcm(math.lcm(bits, 8) // bits, n)  # slots per chunk
+    nbytes = per_chunk * bits // 8
+    pre = f"k = 0; p = l{i}_off;"
+    if slots % per_chunk == 0 and per_chunk * bits <= 32:
+        word = " | ".join(f"((unsigned long)p[{b}] << {8 * b})" if b else "(unsigned long)p[0]" for b in range(nbytes))
+        body = " ".join(
+            f"acc += {val}[k + {j}] * in[{(j // n) * m} + (unsigned)((w >> {j * bits}) & {mask}u)];"
+            for j in range(per_chunk)
+        )
+        loop = (f"for (g = 0, in = {src}; g < {slots // per_chunk}; ++g, p += {nbytes}, k += {per_chunk}, "
+                f"in += {per_chunk // n * m}) {{ w = {word}; {body} }}")
+        return pre, loop, {"chunk"}
+    refill = "if (!have) { buf = *p++; have = 8u; }" if 8 % bits == 0 else \
+        f"if (have < {bits}u) {{ buf |= (unsigned)*p++ << have; have += 8u; }}"
+    pre += " buf = 0u; have = 0u;"
+    loop = (f"for (g = 0, in = {src}; g < {groups}; ++g, in += {m}) for (s = 0; s < {n}; ++s, ++k) "
+            f"{{ {refill} off = buf & {mask}u; buf >>= {bits}u; have -= {bits}u; acc += {val}[k] * in[off]; }}")
+    return pre, loop, {"stream"}
 
 
 def _check_quantize(quantize: str) -> None:
