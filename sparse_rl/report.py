@@ -5,7 +5,9 @@
 ``RUNS`` is any directory holding run directories at any depth (a sweep's ``--out``, or
 ``docs/results/runs/learning``). A run is grouped by its env (from ``config.yaml``) and its method, the
 run directory's name without the ``-s<seed>`` suffix (``rigl-0.9-s1`` → ``rigl-0.9``). Only finished runs
-(with ``summary.json``) count.
+(with ``summary.json``) count. ``--compare DIR...`` adds runs kept elsewhere, e.g. a new method's sweep
+against the stored dense runs: ``python -m sparse_rl.report runs/dst --compare
+docs/results/runs/learning/HalfCheetah-v5/dense-s*``.
 
 Written to ``DIR``: ``report.md`` and PNGs. Per env: the final evaluation return of every method as the
 old mean ± 95% t-interval (1.96·sd/√n) next to rliable's IQM with a stratified-bootstrap 95% CI, the
@@ -212,18 +214,35 @@ def plot_profiles(scores: dict[str, np.ndarray], path: Path, reps: int) -> None:
     plt.close(fig)
 
 
-def report(root: Path, out: Path, baseline: str = "dense", reps: int = 10_000, seed: int = 0) -> str:
-    """Write ``out/report.md`` and its PNGs for the runs under ``root``; returns the Markdown."""
-    runs = find_runs(root)
+def gather_runs(root: Path, compare: list[Path] | tuple[Path, ...] = ()) -> list[Run]:
+    """The finished runs under ``root`` and under each ``compare`` directory (a run directory itself, or one
+    holding runs), each run once; two different run directories of the same env, method and seed are an error."""
+    runs: dict[tuple[str, str, int], Run] = {}
+    for where in (root, *compare):
+        for run in find_runs(where):
+            key = (run.env, run.method, run.seed)
+            other = runs.setdefault(key, run)
+            if other is not run and other.path.resolve() != run.path.resolve():
+                raise ReportError(f"two runs of {run.env} {run.method} seed {run.seed}: {str(other.path)!r} and "
+                                  f"{str(run.path)!r}; report one of them")
+    return sorted(runs.values(), key=lambda r: (r.env, r.method, r.seed))
+
+
+def report(root: Path, out: Path, baseline: str = "dense", reps: int = 10_000, seed: int = 0,
+           compare: list[Path] | tuple[Path, ...] = ()) -> str:
+    """Write ``out/report.md`` and its PNGs for the runs under ``root`` and ``compare``; returns the Markdown."""
+    runs = gather_runs(root, compare)
     if not runs:
         raise ReportError(
             f"no finished run directories (config.yaml + summary.json, named <method>-s<seed>) under {str(root)!r}"
         )
+    also = "".join(f" {c}" for c in compare)
+    remake = f"python -m sparse_rl.report {root} --out {out}" + (f" --compare{also}" if compare else "")
     envs = sorted({r.env for r in runs})
     lines = [f"# Report: {root}", "",
              f"{len(runs)} finished runs. Statistics: rliable (Agarwal et al. 2021), stratified bootstrap, {reps} "
              f"resamples, 95% CIs (seed {seed}); scores are final evaluation returns. Re-make with "
-             f"`python -m sparse_rl.report {root} --out {out}`.", ""]
+             f"`{remake}`.", ""]
     normalised: dict[str, list[np.ndarray]] = {}
     out.mkdir(parents=True, exist_ok=True)
     for env in envs:
@@ -248,7 +267,8 @@ def report(root: Path, out: Path, baseline: str = "dense", reps: int = 10_000, s
             p = _fmt(prob[method]) if method in prob else "–"
             seeds = ", ".join(str(r.seed) for r in rs)
             lines.append(
-                f"| {method} | {seeds} | {mean:.0f} ± {ci:.0f} | {_fmt(iqm, 0)} | {ratio} | {p} | {_sparsity_cells(rs)} |"
+                f"| {method} | {seeds} | {mean:.0f} ± {'–' if math.isnan(ci) else f'{ci:.0f}'} | {_fmt(iqm, 0)} | {ratio} | "
+                f"{p} | {_sparsity_cells(rs)} |"
             )
             if base_mean:
                 # |mean|: with negative returns (Pendulum) a plain ratio would reverse the order
@@ -286,13 +306,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", default="dense", help="method every other is compared with (default: dense)")
     p.add_argument("--reps", type=int, default=10_000, help="bootstrap resamples (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    p.add_argument("--compare", type=Path, nargs="+", action="extend", default=[], metavar="DIR",
+                   help="also report the runs in DIR (a run directory, or one holding runs: e.g. a stored dense "
+                        "baseline); read only, never copied by --keep")
     p.add_argument("--keep", type=Path, metavar="STORE",
                    help="first copy each finished run's small files (config, evaluations, summary) to STORE/<env>/<name>, "
                         "then report on STORE: the record a fresh clone re-makes the tables from")
     args = p.parse_args(argv)
     try:
-        if not args.runs.is_dir():
-            raise ReportError(f"{str(args.runs)!r} is not a directory")
+        for where in (args.runs, *args.compare):
+            if not where.is_dir():
+                raise ReportError(f"{str(where)!r} is not a directory")
         if args.reps < 100:
             raise ReportError(f"--reps must be at least 100, got {args.reps}")
         try:
@@ -304,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             kept = keep_runs(args.runs, args.keep)
             print(f"kept {len(kept)} finished runs in {args.keep}", file=sys.stderr)
             root = args.keep
-        text = report(root, args.out or args.runs / "report", args.baseline, args.reps, args.seed)
+        text = report(root, args.out or args.runs / "report", args.baseline, args.reps, args.seed, args.compare)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

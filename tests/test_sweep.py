@@ -300,3 +300,27 @@ def test_keep_copies_only_the_small_files_of_finished_runs_and_reports_on_the_st
     assert sorted(p.name for p in (store / "Env-v1" / "m-s0").iterdir()) == sorted(report.KEPT_FILES)
     assert not (store / "Env-v1" / "m-s1").exists()
     assert "| dense | 0, 1 |" in capsys.readouterr().out  # the stored seed 1 and the kept seed 0
+
+
+def test_compare_adds_runs_kept_elsewhere_read_only_and_refuses_a_run_twice(tmp_path, capsys):
+    runs, store, dense = tmp_path / "runs", tmp_path / "store", tmp_path / "learning"
+    _fake_run(runs, "Env-v1", "new-s0", 150.0)
+    _fake_run(dense, "Env-v1", "dense-s0", 100.0)
+    _fake_run(dense, "Env-v1", "other-s0", 50.0)
+    argv = [str(runs), "--keep", str(store), "--reps", "500", "--out", str(tmp_path / "rep"),
+            "--compare", str(dense / "Env-v1" / "dense-s0")]  # one run directory, not its siblings
+    assert report.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| dense | 0 | 100 ± – |" in out and "| other |" not in out  # one run: no t-interval
+    assert "| new | 0 | 150 ± – | 150 [150, 150] | 1.50 |" in out  # the ratio to the compared dense
+    assert sorted(p.name for p in (store / "Env-v1").iterdir()) == ["new-s0"]  # the compared run is not copied
+    assert f"--compare {dense / 'Env-v1' / 'dense-s0'}`" in (tmp_path / "rep" / "report.md").read_text()
+
+    _fake_run(tmp_path / "again", "Env-v1", "new-s0", 160.0)  # the same env, method and seed elsewhere
+    before = sorted(tmp_path.rglob("*"))
+    assert report.main([str(runs), "--compare", str(tmp_path / "again"), "--out", str(tmp_path / "rep2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: two runs of Env-v1 new seed 0")
+    assert sorted(tmp_path.rglob("*")) == before
+    assert report.main([str(runs), "--compare", str(tmp_path / "missing")]) == 2
+    assert "'" + str(tmp_path / "missing") + "' is not a directory" in capsys.readouterr().err
