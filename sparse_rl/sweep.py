@@ -623,7 +623,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray cluster HOST:PORT (default: $RAY_ADDRESS, else this machine)")
     p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: the cluster's CPUs)")
     p.add_argument("--resume", action="store_true", help="continue a stopped sweep: finished trials kept")
-    p.add_argument("--only", metavar="GLOB", help="run the trials whose ENV/NAME matches, e.g. '*/dense-*'")
+    p.add_argument("--only", metavar="GLOB", nargs="+",
+                   help="run the trials whose ENV/NAME matches one of the globs, e.g. '*/dense-*' '*/rigl-s0'")
     p.add_argument("--dry-run", action="store_true", help="list the trials and their train commands, run nothing")
     return p
 
@@ -640,12 +641,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.only is not None:
             if spec.search is not None:
                 raise SweepError("--only selects trials of a grid; this spec is a search")
-            chosen = [t for t in trials if fnmatch.fnmatch(f"{t.env}/{t.name}", args.only)]
-            if not chosen:
-                names = ", ".join(f"{t.env}/{t.name}" for t in trials[:6])
-                more = ", ..." if len(trials) > 6 else ""
-                raise SweepError(f"--only {args.only!r} matches no trial (trials: {names}{more})")
-            trials = chosen
+            for glob in args.only:
+                if not any(fnmatch.fnmatch(f"{t.env}/{t.name}", glob) for t in trials):
+                    names = ", ".join(f"{t.env}/{t.name}" for t in trials[:6])
+                    more = ", ..." if len(trials) > 6 else ""
+                    raise SweepError(f"--only {glob!r} matches no trial (trials: {names}{more})")
+            trials = [t for t in trials if any(fnmatch.fnmatch(f"{t.env}/{t.name}", g) for g in args.only)]
         if spec.search is None:
             check_trials(spec, trials, out, args.resume)
         else:

@@ -82,6 +82,17 @@ def test_dense_trials_ignore_sparse_grid_keys_and_are_not_repeated(tmp_path):
     assert "sparsity" not in dense.overrides and dense.preset == "dense"
 
 
+
+def test_only_runs_the_trials_matching_any_glob_and_names_a_glob_matching_none(tmp_path, capsys):
+    spec, out = _spec(tmp_path), tmp_path / "out"
+    code, stdout, _ = _run([spec, "--out", out, "--dry-run", "--only", "*/dense-s1", "Pendulum-v1/rigl-*"], capsys)
+    assert code == 0
+    assert [line.split(":")[0] for line in stdout.splitlines()] == ["Pendulum-v1/dense-s1", "Pendulum-v1/rigl-s0",
+                                                                  "Pendulum-v1/rigl-s1"]
+    code, _, err = _run([spec, "--out", out, "--only", "*/dense-*", "*/rigel-*"], capsys)
+    assert code == 2 and err.startswith("error: --only '*/rigel-*' matches no trial (trials: Pendulum-v1/dense-s0")
+    assert err.count("\n") == 1 and not out.exists()
+
 def test_the_core_package_does_not_import_ray_or_rliable():
     code = "import sys, sparse_rl, sparse_rl.train, sparse_rl.sweep, sparse_rl.report; " \
            "print(sorted(m for m in ('ray', 'rliable', 'optuna') if m in sys.modules))"
