@@ -19,6 +19,8 @@ scaled by density to zero leaves the non-network part), so ``limit`` = floor ste
 
     python benchmarks/overhead.py --env HalfCheetah-v5 --rounds 5 --chunk 300
     python benchmarks/overhead.py --configs dense rigl-0.9-sparse rigl-0.9-dense --rounds 9 --chunk 1000
+    python benchmarks/overhead.py --configs dense floor rigl-0.9-auto snfs-0.9-auto dsr-0.9-auto deepr-0.9-auto \
+        topkast-0.9-auto rigl-2of4-auto rigl-1of8-auto
 """
 
 from __future__ import annotations
@@ -77,6 +79,11 @@ def all_configs() -> dict[str, Config]:
         Config("wide-0.98-auto", [1024, 1024], 0.98, "auto"),
         Config("dense-1024", [1024, 1024]),
     ]
+    # the rest of dynamic sparse training (issue 17), at their presets' settings
+    configs += [Config(f"{t}-0.9-auto", [256, 256], 0.9, "auto", {"topology": t, "update_interval": 100 if t == "deepr" else 1000})
+                for t in ("snfs", "dsr", "deepr", "topkast")]
+    configs += [Config(f"rigl-{n}of{m}-auto", [256, 256], 1 - n / m, "auto", {"structure": f"{n}:{m}", "distribution": "uniform"})
+                for n, m in ((2, 4), (1, 8))]
     return {c.name: c for c in configs}
 
 
@@ -84,8 +91,8 @@ def build(config: Config, env: str, buffer_size: int) -> SAC:
     common: dict[str, Any] = dict(learning_starts=1000, seed=0, verbose=0, buffer_size=buffer_size)
     if config.sparsity is None:
         return SAC("MlpPolicy", env, policy_kwargs=dict(net_arch=config.net_arch), **common)
-    kwargs = dict(sparsity=config.sparsity, topology="rigl", update_interval=1000, backend=config.backend,
-                  net_arch=config.net_arch, **config.extra)
+    kwargs = {**dict(sparsity=config.sparsity, topology="rigl", update_interval=1000, backend=config.backend,
+                     net_arch=config.net_arch), **config.extra}
     return bind(SAC(SparseSACPolicy, env, policy_kwargs=kwargs, **common))
 
 

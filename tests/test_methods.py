@@ -1,6 +1,7 @@
 """Each method's own rule, on hand-worked cases, plus the invariants the shared machinery keeps for it."""
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -648,7 +649,8 @@ def test_topkast_forward_set_is_the_top_k_of_forward_and_backward_sets():
     (reserve_mask,) = method._reserve_mask
     assert int(reserve_mask.sum()) == 4 and not bool((reserve_mask & mask).any())
     assert method.extra_stats([mask]) == {"backward_density": 0.5}
-    # a dense gradient of -1 everywhere: reserve weights take one SGD step (lr 1), to 1.0; A is not touched
+    # a dense gradient of -1 everywhere: the first normalised step is reserve_lr * sign (bias-corrected
+    # mean square = g²), to 1.0; A is not touched
     method.observe(1, 10, [torch.full((2, 8), -1.0)], False)
     assert method.after_step([weight], [mask], gen) is None
     assert torch.equal(method._reserve[0], reserve_mask.float())
@@ -658,3 +660,36 @@ def test_topkast_forward_set_is_the_top_k_of_forward_and_backward_sets():
     assert torch.equal(result.values[reserve_mask], torch.ones(4))  # entering weights keep their reserve values
     assert torch.equal(method._reserve_mask[0], mask)  # what left A is the reserve now, with its weights
     assert method._reserve[0][0, 0] == 0.9 and method._reserve[0][1, 0] == -0.8
+
+
+def test_topkast_reserve_steps_are_normalised_by_their_running_mean_square_and_stay_bounded():
+    """A reserve weight is outside the forward pass: its gradient never shrinks as it grows. Plain SGD summed
+    SAC critic gradients into 1e4-sized reserve weights that then entered the forward set (divergence on
+    HalfCheetah); normalised steps move it at most about reserve_lr per step, whatever the gradient's scale."""
+    from sparse_rl.topology.methods import TopKAST
+
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.zeros(2, 8, dtype=torch.bool)
+    mask[:, :2] = True
+    weight = torch.where(mask, 1.0, 0.0)
+    method = TopKAST(backward_ratio=2.0, penalty=0.0, reserve_lr=0.01)
+    method.after_step([weight], [mask], gen)
+    (chosen,) = method._reserve_mask
+    g1, g2 = -1e6, -3e6  # two steps, hand-worked with Adam's bias-corrected second moment
+    for g in (g1, g2):
+        method.observe(1, 10, [torch.full((2, 8), g)], False)
+        method.after_step([weight], [mask], gen)
+    b = TopKAST.beta
+    v1 = (1 - b) * g1 * g1
+    v2 = b * v1 + (1 - b) * g2 * g2
+    expected = -0.01 * (g1 / (math.sqrt(v1 / (1 - b)) + 1e-8) + g2 / (math.sqrt(v2 / (1 - b**2)) + 1e-8))
+    assert torch.allclose(method._reserve[0][chosen], torch.full((4,), expected))  # 0.0100 + 0.0134
+    assert not bool(method._reserve[0][~chosen].any())
+    for _ in range(200):  # gradients growing 1e6-fold do not make the steps grow
+        method.observe(1, 10, [torch.full((2, 8), -1e12)], False)
+        method.after_step([weight], [mask], gen)
+    # above reserve_lr only while the mean square catches up after the jump (Adam's steps do the same)
+    assert float(method._reserve[0].abs().max()) <= 0.01 * 202 * 1.1
+    restored = TopKAST(backward_ratio=2.0, penalty=0.0, reserve_lr=0.01)
+    restored.load_state_dict(method.state_dict())
+    assert restored._steps == 202 and torch.equal(restored._square[0], method._square[0])
