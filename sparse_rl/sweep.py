@@ -641,12 +641,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.only is not None:
             if spec.search is not None:
                 raise SweepError("--only selects trials of a grid; this spec is a search")
+            names = [f"{t.env}/{t.name}" for t in trials]
             for glob in args.only:
-                if not any(fnmatch.fnmatch(f"{t.env}/{t.name}", glob) for t in trials):
-                    names = ", ".join(f"{t.env}/{t.name}" for t in trials[:6])
-                    more = ", ..." if len(trials) > 6 else ""
-                    raise SweepError(f"--only {glob!r} matches no trial (trials: {names}{more})")
-            trials = [t for t in trials if any(fnmatch.fnmatch(f"{t.env}/{t.name}", g) for g in args.only)]
+                if not fnmatch.filter(names, glob):
+                    more = ", ..." if len(names) > 6 else ""
+                    raise SweepError(f"--only {glob!r} matches no trial (trials: {', '.join(names[:6])}{more})")
+            trials = [t for t, name in zip(trials, names) if any(fnmatch.fnmatch(name, g) for g in args.only)]
         if spec.search is None:
             check_trials(spec, trials, out, args.resume)
         else:
