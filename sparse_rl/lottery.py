@@ -30,6 +30,7 @@ from sparse_rl.agents.tickets import layer_arrays, read_ticket, ticket_bytes
 from sparse_rl.config import ConfigError
 from sparse_rl.envs import EnvError
 from sparse_rl.run_directory import SUMMARY_FILE, RunError, atomic_write, load_run_model
+from sparse_rl.sparse.distributions import available_distributions, layer_nonzeros
 
 
 class RewindPoint(BaseCallback):
@@ -54,15 +55,31 @@ class RewindPoint(BaseCallback):
 
 
 def prune_ticket(
-    final: dict[str, list[dict[str, np.ndarray]]], rewound: dict[str, list[dict[str, np.ndarray]]], prune_rate: float
+    final: dict[str, list[dict[str, np.ndarray]]],
+    rewound: dict[str, list[dict[str, np.ndarray]]],
+    prune_rate: float,
+    distribution: str = "uniform",
 ) -> dict[str, list[dict[str, np.ndarray]]]:
-    """Keep the ``1 - prune_rate`` largest final weights of each layer's active ones, with ``rewound`` values."""
+    """Keep the largest final weights among each layer's active ones, with their ``rewound`` values.
+
+    ``uniform``: every layer keeps ``1 - prune_rate`` of its active weights. Any other distribution of
+    :func:`~sparse_rl.sparse.distributions.layer_nonzeros` (``erk``, ``er``): each network keeps ``1 -
+    prune_rate`` of its active weights in all, shared among its layers as that distribution shares them
+    (a layer never keeps more than it has), so small layers such as the first one stay denser.
+    """
     ticket: dict[str, list[dict[str, np.ndarray]]] = {}
     for name, layers in final.items():
         ticket[name] = []
-        for layer, start in zip(layers, rewound[name]):
+        if distribution == "uniform":
+            keeps = [round((1.0 - prune_rate) * int(layer["mask"].sum())) for layer in layers]
+        else:
+            shapes = [layer["mask"].shape for layer in layers]
+            active = sum(int(layer["mask"].sum()) for layer in layers)
+            density = (1.0 - prune_rate) * active / sum(layer["mask"].size for layer in layers)
+            counts = layer_nonzeros(shapes, density, distribution)
+            keeps = [min(n, int(layer["mask"].sum())) for n, layer in zip(counts, layers)]
+        for layer, start, keep in zip(layers, rewound[name], keeps):
             mask = layer["mask"]
-            keep = round((1.0 - prune_rate) * int(mask.sum()))
             scores = np.where(mask, np.abs(layer["weight"]), -np.inf).ravel()
             new = np.zeros(mask.size, dtype=bool)
             new[np.argsort(-scores, kind="stable")[:keep]] = True
@@ -108,6 +125,10 @@ def lottery(args: argparse.Namespace) -> list[dict[str, Any]]:
             if r == 0:
                 point = RewindPoint(args.rewind_fraction, plan.config.n_timesteps)
                 callbacks.append(point)
+                if 0 < point.at <= plan.config.learning_starts:
+                    print(f"note: the rewind point ({point.at} steps) is not after the first gradient step "
+                          f"(learning_starts={plan.config.learning_starts}): survivors restart from their "
+                          "initial weights, as with --rewind-fraction 0")
             train_cli.train(parsed, extra_callbacks=callbacks, plan=plan)
             if point is not None:
                 assert point.arrays is not None
@@ -122,9 +143,9 @@ def lottery(args: argparse.Namespace) -> list[dict[str, Any]]:
         rows.append({"round": r, "run": str(run_dir), "actor_density": density["actor"],
                      "critic_density": density["critic"], "return_mean": final_return})
         if r < args.rounds:
-            ticket = prune_ticket(final, rewound, args.prune_rate)
-            meta = {"round": r + 1, "prune_rate": args.prune_rate, "rewind_fraction": args.rewind_fraction,
-                    "from_run": str(run_dir)}
+            ticket = prune_ticket(final, rewound, args.prune_rate, args.distribution)
+            meta = {"round": r + 1, "prune_rate": args.prune_rate, "distribution": args.distribution,
+                    "rewind_fraction": args.rewind_fraction, "from_run": str(run_dir)}
             path = out / f"ticket-{r + 1}.npz"
             if not (path.is_file() and _finished(out / f"round-{r + 1}")):
                 atomic_write(path, lambda f, t=ticket, m=meta: f.write(ticket_bytes(t, m)))
@@ -137,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--env", required=True)
     p.add_argument("--rounds", type=int, default=3, help="pruning rounds after the dense round 0")
     p.add_argument("--prune-rate", type=float, default=0.5, help="fraction of the remaining weights pruned per round")
+    p.add_argument("--distribution", default="uniform",
+                   help="how each round's pruning is shared among a network's layers: uniform (the same "
+                        "fraction of every layer) or a density distribution such as erk (the network's fraction, "
+                        f"shared as that distribution shares density); one of {', '.join(available_distributions())}")
     p.add_argument("--rewind-fraction", type=float, default=0.0, help="fraction of training whose weights survivors rewind to")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-timesteps", type=int)
@@ -148,13 +173,17 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--rounds must be >= 1, got {args.rounds}")
         if not 0 < args.prune_rate < 1:
             raise ConfigError(f"--prune-rate must be in (0, 1), got {args.prune_rate}")
+        if args.distribution not in available_distributions():
+            raise ConfigError(f"--distribution must be one of {', '.join(available_distributions())}, "
+                              f"got {args.distribution!r}")
         if not 0 <= args.rewind_fraction < 1:
             raise ConfigError(f"--rewind-fraction must be in [0, 1), got {args.rewind_fraction}")
         rows = lottery(args)
     except (ConfigError, RunError, EnvError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"lottery tickets in {args.out} (prune {args.prune_rate:g} per round, rewind to {args.rewind_fraction:g}):")
+    print(f"lottery tickets in {args.out} (prune {args.prune_rate:g} per round, {args.distribution}, "
+          f"rewind to {args.rewind_fraction:g}):")
     for row in rows:
         ret = "-" if row["return_mean"] is None else f"{row['return_mean']:.1f}"
         print(f"  round {row['round']}: actor density {row['actor_density']:.4f}, critic {row['critic_density']:.4f}, "

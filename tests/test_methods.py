@@ -438,6 +438,46 @@ def test_lottery_rounds_prune_rewind_and_start_from_the_ticket(tmp_path, capsys)
     assert load_run_model(out / "round-2").num_timesteps == 300
 
 
+def test_lottery_erk_pruning_shares_the_network_budget_as_erk_does():
+    import numpy as np
+
+    from sparse_rl.lottery import prune_ticket
+    from sparse_rl.sparse.distributions import layer_nonzeros
+
+    rng = np.random.default_rng(0)
+    shapes = [(64, 5), (64, 64), (2, 64)]
+    final = {"actor": [{"mask": np.ones(s, dtype=bool), "weight": rng.normal(size=s), "bias": np.zeros(s[0])}
+                       for s in shapes]}
+    rewound = {"actor": [{"mask": np.ones(s, dtype=bool), "weight": rng.normal(size=s), "bias": np.ones(s[0])}
+                         for s in shapes]}
+    one = prune_ticket(final, rewound, 0.9, "erk")["actor"]
+    counts = [int(layer["mask"].sum()) for layer in one]
+    assert counts == layer_nonzeros(shapes, 0.1, "erk")  # the network keeps 10%, shared as ERK shares it
+    assert counts[0] / one[0]["mask"].size > 0.1 > counts[1] / one[1]["mask"].size  # the input layer stays denser
+    for layer, fin, start in zip(one, final["actor"], rewound["actor"]):  # the largest final weights survive,
+        kept = np.abs(fin["weight"])[layer["mask"]]                       # with their rewound values
+        assert kept.min() >= np.abs(fin["weight"])[~layer["mask"]].max()
+        np.testing.assert_array_equal(layer["weight"], np.where(layer["mask"], start["weight"], 0.0))
+    # a second round prunes only active weights: the ERK counts at 1% of the network, never more than a layer has
+    final2 = {"actor": [{**layer, "weight": rng.normal(size=layer["mask"].shape) * layer["mask"]} for layer in one]}
+    two = prune_ticket(final2, rewound, 0.9, "erk")["actor"]
+    assert sum(int(layer["mask"].sum()) for layer in two) == round(0.1 * sum(counts))
+    for a, b in zip(one, two):
+        assert not np.any(b["mask"] & ~a["mask"])
+    uniform = prune_ticket(final, rewound, 0.9)["actor"]  # the default prunes every layer by the same fraction
+    assert [int(layer["mask"].sum()) for layer in uniform] == [round(0.1 * np.prod(s)) for s in shapes]
+
+
+def test_lottery_rejects_an_unknown_distribution(tmp_path, capsys):
+    from sparse_rl import lottery
+
+    out = tmp_path / "lt"
+    assert lottery.main(["--algo", "sac", "--env", "Pendulum", "--distribution", "erx", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --distribution must be one of") and "'erx'" in err and "erk" in err
+    assert not out.exists()
+
+
 def test_init_from_a_missing_or_mismatched_ticket(tmp_path):
     with pytest.raises(ValueError, match="init_from='nope.npz': no such ticket file"):
         SAC(SparseSACPolicy, "Pendulum-v1", policy_kwargs=dict(init_from="nope.npz"))
