@@ -486,17 +486,39 @@ def _spec_digest(raw: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def prepare_out(spec: Spec, out: Path, resume: bool) -> None:
-    """Refuse to mix sweeps in one directory; write the spec (the marker trials look for)."""
+def prepare_out(spec: Spec, out: Path, resume: bool) -> bool:
+    """Refuse to mix sweeps in one directory; return whether the spec must be (re)written.
+
+    A grid may grow on ``--resume``: a spec that adds envs, seeds, variants or grid values keeps every
+    trial the directory already holds, as long as each of them would train with the same command. A
+    change to a started trial's command (``n_timesteps``, ``set:``, a variant's settings) is refused:
+    its run directory would mix two configurations.
+    """
     stored = out / SPEC_FILE
     if stored.is_file():
         if not resume:
             raise SweepError(f"{str(out)!r} already holds a sweep; continue it with --resume or choose another --out")
         before = yaml.safe_load(stored.read_text())
-        if _spec_digest(before) != _spec_digest(spec.raw):
-            raise SweepError(f"the spec differs from the one {str(out)!r} was started with ({stored}); resume with that spec")
-    elif resume and out.exists() and any(out.iterdir()):
+        if _spec_digest(before) == _spec_digest(spec.raw):
+            return False
+        differs = f"the spec differs from the one {str(out)!r} was started with ({stored})"
+        old = parse_spec(before, str(stored))
+        if spec.search is not None or old.search is not None:
+            raise SweepError(f"{differs}; a search resumes only with its own spec")
+        commands = {f"{t.env}/{t.name}": train_argv(old, t, t.run_dir(out)) for t in grid_trials(old)}
+        changed = [
+            f"{t.env}/{t.name}" for t in grid_trials(spec)
+            if (t.run_dir(out) / "config.yaml").is_file()
+            and commands.get(f"{t.env}/{t.name}", train_argv(spec, t, t.run_dir(out))) != train_argv(spec, t, t.run_dir(out))
+        ]
+        if changed:
+            more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+            raise SweepError(f"{differs} in the command of started trials ({', '.join(changed[:3])}{more}); resume with "
+                             "that spec, or add trials without changing those that ran")
+        return True
+    if resume and out.exists() and any(out.iterdir()):
         raise SweepError(f"{str(out)!r} holds no sweep ({SPEC_FILE} is missing); nothing to resume")
+    return True
 
 
 def run_grid(spec: Spec, out: Path, trials: list[Trial], max_concurrent: int | None, address: str | None) -> list[dict]:
@@ -655,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
             for t in trials:
                 print(f"{t.env}/{t.name}: python -m sparse_rl.train {shlex.join(train_argv(spec, t, t.run_dir(out)))}")
             return 0
-        prepare_out(spec, out, args.resume)
+        write_spec = prepare_out(spec, out, args.resume)
         if address:
             check_address(address)
         try:
@@ -666,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     out.mkdir(parents=True, exist_ok=True)
-    if not (out / SPEC_FILE).is_file():
+    if write_spec:  # a new sweep, or a grid grown on --resume
         atomic_write(out / SPEC_FILE, lambda f: f.write(yaml.safe_dump(spec.raw, sort_keys=False).encode()))
     start = time.time()
     try:

@@ -93,6 +93,27 @@ def test_only_runs_the_trials_matching_any_glob_and_names_a_glob_matching_none(t
     assert code == 2 and err.startswith("error: --only '*/rigel-*' matches no trial (trials: Pendulum-v1/dense-s0")
     assert err.count("\n") == 1 and not out.exists()
 
+def test_a_grid_grows_on_resume_but_a_started_trial_keeps_its_command(tmp_path, capsys):
+    out = tmp_path / "out"
+    spec = sweep.load_spec(_spec(tmp_path))
+    assert sweep.prepare_out(spec, out, resume=False)  # a new sweep writes its spec
+    out.mkdir()
+    (out / sweep.SPEC_FILE).write_text(yaml.safe_dump(spec.raw))
+    (out / "Pendulum-v1" / "rigl-s0").mkdir(parents=True)
+    (out / "Pendulum-v1" / "rigl-s0" / "config.yaml").write_text("seed: 0\n")  # a started trial
+    assert not sweep.prepare_out(spec, out, resume=True)  # the same spec: nothing to rewrite
+    grown = sweep.load_spec(_spec(tmp_path, "grown.yml", seeds=[0, 1, 2], grid={"preset": ["dense", "rigl", "set"]}))
+    assert sweep.prepare_out(grown, out, resume=True)  # more seeds and presets: kept trials unchanged
+    before = _digest(out / sweep.SPEC_FILE)
+    changed = _spec(tmp_path, "changed.yml", n_timesteps=800)  # would change the started trial's command
+    code, _, err = _run([changed, "--out", out, "--resume"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("error: the spec differs") and "command of started trials (Pendulum-v1/rigl-s0)" in err
+    assert _digest(out / sweep.SPEC_FILE) == before
+    with pytest.raises(sweep.SweepError, match="already holds a sweep"):
+        sweep.prepare_out(grown, out, resume=False)
+
+
 def test_the_core_package_does_not_import_ray_or_rliable():
     code = "import sys, sparse_rl, sparse_rl.train, sparse_rl.sweep, sparse_rl.report; " \
            "print(sorted(m for m in ('ray', 'rliable', 'optuna') if m in sys.modules))"
