@@ -150,10 +150,14 @@ def check_value(cls: type[TrainConfig], key: str, value: Any) -> Any:
 
 
 def parse_set(item: str, flag: str = "--set") -> tuple[str, Any]:
-    """Parse ``key=value``; the value is a Python literal (``1e-3``, ``[64, 64]``, ``'rigl'``) or a bare word."""
+    """Parse ``key=value``; the value is a Python literal (``1e-3``, ``[64, 64]``, ``'rigl'``, ``True``), one of
+    YAML's ``true``/``false``/``null`` (as the config files spell them), or a bare word."""
     if "=" not in item:
         raise ConfigError(f"{flag} expects key=value, got {item!r}")
     key, raw = item.split("=", 1)
+    words: dict[str, Any] = {"true": True, "false": False, "null": None}
+    if raw.strip() in words:
+        return key.strip(), words[raw.strip()]
     try:
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):

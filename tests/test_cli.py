@@ -226,6 +226,18 @@ def test_published_presets_hold_their_settings():
     )
 
 
+def test_set_takes_python_literals_yaml_words_and_bare_words():
+    from sparse_rl.config import parse_set
+
+    assert parse_set("dense_first_layer=true") == ("dense_first_layer", True)  # as the YAML files spell it
+    assert parse_set("dense_first_layer=False") == ("dense_first_layer", False)
+    assert parse_set("init_from=null") == ("init_from", None)
+    assert parse_set("net_arch=[64, 64]") == ("net_arch", [64, 64])
+    assert parse_set("learning_rate=1e-3") == ("learning_rate", 1e-3)
+    assert parse_set("topology=rigl") == ("topology", "rigl")
+    assert parse_set("topology='True'") == ("topology", "True")  # quoted: a string
+
+
 def test_env_names():
     assert resolve_env_id("HalfCheetah") == "HalfCheetah-v5"
     assert resolve_env_id("Pendulum") == "Pendulum-v1"
