@@ -199,8 +199,10 @@ def _check_run_dir(run_dir: Path, overwrite: bool) -> None:
     finally:
         probe.unlink(missing_ok=True)
         for made in missing:
-            if made.is_dir():
+            try:
                 made.rmdir()
+            except OSError:  # another run (a sweep's next trial) has put its directory inside meanwhile: keep it
+                break
 
 
 def _plan_new_run(args: argparse.Namespace) -> Plan:

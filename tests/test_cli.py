@@ -226,6 +226,24 @@ def test_published_presets_hold_their_settings():
     )
 
 
+def test_checking_a_run_directory_leaves_a_parent_that_another_run_filled_meanwhile(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from sparse_rl import train as train_cli
+
+    run_dir, other = tmp_path / "out" / "Pendulum-v1" / "a", tmp_path / "out" / "Pendulum-v1" / "b"
+    write_text = Path.write_text
+
+    def racing(self, *args, **kwargs):  # a sweep's second trial makes its directory during the check
+        if self.name == ".write-test":
+            other.mkdir()
+        return write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", racing)
+    train_cli._check_run_dir(run_dir, overwrite=False)
+    assert not run_dir.exists() and other.is_dir()  # ours removed, the shared parent kept, no error
+
+
 def test_set_takes_python_literals_yaml_words_and_bare_words():
     from sparse_rl.config import parse_set
 
