@@ -156,8 +156,8 @@ def parse_set(item: str, flag: str = "--set") -> tuple[str, Any]:
         raise ConfigError(f"{flag} expects key=value, got {item!r}")
     key, raw = item.split("=", 1)
     words: dict[str, Any] = {"true": True, "false": False, "null": None}
-    if raw.strip() in words:
-        return key.strip(), words[raw.strip()]
+    if (word := raw.strip()) in words:
+        return key.strip(), words[word]
     try:
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):

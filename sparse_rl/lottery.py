@@ -70,14 +70,13 @@ def prune_ticket(
     ticket: dict[str, list[dict[str, np.ndarray]]] = {}
     for name, layers in final.items():
         ticket[name] = []
+        active = [int(layer["mask"].sum()) for layer in layers]
         if distribution == "uniform":
-            keeps = [round((1.0 - prune_rate) * int(layer["mask"].sum())) for layer in layers]
+            keeps = [round((1.0 - prune_rate) * n) for n in active]
         else:
-            shapes = [layer["mask"].shape for layer in layers]
-            active = sum(int(layer["mask"].sum()) for layer in layers)
-            density = (1.0 - prune_rate) * active / sum(layer["mask"].size for layer in layers)
-            counts = layer_nonzeros(shapes, density, distribution)
-            keeps = [min(n, int(layer["mask"].sum())) for n, layer in zip(counts, layers)]
+            density = (1.0 - prune_rate) * sum(active) / sum(layer["mask"].size for layer in layers)
+            counts = layer_nonzeros([layer["mask"].shape for layer in layers], density, distribution)
+            keeps = [min(n, a) for n, a in zip(counts, active)]
         for layer, start, keep in zip(layers, rewound[name], keeps):
             mask = layer["mask"]
             scores = np.where(mask, np.abs(layer["weight"]), -np.inf).ravel()

@@ -506,11 +506,11 @@ def prepare_out(spec: Spec, out: Path, resume: bool) -> bool:
         if spec.search is not None or old.search is not None:
             raise SweepError(f"{differs}; a search resumes only with its own spec")
         commands = {f"{t.env}/{t.name}": train_argv(old, t, t.run_dir(out)) for t in grid_trials(old)}
-        changed = [
-            f"{t.env}/{t.name}" for t in grid_trials(spec)
-            if (t.run_dir(out) / "config.yaml").is_file()
-            and commands.get(f"{t.env}/{t.name}", train_argv(spec, t, t.run_dir(out))) != train_argv(spec, t, t.run_dir(out))
-        ]
+        changed = []
+        for t in grid_trials(spec):
+            name, argv = f"{t.env}/{t.name}", train_argv(spec, t, t.run_dir(out))
+            if (t.run_dir(out) / "config.yaml").is_file() and commands.get(name, argv) != argv:
+                changed.append(name)
         if changed:
             more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
             raise SweepError(f"{differs} in the command of started trials ({', '.join(changed[:3])}{more}); resume with "

@@ -201,8 +201,8 @@ def _check_run_dir(run_dir: Path, overwrite: bool) -> None:
         for made in missing:
             try:
                 made.rmdir()
-            except OSError:  # another run (a sweep's next trial) has put its directory inside meanwhile: keep it
-                break
+            except OSError:  # never made (mkdir failed below it), or another run has put its directory inside
+                continue     # meanwhile (a sweep's next trial): keep it; the parents above are still tried
 
 
 def _plan_new_run(args: argparse.Namespace) -> Plan:
