@@ -51,6 +51,7 @@ from typing import Any
 
 import yaml
 
+from sparse_rl.checkpoint import checkpoint_dirs
 from sparse_rl.config import CONFIG_CLASSES, SPARSE_KEYS, ConfigError, available_presets, check_value, resolve_config
 from sparse_rl.envs import EnvError, resolve_env_id
 from sparse_rl.run_directory import SUMMARY_FILE, RunError, atomic_write, read_evaluations
@@ -377,11 +378,16 @@ def run_trial(config: dict[str, Any], poll_s: float = 2.0) -> None:
         _tune_report(_trial_metrics(run_dir, summary["timesteps"], summary.get("steps_per_s")))
         return
     # started before: continue from its latest checkpoint (a run killed before its first one starts over)
-    argv = ["--resume", str(run_dir), "--no-progress"] if (run_dir / "config.yaml").is_file() else list(config["argv"])
+    started = (run_dir / "config.yaml").is_file()
+    argv = ["--resume", str(run_dir), "--no-progress"] if started else list(config["argv"])
+    # Progress counts this process's steps only: from the checkpoint it resumes (0 without one), and not from
+    # the evaluations a killed run left behind, which the new process rewinds to that checkpoint or clears.
+    checkpoints = checkpoint_dirs(run_dir) if started else []
+    first_step = checkpoints[-1][0] if checkpoints else 0
     log = out / LOG_DIR / f"{config['env']}-{config['name']}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    start, rows = time.time(), 0
+    start, rows = time.time(), len(read_evaluations(run_dir)) if started else 0
     with open(log, "a") as f:
         f.write(f"$ python -m sparse_rl.train {shlex.join(argv)}\n")
         f.flush()
@@ -390,13 +396,13 @@ def run_trial(config: dict[str, Any], poll_s: float = 2.0) -> None:
         try:
             while proc.poll() is None:
                 time.sleep(poll_s)
-                found = read_evaluations(run_dir)  # a resumed run may rewind it: report on change, if any
+                found = read_evaluations(run_dir)  # a resumed run rewinds it: report on change, if any
                 if len(found) != rows:
                     rows = len(found)
-                    if not found:
-                        continue
-                    steps = int(float(found[-1]["timesteps"]))
-                    _tune_report(_trial_metrics(run_dir, steps, steps / max(time.time() - start, 1e-9)))
+                    steps = int(float(found[-1]["timesteps"])) if found else 0
+                    if steps > first_step:
+                        rate = (steps - first_step) / max(time.time() - start, 1e-9)
+                        _tune_report(_trial_metrics(run_dir, steps, rate))
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -180,6 +180,37 @@ def test_resume_after_the_driver_is_killed_keeps_finished_trials_and_continues_s
     assert json.loads((interrupted / "summary.json").read_text())["timesteps"] == 2000
 
 
+def test_a_resumed_trial_reports_only_its_own_progress(tmp_path, monkeypatch):
+    """Not the evaluations a killed run left behind, and steps/s from the checkpoint it resumes, not from 0."""
+    out = tmp_path / "out"
+    run_dir = out / "Pendulum-v1" / "rigl-s0"
+    out.mkdir()
+    (out / sweep.SPEC_FILE).write_text("{}\n")
+    sets = [f"{k}={json.dumps(v)}" for k, v in {**TINY, "checkpoint_freq": 400}.items()]
+    argv = ["--algo", "sac", "--env", "Pendulum", "--seed", "0", "--no-progress", "--run-dir", str(run_dir),
+            "--preset", "rigl", "--n-timesteps", "1200", *itertools.chain.from_iterable(("--set", s) for s in sets)]
+    killed = subprocess.Popen([sys.executable, "-m", "sparse_rl.train", *argv], stdout=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(report.read_evaluations(run_dir)) < 3 or not list(run_dir.glob("checkpoints/step-*")):
+        assert time.time() < deadline and killed.poll() is None, "the run never passed its first checkpoint"
+        time.sleep(0.05)
+    killed.kill()
+    killed.wait()
+    resumed_from = sweep.checkpoint_dirs(run_dir)[-1][0]
+    stale = [int(float(r["timesteps"])) for r in report.read_evaluations(run_dir)]
+    assert stale[-1] > resumed_from  # evaluations past the checkpoint, which the resumed run redoes
+    reports: list[tuple[float, dict]] = []
+    monkeypatch.setattr(sweep, "_tune_report", lambda metrics: reports.append((time.time(), metrics)))
+    start = time.time()
+    sweep.run_trial({"out": str(out), "env": "Pendulum-v1", "name": "rigl-s0", "argv": argv}, poll_s=0.05)
+    *progress, (_, final) = reports
+    assert final["timesteps"] == 1200 and progress
+    for at, metrics in progress:
+        assert metrics["timesteps"] > resumed_from
+        expected = (metrics["timesteps"] - resumed_from) / (at - start)
+        assert metrics["steps_per_s"] == pytest.approx(expected, rel=0.05)
+
+
 def test_a_search_samples_the_ranges_stops_laggards_and_writes_the_best_preset(tmp_path, capsys):
     space = {"drop_fraction": {"uniform": [0.1, 0.7]}, "update_interval": {"choice": [50, 100]},
              "learning_rate": {"loguniform": [1.0e-4, 1.0e-3]}}
