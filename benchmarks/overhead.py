@@ -21,6 +21,11 @@ scaled by density to zero leaves the non-network part), so ``limit`` = floor ste
     python benchmarks/overhead.py --configs dense rigl-0.9-sparse rigl-0.9-dense --rounds 9 --chunk 1000
     python benchmarks/overhead.py --configs dense floor rigl-0.9-auto snfs-0.9-auto dsr-0.9-auto deepr-0.9-auto \
         topkast-0.9-auto rigl-2of4-auto rigl-1of8-auto
+    python benchmarks/overhead.py --device cuda --configs dense rigl-0.9-sparse rigl-0.9-dense rigl-0.98-sparse \
+        rigl-0.98-dense dense-1024 wide-0.98-sparse wide-0.98-auto
+
+On a GPU (``--device cuda``) the breakdown's timers wait for the queued kernels before and after each timed call
+(``torch.cuda.synchronize``), which costs some speed in that chunk only; the timed rounds run unsynchronised.
 """
 
 from __future__ import annotations
@@ -87,8 +92,8 @@ def all_configs() -> dict[str, Config]:
     return {c.name: c for c in configs}
 
 
-def build(config: Config, env: str, buffer_size: int) -> SAC:
-    common: dict[str, Any] = dict(learning_starts=1000, seed=0, verbose=0, buffer_size=buffer_size)
+def build(config: Config, env: str, buffer_size: int, device: str = "cpu") -> SAC:
+    common: dict[str, Any] = dict(learning_starts=1000, seed=0, verbose=0, buffer_size=buffer_size, device=device)
     if config.sparsity is None:
         return SAC("MlpPolicy", env, policy_kwargs=dict(net_arch=config.net_arch), **common)
     kwargs = {**dict(sparsity=config.sparsity, topology="rigl", update_interval=1000, backend=config.backend,
@@ -99,16 +104,19 @@ def build(config: Config, env: str, buffer_size: int) -> SAC:
 class Timers:
     """Accumulates wall time per category by wrapping callables (only during the breakdown chunk)."""
 
-    def __init__(self) -> None:
+    def __init__(self, sync: Callable[[], None] = lambda: None) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self._undo: list[Callable[[], None]] = []
+        self._sync = sync  # on a GPU: wait for the queued kernels, so each category gets its own time
 
     def _timed(self, fn: Callable, category: str) -> Callable:
         def timed(*args: Any, **kwargs: Any) -> Any:
+            self._sync()
             start = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
+                self._sync()
                 self.seconds[category] += time.perf_counter() - start
 
         return timed
@@ -132,7 +140,7 @@ class Timers:
 
 def breakdown(model: SAC, chunk: int, pin: PinTotal) -> dict[str, float]:
     """Milliseconds per env step in each category, over one chunk."""
-    timers = Timers()
+    timers = Timers(torch.cuda.synchronize if model.device.type == "cuda" else lambda: None)
     optimizers = [model.actor.optimizer, model.critic.optimizer]
     if getattr(model, "ent_coef_optimizer", None) is not None:
         optimizers.append(model.ent_coef_optimizer)
@@ -181,13 +189,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1200, help="env steps before timing (learning starts at 1000)")
     parser.add_argument("--buffer-size", type=int, default=100_000)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="where the networks train (cpu, cuda)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     configs = all_configs()
     names = ["dense"] + [n for n in args.configs if n not in ("dense", "floor")] + ["floor"]
     total = args.warmup + (args.rounds + 1) * args.chunk
-    models = {name: build(configs[name], args.env, args.buffer_size) for name in names}
+    models = {name: build(configs[name], args.env, args.buffer_size, args.device) for name in names}
     pins = {name: PinTotal(total) for name in names}
     for name, model in models.items():
         model.learn(args.warmup, callback=pins[name])
@@ -201,7 +210,7 @@ def main() -> None:
     parts = {name: breakdown(model, args.chunk, pins[name]) for name, model in models.items()}
 
     med = statistics.median
-    print(f"env={args.env} threads={args.threads} rounds={args.rounds} chunk={args.chunk} env steps, "
+    print(f"env={args.env} device={args.device} threads={args.threads} rounds={args.rounds} chunk={args.chunk} env steps, "
           f"torch {torch.__version__}; baseline: dense SB3 SAC MlpPolicy 256x256")
     print()
     print("| model | net | sparsity | backend | topology updates (actor, critic) | steps/s | speed ratio to dense 256² "

@@ -17,3 +17,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "expensive" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """Where the device-aware tests run: ``cpu`` (CI), or ``SPARSE_RL_TEST_DEVICE=cuda`` on a GPU machine."""
+    dev = torch.device(os.environ.get("SPARSE_RL_TEST_DEVICE", "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        pytest.skip("SPARSE_RL_TEST_DEVICE=cuda, but torch sees no GPU here")
+    return dev
