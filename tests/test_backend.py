@@ -37,12 +37,12 @@ def masked(out_f, in_f, density, seed=0, dtype=torch.float32):
 
 @pytest.mark.parametrize("shape", [(7, 5), (64, 32), (256, 256), (3, 300), (300, 3)])
 @pytest.mark.parametrize("density", [0.5, 0.1, 0.02])
-def test_sparse_layer_matches_masked_dense_layer(shape, density):
-    dense = masked(*shape, density)
+def test_sparse_layer_matches_masked_dense_layer(shape, density, device):
+    dense = masked(*shape, density).to(device)
     sparse = SparseLinear.from_masked(dense)
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(33, shape[1], generator=gen)
-    grad_out = torch.randn(33, shape[0], generator=gen)
+    x = torch.randn(33, shape[1], generator=gen).to(device)
+    grad_out = torch.randn(33, shape[0], generator=gen).to(device)
     xd, xs = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     yd, ys = dense(xd), sparse(xs)
     yd.backward(grad_out)
@@ -210,10 +210,16 @@ def test_controller_on_sparse_storage_tracks_dense_storage(config):
     assert opt_s.state[masked_layers(net_s)[1].values]["exp_avg"].numel() == masked_layers(net_s)[1].nnz
 
 
-def _train(algo, backend, steps=300, **kwargs):
+def _train(algo, backend, steps=300, device="cpu", **kwargs):
+    model = _model(algo, backend, device, **kwargs)
+    model.learn(steps)
+    return model
+
+
+def _model(algo, backend, device="cpu", **kwargs):
     cls, policy = (SAC, SparseSACPolicy) if algo == "sac" else (TD3, SparseTD3Policy)
     torch.manual_seed(0)
-    model = cls(
+    return cls(
         policy,
         "Pendulum-v1",
         policy_kwargs=dict(sparsity=0.9, backend=backend, net_arch=[64, 64], update_interval=40, **kwargs),
@@ -221,14 +227,13 @@ def _train(algo, backend, steps=300, **kwargs):
         batch_size=64,
         seed=0,
         verbose=0,
+        device=device,
     )
-    model.learn(steps)
-    return model
 
 
 @pytest.mark.parametrize("algo", ["sac", "td3"])
-def test_training_with_sparse_backend_tracks_dense_backend(algo):
-    dense, sparse = _train(algo, "dense"), _train(algo, "sparse")
+def test_training_with_sparse_backend_tracks_dense_backend(algo, device):
+    dense, sparse = _train(algo, "dense", device=device), _train(algo, "sparse", device=device)
     kinds = {type(m).__name__ for m in sparse.policy.modules()}
     assert "SparseLinear" in kinds
     assert sparsity_report(sparse)["critic"]["topology_updates"] == sparsity_report(dense)["critic"]["topology_updates"] > 0
@@ -247,25 +252,26 @@ def test_training_with_sparse_backend_tracks_dense_backend(algo):
 
 
 @pytest.mark.parametrize("algo", ["sac", "td3"])
-def test_sparse_backend_save_load_and_cross_backend_load(algo, tmp_path):
-    model = _train(algo, "sparse", steps=200)
+def test_sparse_backend_save_load_and_cross_backend_load(algo, tmp_path, device):
+    model = _train(algo, "sparse", steps=200, device=device)
     model.save(tmp_path / "m.zip")
     cls = SAC if algo == "sac" else TD3
     env = gym.make("Pendulum-v1")
-    loaded = cls.load(tmp_path / "m.zip", env=env)
+    loaded = cls.load(tmp_path / "m.zip", env=env, device=device)
     for key, value in model.policy.state_dict().items():
         if torch.is_tensor(value):
             assert torch.equal(value, loaded.policy.state_dict()[key]), key
     opt_a, opt_b = model.critic.optimizer.state_dict(), loaded.critic.optimizer.state_dict()
     for i, state in opt_a["state"].items():
         for key, value in state.items():
-            assert torch.equal(value, opt_b["state"][i][key])
+            # .cpu(): SB3 loads every tensor onto the model's device, Adam's step counter too (CPU when trained)
+            assert torch.equal(value.cpu(), opt_b["state"][i][key].cpu())
     loaded.learn(50, reset_num_timesteps=False)  # keeps training
     # the same file under the other backend: the state dicts are backend-independent
     kwargs = {**model.policy_kwargs, "backend": "dense"}
-    as_dense = cls.load(tmp_path / "m.zip", env=env, custom_objects={"policy_kwargs": kwargs})
+    as_dense = cls.load(tmp_path / "m.zip", env=env, device=device, custom_objects={"policy_kwargs": kwargs})
     assert not any(isinstance(m, SparseLinear) for m in as_dense.policy.modules())
-    obs = torch.as_tensor(env.reset(seed=0)[0]).unsqueeze(0)
+    obs = torch.as_tensor(env.reset(seed=0)[0], device=device).unsqueeze(0)
     with torch.no_grad():
         a, b = (m.policy._predict(obs, deterministic=True) for m in (as_dense, model))
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
@@ -286,6 +292,42 @@ def test_use_sparse_storage_rules(monkeypatch):
     assert use_sparse_storage("auto", 100, 100, 1000, cpu)  # density 0.1: at the break-even
     assert not use_sparse_storage("auto", 100, 100, 1001, cpu)
     assert not use_sparse_storage("auto", 100, 100, 10, torch.device("meta"))  # auto measures on the CPU only
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3"])
+def test_auto_backend_keeps_csr_kernels_on_the_cpu_only(algo, device, monkeypatch):
+    """SB3 builds a policy on the CPU, then moves it to the algorithm's device: auto chooses for that one."""
+    monkeypatch.setattr(backend_mod, "break_even_density", lambda out_f, in_f, batch=256: 1.0)  # CSR wins on CPU
+    model = _model(algo, "auto", device)
+    kinds = {type(m).__name__ for m in model.policy.modules()}
+    assert ("SparseLinear" in kinds) == (device.type == "cpu")
+    assert all(p.device.type == device.type for p in model.policy.parameters())
+    model.learn(200)
+    assert sparsity_report(model)["critic"]["topology_updates"] > 0
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3"])
+def test_switching_to_dense_storage_before_training_trains_exactly_like_the_dense_backend(algo, monkeypatch):
+    monkeypatch.setattr(backend_mod, "break_even_density", lambda out_f, in_f, batch=256: 1.0)
+    switched = _model(algo, "auto")
+    keys = list(switched.policy.state_dict())
+    before = {k: v.clone() for k, v in switched.policy.state_dict().items() if torch.is_tensor(v)}
+    assert any(isinstance(m, SparseLinear) for m in switched.policy.modules())
+    switched.policy._fit_storage(torch.device("cuda"))  # what .to("cuda") does, the tensors left where they are
+    assert not any(isinstance(m, SparseLinear) for m in switched.policy.modules())
+    after = switched.policy.state_dict()
+    assert list(after) == keys and all(torch.equal(after[k], v) for k, v in before.items())
+    for name, controller in switched.policy.topology_controllers().items():
+        network = getattr(switched.policy, name)
+        assert [id(l) for l in controller.layers] == [id(l) for l in masked_layers(network)]
+        trained = {id(p) for group in network.optimizer.param_groups for p in group["params"]}
+        assert all(id(l.weight) in trained for l in controller.layers)
+    switched.learn(300)
+    dense = _train(algo, "dense")
+    assert sparsity_report(switched)["critic"]["topology_updates"] == sparsity_report(dense)["critic"]["topology_updates"] > 0
+    for key, value in dense.policy.state_dict().items():
+        if torch.is_tensor(value):
+            assert torch.equal(switched.policy.state_dict()[key], value), key
 
 
 def test_break_even_is_measured_once_cached_and_leaves_rng_alone(monkeypatch, tmp_path):

@@ -227,6 +227,34 @@ class SparsePolicyMixin:
                 controller.method.loss_fn = partial(self._replay_losses, name)
             self.add_module(f"{name}_topology", controller)  # type: ignore[attr-defined]
 
+    def to(self, *args: Any, **kwargs: Any) -> Any:
+        """``nn.Module.to``, then (``backend="auto"``) the storage that is fastest on the new device.
+
+        SB3 builds a policy on the CPU and moves it to the algorithm's device next, so the storage chosen
+        while building (CSR where it beats dense kernels on this CPU) is revised here: off the CPU, ``auto``
+        keeps dense kernels. A network whose optimizer has stepped keeps its storage (CSR runs anywhere).
+        """
+        module = super().to(*args, **kwargs)  # type: ignore[misc]
+        self._fit_storage()
+        return module
+
+    def _fit_storage(self, device: torch.device | None = None) -> None:
+        """Give every layer the storage ``backend`` chooses on ``device`` (default: the policy's own)."""
+        if self.sparse_config.backend != "auto":
+            return  # "sparse" and "dense" choose the same storage everywhere
+        for name, (network, targets) in self._networks().items():
+            controller: TopologyController = getattr(self, f"{name}_topology")
+            layers = controller.layers
+            if network.optimizer.state or not layers:
+                continue
+            where = device if device is not None else layers[0].mask.device
+            chosen = [use_sparse_storage("auto", l.out_features, l.in_features, l.nnz, where) for l in layers]
+            if chosen == [l.storage == "sparse" for l in layers]:
+                continue
+            pairs = [(target, masked_layers(target)) for target in targets]
+            layers = use_sparse_storage_for(network, layers, chosen, pairs, network.optimizer)
+            controller.set_layers(layers, [masked_layers(target) for target in targets])
+
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()  # type: ignore[misc]
         # a saved model holds its masks and weights: it must load without the ticket it started from

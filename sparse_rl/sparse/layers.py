@@ -205,6 +205,18 @@ class SparseLinear(MaskedLinear):
         new.train(layer.training)
         return new
 
+    def to_masked(self) -> MaskedLinear:
+        """A dense-storage copy (:class:`MaskedLinear`) with the same mask, weights and ITOP record."""
+        new = MaskedLinear.__new__(MaskedLinear)
+        nn.Module.__init__(new)
+        new.in_features, new.out_features = self.in_features, self.out_features
+        new.weight = nn.Parameter(self.weight.detach().clone(), requires_grad=self.values.requires_grad)
+        new.bias = self.bias
+        new.register_buffer("mask", self.mask.clone())
+        new.register_buffer("explored", self.explored.clone())
+        new.train(self.training)
+        return new
+
     # ---------------------------------------------------------------- storage
     def structure(self) -> CSRStructure:
         """The CSR structure of the current mask (rebuilt only after the mask changed)."""
@@ -464,11 +476,13 @@ def use_sparse_storage_for(
     targets: Iterable[tuple[nn.Module, list[MaskedLinear]]] = (),
     optimizer: torch.optim.Optimizer | None = None,
 ) -> list[MaskedLinear]:
-    """Give the ``chosen`` layers of ``network`` (and the aligned layers of its ``targets``) sparse storage.
+    """Give the ``chosen`` layers of ``network`` (and the aligned layers of its ``targets``) sparse storage,
+    and the others dense storage.
 
-    The new :class:`SparseLinear` modules replace the old ones in place; ``optimizer``'s parameter list
-    gets each layer's ``values`` where it had the dense weight (call before the first step), and its
-    ``state_dict`` keeps the dense layout of :class:`MaskedLinear` (see :func:`keep_dense_optimizer_format`).
+    The new :class:`SparseLinear` (or :class:`MaskedLinear`) modules replace the old ones in place;
+    ``optimizer``'s parameter list gets each new layer's trained parameter (``values`` or ``weight``) where
+    it had the old one (call before the first step), and its ``state_dict`` keeps the dense layout of
+    :class:`MaskedLinear` (see :func:`keep_dense_optimizer_format`).
 
     :return: the network's layers after the swap, aligned with ``layers``.
     """
@@ -477,11 +491,17 @@ def use_sparse_storage_for(
     for net, net_layers in [(network, layers), *targets]:
         for i, (layer, sparse) in enumerate(zip(net_layers, chosen)):
             if sparse and layer.storage == "dense":
-                new = SparseLinear.from_masked(layer)
-                _set_module(net, layer, new)
-                if net is network:
-                    swapped[id(layer.weight)] = new.values
-                    new_layers[i] = new
+                new: MaskedLinear = SparseLinear.from_masked(layer)
+                old_param, new_param = layer.weight, new.values
+            elif not sparse and isinstance(layer, SparseLinear):
+                new = layer.to_masked()
+                old_param, new_param = layer.values, new.weight
+            else:
+                continue
+            _set_module(net, layer, new)
+            if net is network:
+                swapped[id(old_param)] = new_param
+                new_layers[i] = new
     if optimizer is not None and swapped:
         if optimizer.state:
             raise RuntimeError("sparse storage must be chosen before the optimizer's first step")

@@ -219,6 +219,16 @@ class TopologyController(nn.Module):
     def layers(self) -> list[MaskedLinear]:
         return list(self._layers)
 
+    def set_layers(self, layers: Sequence[MaskedLinear], targets: Sequence[Sequence[MaskedLinear]] = ()) -> None:
+        """Drive ``layers`` (and ``targets``) in place of the current ones: the same connections after a
+        change of storage (:func:`~sparse_rl.sparse.use_sparse_storage_for`)."""
+        if len(layers) != len(self._layers) or len(targets) != len(self._targets):
+            raise ValueError("set_layers takes as many layers and targets as the controller has")
+        self._layers = list(layers)
+        self._targets = [list(t) for t in targets]
+        self._dense_storage = [l for l in self._layers if l.storage == "dense"]
+        self._arm_dense_grads()
+
     # ----------------------------------------------------------------- hooks
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         """Drive this controller from ``optimizer``'s steps (call once per optimizer)."""
