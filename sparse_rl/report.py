@@ -241,8 +241,10 @@ def report(root: Path, out: Path, baseline: str = "dense", reps: int = 10_000, s
     envs = sorted({r.env for r in runs})
     lines = [f"# Report: {root}", "",
              f"{len(runs)} finished runs. Statistics: rliable (Agarwal et al. 2021), stratified bootstrap, {reps} "
-             f"resamples, 95% CIs (seed {seed}); scores are final evaluation returns. Re-make with "
-             f"`{remake}`.", ""]
+             f"resamples, 95% CIs (seed {seed}); scores are final evaluation returns. Densities, ITOP and FLOPs are "
+             "the final networks': training FLOPs vs dense = multiply-adds of one forward pass through actor and "
+             "critic with their final masks, over the same networks dense (a wide network: over its own width). "
+             f"Re-make with `{remake}`.", ""]
     normalised: dict[str, list[np.ndarray]] = {}
     out.mkdir(parents=True, exist_ok=True)
     for env in envs:
