@@ -231,11 +231,18 @@ def _model(algo, backend, device="cpu", **kwargs):
     )
 
 
+@pytest.mark.parametrize("backend", ["sparse", "auto"])
 @pytest.mark.parametrize("algo", ["sac", "td3"])
-def test_training_with_sparse_backend_tracks_dense_backend(algo, device):
-    dense, sparse = _train(algo, "dense", device=device), _train(algo, "sparse", device=device)
+def test_training_with_sparse_backend_tracks_dense_backend(algo, backend, device, monkeypatch):
+    if backend == "auto":  # mixed storage: CSR for the sparse 64x64 layers, dense kernels for the denser rest
+        if device.type != "cpu":
+            pytest.skip("auto keeps dense kernels off the CPU")
+        monkeypatch.setattr(backend_mod, "break_even_density", lambda out_f, in_f, batch=256: 0.3)
+    dense, sparse = _train(algo, "dense", device=device), _train(algo, backend, device=device)
     kinds = {type(m).__name__ for m in sparse.policy.modules()}
     assert "SparseLinear" in kinds
+    on_dense_kernels = [m for m in masked_layers(sparse.policy) if m.storage == "dense" and m.density < 1]
+    assert bool(on_dense_kernels) == (backend == "auto")
     assert sparsity_report(sparse)["critic"]["topology_updates"] == sparsity_report(dense)["critic"]["topology_updates"] > 0
     sd_d, sd_s = dense.policy.state_dict(), sparse.policy.state_dict()
     assert list(sd_d) == list(sd_s)
