@@ -181,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RunError, EnvError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except train_cli.TrainingStopped as stop:
+        print(f"{stop}, checkpoint written: {stop.checkpoint.path}; run the same command again to continue (a "
+              "stopped round 0 starts again, later rounds resume)", file=sys.stderr)
+        return 128 + stop.signum
     print(f"lottery tickets in {args.out} (prune {args.prune_rate:g} per round, {args.distribution}, "
           f"rewind to {args.rewind_fraction:g}):")
     for row in rows:

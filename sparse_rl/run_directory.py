@@ -27,7 +27,14 @@ from stable_baselines3.common.vec_env import VecEnv
 import sparse_rl
 from sparse_rl.agents import SparsePolicyMixin, SparseSACPolicy, SparseTD3Policy, sparsity_report
 from sparse_rl.agents.replay import DynamicReplayBuffer, NStepSoftReplayBuffer
-from sparse_rl.checkpoint import MODEL_FILE, CheckpointError, current_umask, latest_checkpoint, save_checkpoint
+from sparse_rl.checkpoint import (
+    MODEL_FILE,
+    Checkpoint,
+    CheckpointError,
+    current_umask,
+    latest_checkpoint,
+    save_checkpoint,
+)
 from sparse_rl.config import DYNAMIC_BUFFER_KEYS, SPARSE_KEYS, TrainConfig, config_from_dict
 from sparse_rl.envs import EnvError, probe_env
 
@@ -234,17 +241,31 @@ class CheckpointCallback(BaseCallback):
         super().__init__()
         self.run_dir, self.freq, self.save_replay_buffer = run_dir, freq, save_replay_buffer
         self._next = 0
+        self._stop_asked: int | None = None
+        #: ``(signal number, checkpoint)`` once training stopped on :meth:`stop_at_next_checkpoint`
+        self.stopped: tuple[int, Checkpoint] | None = None
+
+    def stop_at_next_checkpoint(self, signum: int) -> None:
+        """Write a checkpoint at the next rollout start and stop training there (safe in a signal handler:
+        it only sets a flag)."""
+        self._stop_asked = signum
+
+    @property
+    def stop_asked(self) -> bool:
+        return self._stop_asked is not None
 
     def _on_training_start(self) -> None:
         self._next = (self.num_timesteps // self.freq + 1) * self.freq
 
     def _on_rollout_start(self) -> None:
-        if self.num_timesteps >= self._next:
+        if self.stopped is None and self._stop_asked is not None:
+            self.stopped = (self._stop_asked, save_checkpoint(self.model, self.run_dir, self.save_replay_buffer))
+        elif self.num_timesteps >= self._next:
             self._next = (self.num_timesteps // self.freq + 1) * self.freq
             save_checkpoint(self.model, self.run_dir, self.save_replay_buffer)
 
     def _on_step(self) -> bool:
-        return True
+        return self.stopped is None  # False: SB3 ends learn() after this env step, which nothing records
 
 
 class TrainingDiverged(RuntimeError):

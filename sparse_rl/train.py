@@ -17,12 +17,16 @@ with its step and network, and the last good checkpoint is kept.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -363,15 +367,19 @@ def _train(args: argparse.Namespace, plan: Plan, extra_callbacks: list[BaseCallb
         evaluator = SparseEvalCallback(eval_env, config.eval_freq, config.eval_episodes, eval_csv, start - clock_before)
         evaluator.last_row = last_row
         callbacks.append(evaluator)
-    if config.checkpoint_freq > 0:
-        callbacks.append(CheckpointCallback(run_dir, config.checkpoint_freq, save_buffer))
+    checkpointer = CheckpointCallback(run_dir, config.checkpoint_freq, save_buffer) if config.checkpoint_freq > 0 else None
+    if checkpointer is not None:
+        callbacks.append(checkpointer)
     show = sys.stderr.isatty() if args.progress is None else args.progress
     if show:
         callbacks.append(ProgressLine(config.n_timesteps, evaluator))
     callbacks += extra_callbacks or []
     steps_before = model.num_timesteps
     if remaining > 0:
-        model.learn(remaining, callback=CallbackList(callbacks), reset_num_timesteps=False, tb_log_name="run")
+        with _stop_gracefully(checkpointer):
+            model.learn(remaining, callback=CallbackList(callbacks), reset_num_timesteps=False, tb_log_name="run")
+        if checkpointer is not None and checkpointer.stopped is not None:
+            raise TrainingStopped(*checkpointer.stopped)
     else:
         model.set_logger(Logger(folder=None, output_formats=[]))  # a final evaluation only: log nowhere
     wall = time.time() - start
@@ -387,6 +395,38 @@ def _train(args: argparse.Namespace, plan: Plan, extra_callbacks: list[BaseCallb
     env.close()
     eval_env.close()
     return run_dir
+
+
+class TrainingStopped(Exception):
+    """Training stopped on SIGTERM or a first Ctrl-C, after writing a checkpoint where it stopped."""
+
+    def __init__(self, signum: int, checkpoint: Checkpoint):
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {checkpoint.timesteps}")
+        self.signum, self.checkpoint = signum, checkpoint
+
+
+@contextlib.contextmanager
+def _stop_gracefully(checkpointer: CheckpointCallback | None) -> Iterator[None]:
+    """While training: SIGTERM (a scheduler's preemption, ``kill``) and a first Ctrl-C write a checkpoint at the
+    next rollout start and stop there, losing no step; a second Ctrl-C stops at once (the last periodic
+    checkpoint stays). Without checkpoints, or off the main thread, signals keep their usual effect."""
+    if checkpointer is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and checkpointer.stop_asked:
+            raise KeyboardInterrupt
+        checkpointer.stop_at_next_checkpoint(signum)
+        if signum == signal.SIGINT:
+            print("\nstopping: writing a checkpoint at the next step (Ctrl-C again to stop at once)", file=sys.stderr)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def print_summary(run_dir: Path) -> None:
@@ -431,6 +471,10 @@ def main(argv: list[str] | None = None) -> int:
     # from here on, an exception is a failure, not bad input: it keeps its traceback (exit 1)
     try:
         run_dir = train(args, plan=plan)
+    except TrainingStopped as stop:
+        print(f"{stop}, checkpoint written: {stop.checkpoint.path}; continue with: python -m sparse_rl.train --resume "
+              f"{plan.run_dir}", file=sys.stderr)
+        return 128 + stop.signum
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue from the last checkpoint with: python -m sparse_rl.train --resume {plan.run_dir}",
               file=sys.stderr)

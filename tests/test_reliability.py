@@ -26,7 +26,7 @@ from sparse_rl.checkpoint import (
     verify_checkpoint,
 )
 from sparse_rl.export.runtime import PolicyFileError, SparsePolicy
-from sparse_rl.run_directory import TrainingDiverged, load_run_model
+from sparse_rl.run_directory import CheckpointCallback, TrainingDiverged, load_run_model
 
 TINY = ["--set", "learning_starts=100", "--set", "batch_size=32", "--set", "net_arch=[32, 32]",
         "--set", "update_interval=25", "--no-progress"]
@@ -365,22 +365,64 @@ def test_a_run_being_trained_cannot_be_resumed_twice(tmp_path, capsys):
     assert run_cli(train, ["--resume", run, "--n-timesteps", "400"], capsys)[0] == 0
 
 
-def test_ctrl_c_says_how_to_continue(tmp_path):
-    run = tmp_path / "run"
-    argv = ["--algo", "sac", "--env", "Pendulum", "--run-dir", run, *TINY, "--n-timesteps", "100000", "--eval-freq", "0",
-            "--set", "checkpoint_freq=100"]
+def _start_and_signal(run, argv, signals, tmp_path, after_eval=False):
+    """Start a training, send ``signals`` once it has written a checkpoint (or an evaluation), return (exit, stderr)."""
     # a shell's background jobs ignore SIGINT, and a Python started so never sees Ctrl-C: restore the default
     proc = subprocess.Popen([sys.executable, "-m", "sparse_rl.train", *map(str, argv)], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 60
-        while not checkpoint_dirs(run) and time.time() < deadline:
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
+        started = (lambda: (run / "evaluations.csv").is_file()) if after_eval else (lambda: bool(checkpoint_dirs(run)))
+        while not started():
+            assert proc.poll() is None and time.time() < deadline, "the run ended before it could be signalled"
+            time.sleep(0.02)
+        for sig in signals:
+            proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130, err
-    assert f"continue from the last checkpoint with: python -m sparse_rl.train --resume {run}" in err
-    assert "Traceback" not in err
+    return proc.returncode, err
+
+
+CTRL_C_ARGV = ["--algo", "sac", "--env", "Pendulum", *TINY, "--n-timesteps", "100000", "--eval-freq", "0",
+               "--set", "checkpoint_freq=100"]
+
+
+def test_ctrl_c_writes_a_checkpoint_where_it_stops_and_says_how_to_continue(tmp_path):
+    run = tmp_path / "run"
+    code, err = _start_and_signal(run, [*CTRL_C_ARGV, "--run-dir", run], [signal.SIGINT], tmp_path)
+    assert code == 130, err
+    stopped = latest_checkpoint(run)
+    assert f"stopped by SIGINT at step {stopped.timesteps}, checkpoint written: {stopped.path}" in err
+    assert f"continue with: python -m sparse_rl.train --resume {run}" in err
+    assert "Traceback" not in err and not (run / "summary.json").exists()
+
+
+def test_a_second_ctrl_c_stops_at_once_and_the_handlers_are_restored(tmp_path):
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    checkpointer = CheckpointCallback(tmp_path, 100, False)
+    with pytest.raises(KeyboardInterrupt), train._stop_gracefully(checkpointer):
+        os.kill(os.getpid(), signal.SIGINT)  # the first asks for a checkpoint and a stop
+        time.sleep(0.05)
+        assert checkpointer.stop_asked
+        os.kill(os.getpid(), signal.SIGINT)  # the second one does not wait for it
+        time.sleep(5)
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_sigterm_stops_at_a_checkpoint_and_resume_equals_an_uninterrupted_run(tmp_path, capsys):
+    """A scheduler's SIGTERM loses no step: the checkpoint is written where training stops."""
+    argv = [*KILL_ARGV, "--set", "checkpoint_freq=100000"]  # no periodic checkpoint before the end
+    a, b = tmp_path / "a", tmp_path / "b"
+    code, _, err = run_cli(train, [*argv, "--run-dir", a], capsys)
+    assert code == 0, err
+    code, err = _start_and_signal(b, [*argv, "--run-dir", b], [signal.SIGTERM], tmp_path, after_eval=True)
+    assert code == 128 + signal.SIGTERM, err
+    [(step, _)] = checkpoint_dirs(b)
+    assert 250 <= step < 1400 and f"stopped by SIGTERM at step {step}" in err
+    code, _, err = run_cli(train, ["--resume", b, "--no-progress"], capsys)
+    assert code == 0, err
+    assert_same_policy(load_run_model(a), load_run_model(b))
+    steps = [int(r["timesteps"]) for r in csv.DictReader(open(b / "evaluations.csv"))]
+    assert steps == [250, 500, 750, 1000, 1250, 1400]
