@@ -54,11 +54,13 @@ import yaml
 from sparse_rl.checkpoint import checkpoint_dirs
 from sparse_rl.config import CONFIG_CLASSES, SPARSE_KEYS, ConfigError, available_presets, check_value, resolve_config
 from sparse_rl.envs import EnvError, resolve_env_id
-from sparse_rl.run_directory import SUMMARY_FILE, RunError, atomic_write, read_evaluations
+from sparse_rl.run_directory import SUMMARY_FILE, RunError, atomic_write, lock_run, read_evaluations
 from sparse_rl.topology.methods import available_methods
 
 EXIT_BAD_INPUT = 2
 SPEC_FILE = "sweep.yml"
+#: seconds a stopped trial's training gets to write its checkpoint before it is killed
+STOP_GRACE_S = 60
 BEST_FILE = "best.yml"
 LOG_DIR = "logs"
 SPEC_KEYS = ("algo", "envs", "seeds", "n_timesteps", "set", "variants", "grid", "search", "save_replay_buffer")
@@ -349,14 +351,29 @@ def grid_trainable(config: dict[str, Any]) -> None:
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the training process is killed when the trial's worker dies (an early stop, a killed driver)."""
+    """Linux: the training process gets SIGTERM when the trial's worker dies (a killed driver, a lost worker):
+    it writes a checkpoint at the next step and exits, so ``--resume`` loses no step."""
     import ctypes
     import signal
 
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+def _wait_for_lock(run_dir: Path, timeout: float) -> None:
+    """Wait until no process trains ``run_dir``: one stopped with its sweep may still be writing its last
+    checkpoint. After ``timeout``, ``train --resume`` names the process that holds it."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            os.close(lock_run(run_dir))
+            return
+        except RunError:
+            if time.time() >= deadline:
+                return
+            time.sleep(0.5)
 
 
 def run_trial(config: dict[str, Any], poll_s: float = 2.0) -> None:
@@ -379,6 +396,8 @@ def run_trial(config: dict[str, Any], poll_s: float = 2.0) -> None:
         return
     # started before: continue from its latest checkpoint (a run killed before its first one starts over)
     started = (run_dir / "config.yaml").is_file()
+    if started:
+        _wait_for_lock(run_dir, STOP_GRACE_S)
     argv = ["--resume", str(run_dir), "--no-progress"] if started else list(config["argv"])
     # Progress counts this process's steps only: from the checkpoint it resumes (0 without one), and not from
     # the evaluations a killed run left behind, which the new process rewinds to that checkpoint or clears.
@@ -392,7 +411,8 @@ def run_trial(config: dict[str, Any], poll_s: float = 2.0) -> None:
         f.write(f"$ python -m sparse_rl.train {shlex.join(argv)}\n")
         f.flush()
         proc = subprocess.Popen([sys.executable, "-m", "sparse_rl.train", *argv], stdout=f, stderr=subprocess.STDOUT,
-                                env=env, preexec_fn=_die_with_parent)
+                                # a session of its own: signals for the worker's process group stay there
+                                env=env, preexec_fn=_die_with_parent, start_new_session=True)
         try:
             while proc.poll() is None:
                 time.sleep(poll_s)
@@ -404,9 +424,13 @@ def run_trial(config: dict[str, Any], poll_s: float = 2.0) -> None:
                         rate = (steps - first_step) / max(time.time() - start, 1e-9)
                         _tune_report(_trial_metrics(run_dir, steps, rate))
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            if proc.poll() is None:  # stopped by Tune (an early stop, the driver's Ctrl-C): checkpoint, then exit
+                proc.terminate()
+                try:
+                    proc.wait(timeout=STOP_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
     if proc.returncode != 0:
         tail = log.read_text().strip().splitlines()[-15:]
         raise RuntimeError(f"training exited with code {proc.returncode} (log: {log}):\n" + "\n".join(tail))
@@ -480,6 +504,10 @@ def _init_ray(address: str | None) -> tuple[int, int]:
     # 400 steps, two trainings running: 67 s of training in a trial against 2.7 s in a plain process);
     # the embedded cluster runs them as an ordinary process would. A cluster's nodes: see docs/sweeps.md.
     os.environ.setdefault("RAY_worker_niceness", "0")
+    # Ray SIGKILLs a worker's child processes when the worker exits (a stopped trial, a killed driver), which
+    # loses a trial's steps since its last checkpoint; instead each training gets SIGTERM from its own
+    # parent-death signal and checkpoints where it stops (``_die_with_parent``, ``train``'s SIGTERM handling)
+    os.environ.setdefault("RAY_kill_child_processes_on_worker_exit", "0")
     if address:
         ray.init(address=address, log_to_driver=False, include_dashboard=False)
     else:

@@ -4,6 +4,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 from sparse_rl import report, sweep
+from sparse_rl.checkpoint import checkpoint_dirs
 
 pytest.importorskip("ray", reason='sweeps need the [sweep] extra: pip install -e ".[sweep]"')
 
@@ -168,15 +170,18 @@ def test_resume_after_the_driver_is_killed_keeps_finished_trials_and_continues_s
     driver.wait()
     finished, interrupted = done[0], started[0]
     kept = _digest(finished / "summary.json")
-    time.sleep(3)  # the trial's training process dies with its Ray worker
-    alive = subprocess.run(["pgrep", "-f", f"sparse_rl.train .*{interrupted}"], capture_output=True, text=True).stdout
-    assert not alive.strip(), "a training process outlived the killed sweep"
+    deadline = time.time() + 30  # the trial's training process stops with its Ray worker, after a checkpoint
+    while subprocess.run(["pgrep", "-f", f"sparse_rl.train .*{interrupted}"], capture_output=True).stdout.strip():
+        assert time.time() < deadline, "a training process outlived the killed sweep"
+        time.sleep(0.2)
     result = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2/2 trials done (1 were already)" in result.stdout
     assert _digest(finished / "summary.json") == kept
     log = (out / "logs" / f"Pendulum-v1-{interrupted.name}.log").read_text()
-    assert f"resuming {interrupted} from {interrupted}/checkpoints/step-" in log
+    stopped = re.search(r"stopped by SIGTERM at step (\d+)", log)  # its worker died: SIGTERM, not SIGKILL
+    assert stopped, "the training did not write a checkpoint where it stopped\n" + log
+    assert f"resuming {interrupted} from {interrupted}/checkpoints/step-{int(stopped[1]):09d}" in log
     assert json.loads((interrupted / "summary.json").read_text())["timesteps"] == 2000
 
 
@@ -238,8 +243,12 @@ def test_ctrl_c_stops_the_sweep_with_the_resume_command(tmp_path):
     _, err = driver.communicate(timeout=120)
     assert driver.returncode == 130, err
     assert f"continue with: python -m sparse_rl.sweep {spec} --out {out} --resume" in err
-    time.sleep(3)
-    assert not subprocess.run(["pgrep", "-f", f"sparse_rl.train .*{out}"], capture_output=True, text=True).stdout.strip()
+    deadline = time.time() + 30  # the training stops with its worker, after writing a checkpoint where it stopped
+    while subprocess.run(["pgrep", "-f", f"sparse_rl.train .*{out}"], capture_output=True).stdout.strip():
+        assert time.time() < deadline, "a training process outlived the stopped sweep"
+        time.sleep(0.2)
+    stopped = re.search(r"stopped by SIGTERM at step (\d+)", (out / "logs" / "Pendulum-v1-rigl-s0.log").read_text())
+    assert stopped and [s for s, _ in checkpoint_dirs(out / "Pendulum-v1" / "rigl-s0")] == [int(stopped[1])]
 
 
 # ------------------------------------------------------------------------------- a two-node cluster
