@@ -206,11 +206,6 @@ class SparsePolicyMixin:
                 load_into(layers, tickets[name], name, config.init_from)
             for target in targets:
                 target.load_state_dict(network.state_dict())
-            chosen = [
-                use_sparse_storage(config.backend, l.out_features, l.in_features, l.nnz, l.mask.device) for l in layers
-            ]
-            layers = use_sparse_storage_for(network, layers, chosen, zip(targets, target_layers), network.optimizer)
-            target_layers = [masked_layers(target) for target in targets]
             controller = TopologyController(
                 layers,
                 config.topology_config(),
@@ -226,6 +221,7 @@ class SparsePolicyMixin:
             if hasattr(controller.method, "loss_fn"):  # scores from the network's loss (GraSP)
                 controller.method.loss_fn = partial(self._replay_losses, name)
             self.add_module(f"{name}_topology", controller)  # type: ignore[attr-defined]
+        self._fit_storage()  # the controllers were built on dense storage: one place chooses it
 
     def to(self, *args: Any, **kwargs: Any) -> Any:
         """``nn.Module.to``, then (``backend="auto"``) the storage that is fastest on the new device.
@@ -239,16 +235,19 @@ class SparsePolicyMixin:
         return module
 
     def _fit_storage(self, device: torch.device | None = None) -> None:
-        """Give every layer the storage ``backend`` chooses on ``device`` (default: the policy's own)."""
-        if self.sparse_config.backend != "auto":
-            return  # "sparse" and "dense" choose the same storage everywhere
+        """Give every layer the storage ``backend`` chooses on ``device`` (default: the policy's own).
+
+        Called once the controllers exist (they start on dense storage) and after every move; only
+        ``"auto"`` chooses differently by device, and a network whose optimizer has stepped keeps its storage.
+        """
+        backend = self.sparse_config.backend
         for name, (network, targets) in self._networks().items():
             controller: TopologyController = getattr(self, f"{name}_topology")
             layers = controller.layers
             if network.optimizer.state or not layers:
                 continue
             where = device if device is not None else layers[0].mask.device
-            chosen = [use_sparse_storage("auto", l.out_features, l.in_features, l.nnz, where) for l in layers]
+            chosen = [use_sparse_storage(backend, l.out_features, l.in_features, l.nnz, where) for l in layers]
             if chosen == [l.storage == "sparse" for l in layers]:
                 continue
             pairs = [(target, masked_layers(target)) for target in targets]
