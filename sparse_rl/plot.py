@@ -19,6 +19,19 @@ import numpy as np
 
 from sparse_rl.run_directory import EVALUATIONS_FILE, RunError, default_file_mode, read_run
 
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def method_styles(methods: list[str]) -> dict[str, tuple[str, str]]:
+    """A matplotlib color and line style for each method, distinct for up to 40 methods.
+
+    Matplotlib's (and rliable's) palettes repeat after 10 colors, so a 12-method plot drew two pairs of
+    methods alike; past 10 the colors come round again with the next line style. Sorted first, so one
+    report draws a method alike in every plot whichever subset the plot holds.
+    """
+    ordered = sorted(set(methods))
+    return {m: (f"C{i % 10}", LINE_STYLES[(i // 10) % len(LINE_STYLES)]) for i, m in enumerate(ordered)}
+
 
 def _read_evaluations(run_dir: Path) -> dict[str, np.ndarray]:
     path = run_dir / EVALUATIONS_FILE
@@ -62,10 +75,11 @@ def plot_runs(run_dirs: list[Path], out: Path, title: str | None = None, labels:
     if not groups:
         raise RunError("no runs to plot")
     fig, (ax_ret, ax_sp) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for i, (label, curves) in enumerate(sorted(groups.items())):
-        color = f"C{i}"
+    styles = method_styles(list(groups))
+    for label, curves in sorted(groups.items()):
+        color, style = styles[label]  # the right panel's solid/dashed lines keep their meaning: color only
         x, mean, half = _band(curves, "return_mean")
-        ax_ret.plot(x, mean, color=color, label=f"{label}, n={len(curves)}")
+        ax_ret.plot(x, mean, color=color, linestyle=style, label=f"{label}, n={len(curves)}")
         ax_ret.fill_between(x, mean - half, mean + half, color=color, alpha=0.2)
         x, density, _ = _band(curves, "actor_density")
         _, itop, _ = _band(curves, "actor_itop_rate")

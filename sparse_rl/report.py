@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from sparse_rl.plot import method_styles
 from sparse_rl.run_directory import SUMMARY_FILE, atomic_write, read_evaluations
 
 EXIT_BAD_INPUT = 2
@@ -162,8 +163,12 @@ def _curves(runs: list[Run]) -> tuple[np.ndarray, np.ndarray] | None:
     return steps, values[:, None, :]
 
 
-def plot_curves(env: str, groups: dict[str, list[Run]], baseline_mean: float | None, path: Path, reps: int, seed: int) -> bool:
-    """IQM learning curves with 95% CIs; returns whether anything was drawn."""
+def plot_curves(env: str, groups: dict[str, list[Run]], baseline_mean: float | None, path: Path, reps: int, seed: int,
+                styles: dict[str, tuple[str, str]] | None = None) -> bool:
+    """IQM learning curves with 95% CIs; returns whether anything was drawn.
+
+    :param styles: color and line style per method (default: :func:`~sparse_rl.plot.method_styles` of ``groups``).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -174,14 +179,16 @@ def plot_curves(env: str, groups: dict[str, list[Run]], baseline_mean: float | N
     data = {m: d for m, d in data.items() if d is not None}
     if not data:
         return False
+    styles = styles if styles is not None else method_styles(list(groups))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method, (steps, values) in data.items():
         def func(x: np.ndarray) -> np.ndarray:
             return np.array([metrics.aggregate_iqm(x[..., t]) for t in range(x.shape[-1])])
 
         points, intervals = _estimates({method: values}, func, reps, seed)
-        ax.plot(steps, points[method], label=method)
-        ax.fill_between(steps, intervals[method][0], intervals[method][1], alpha=0.2)
+        color, style = styles[method]
+        ax.plot(steps, points[method], color=color, linestyle=style, label=method)
+        ax.fill_between(steps, intervals[method][0], intervals[method][1], color=color, alpha=0.2)
     ax.set_xlabel("env steps")
     ax.set_ylabel("evaluation return (IQM, 95% CI)")
     ax.set_title(env)
@@ -192,7 +199,8 @@ def plot_curves(env: str, groups: dict[str, list[Run]], baseline_mean: float | N
     return True
 
 
-def plot_profiles(scores: dict[str, np.ndarray], path: Path, reps: int) -> None:
+def plot_profiles(scores: dict[str, np.ndarray], path: Path, reps: int,
+                  styles: dict[str, tuple[str, str]] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -204,9 +212,12 @@ def plot_profiles(scores: dict[str, np.ndarray], path: Path, reps: int) -> None:
     taus = np.linspace(0.0, max(1.2, top * 1.05), 61)
     np.random.seed(0)  # create_performance_profile bootstraps from numpy's global generator
     profiles, cis = rly.create_performance_profile(scores, taus, reps=reps)
+    styles = styles if styles is not None else method_styles(list(scores))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     plot_utils.plot_performance_profiles(profiles, taus, performance_profile_cis=cis, ax=ax,
-                                         xlabel="score / baseline mean (τ)", colors=None)
+                                         xlabel="score / baseline mean (τ)",
+                                         colors={m: styles[m][0] for m in scores},
+                                         linestyles={m: styles[m][1] for m in scores})
     lines = ax.get_lines()[: len(scores)]  # one per method, in order (the CI bands are not lines)
     ax.legend(lines, list(scores), fontsize=8)
     fig.tight_layout()
@@ -239,6 +250,7 @@ def report(root: Path, out: Path, baseline: str = "dense", reps: int = 10_000, s
     also = "".join(f" {c}" for c in compare)
     remake = f"python -m sparse_rl.report {root} --out {out}" + (f" --compare{also}" if compare else "")
     envs = sorted({r.env for r in runs})
+    styles = method_styles([r.method for r in runs])  # a method looks alike in every plot
     lines = [f"# Report: {root}", "",
              f"{len(runs)} finished runs. Statistics: rliable (Agarwal et al. 2021), stratified bootstrap, {reps} "
              f"resamples, 95% CIs (seed {seed}); scores are final evaluation returns. Densities, ITOP and FLOPs are "
@@ -276,7 +288,7 @@ def report(root: Path, out: Path, baseline: str = "dense", reps: int = 10_000, s
                 # |mean|: with negative returns (Pendulum) a plain ratio would reverse the order
                 normalised.setdefault(method, []).append(np.array([r.final / abs(base_mean) for r in rs]))
         png = out / f"curves-{env}.png"
-        if plot_curves(env, groups, base_mean, png, max(reps // 25, 500), seed):
+        if plot_curves(env, groups, base_mean, png, max(reps // 25, 500), seed, styles):
             lines += ["", f"IQM learning curves: `{png.name}` (evaluations every run made)."]
         lines.append("")
     # over envs: a method counts where it ran on every env that has a baseline, with as many seeds as its fewest
@@ -294,7 +306,7 @@ def report(root: Path, out: Path, baseline: str = "dense", reps: int = 10_000, s
             p = _fmt(prob[method]) if method in prob else "–"
             lines.append(f"| {method} | {s.shape[0]} × {s.shape[1]} | {_fmt(m['iqm'])} | {_fmt(m['mean'])} | "
                          f"{_fmt(m['median'])} | {_fmt(m['optimality_gap'])} | {p} |")
-        plot_profiles(agg, out / "profiles.png", max(reps // 25, 500))
+        plot_profiles(agg, out / "profiles.png", max(reps // 25, 500), styles)
         lines += ["", "Performance profiles (fraction of runs above τ × the baseline): `profiles.png`.", ""]
     text = "\n".join(lines)
     atomic_write(out / "report.md", lambda f: f.write(text.encode()))

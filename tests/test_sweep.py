@@ -360,6 +360,28 @@ def test_report_numbers_against_hand_computed_iqm_and_bootstrap_intervals(tmp_pa
     assert report.main([str(tmp_path / "nothing")]) == 2
 
 
+def test_a_report_of_more_methods_than_colors_draws_each_method_its_own_way(tmp_path, monkeypatch):
+    # matplotlib's and rliable's palettes repeat after 10 colors: a 12-method report drew pairs alike
+    import matplotlib.pyplot as plt
+
+    methods = ["dense", *(f"m{i:02d}" for i in range(11))]
+    for i, method in enumerate(methods):
+        for seed in (0, 1):
+            _fake_run(tmp_path, "Env-v1", f"{method}-s{seed}", 100.0 + 10 * i + seed)
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    report.report(tmp_path, tmp_path / "report", reps=200)
+    curves, profiles = figures  # one env, then the profiles over envs
+    drawn = []
+    for fig in (curves, profiles):
+        legend = fig.axes[0].get_legend()
+        styles = {t.get_text(): (h.get_color(), h.get_linestyle()) for t, h in zip(legend.get_texts(), legend.legend_handles)}
+        assert sorted(styles) == sorted(methods)
+        assert len(set(styles.values())) == len(methods)
+        drawn.append(styles)
+    assert drawn[0] == drawn[1]  # a method looks alike in both plots
+
+
 def test_keep_copies_only_the_small_files_of_finished_runs_and_reports_on_the_store(tmp_path, capsys):
     runs, store = tmp_path / "runs", tmp_path / "store"
     _fake_run(runs, "Env-v1", "dense-s0", 100.0)
