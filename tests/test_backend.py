@@ -394,3 +394,36 @@ def test_dense_gradient_view_gives_the_dense_storage_gradients():
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
     assert all(m._dense_leaf is None for m in masked_layers(sparse_net))  # back to sparse compute
+
+
+def test_break_even_needs_sparse_to_win_by_the_margin(monkeypatch):
+    # the timings stand in for a machine where sparse costs 5x the density of dense's time
+    densities = iter(sorted(backend_mod.CALIBRATION_DENSITIES))  # the order the calibration tries them
+    seen = []
+
+    def ratio(dense, sparse, reps):
+        seen.append(next(densities))
+        return 5 * seen[-1]
+
+    monkeypatch.setattr(backend_mod, "paired_ratio", ratio)
+    # 5 * 0.15 = 0.75 and 5 * 0.2 = 1.0: the margin (0.9) stops at 0.2 where 0.15 passes
+    assert backend_mod.measure_break_even(24, 20, reps=3) == 0.15
+    assert seen[-1] == 0.2  # stopped at the first loss
+    monkeypatch.setattr(backend_mod, "paired_ratio", lambda dense, sparse, reps: 0.95)  # faster, not by the margin
+    assert backend_mod.measure_break_even(24, 20, reps=3) == 0.0
+
+
+def test_paired_ratio_alternates_the_order_and_takes_the_median_ratio():
+    calls = []
+    assert 0 < backend_mod.paired_ratio(lambda: calls.append("d"), lambda: calls.append("s"), reps=4)
+    assert calls[6:] == ["d", "s", "s", "d", "d", "s", "s", "d"]  # after 3 warm-up pairs
+
+
+def test_break_even_entries_of_an_earlier_calibration_are_measured_again(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPARSE_RL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(backend_mod, "_memory", {})
+    old_key = backend_mod._key(24, 20, 256).rsplit("|calibration", 1)[0]  # the key before versions
+    (tmp_path / "break_even.json").write_text(json.dumps({old_key: 0.6}))
+    monkeypatch.setattr(backend_mod, "measure_break_even", lambda *a, **k: 0.04)
+    assert backend_mod.break_even_density(24, 20) == 0.04
+    assert json.loads((tmp_path / "break_even.json").read_text())[backend_mod._key(24, 20, 256)] == 0.04

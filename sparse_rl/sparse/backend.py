@@ -6,10 +6,17 @@
   (:class:`~sparse_rl.sparse.SparseLinear`: CSR kernels, optimizer state over the nonzeros).
 - ``"auto"`` (default): per layer, sparse storage where the layer's density is below the **break-even
   density measured on this machine** for its shape, dense otherwise. The measurement (forward + backward
-  of one layer at a batch of 256, dense against sparse over a grid of densities, medians) takes from
-  milliseconds for small layers to a few seconds for 1024×1024, and is cached per machine, torch version,
-  thread count and shape in ``$SPARSE_RL_CACHE_DIR`` (default ``~/.cache/sparse_rl``)
-  ``/break_even.json``. On devices other than the CPU, ``auto`` keeps dense storage (not measured yet).
+  of one layer at a batch of 256, dense and sparse timed back to back in alternating order, the median of
+  their ratios, over a grid of densities; sparse must be :data:`CALIBRATION_MARGIN` of dense's time or
+  less) takes from milliseconds for small layers to a few seconds for 1024×1024, and is cached per
+  machine, torch version, thread count and shape in ``$SPARSE_RL_CACHE_DIR`` (default
+  ``~/.cache/sparse_rl``) ``/break_even.json``. On devices other than the CPU, ``auto`` keeps dense
+  storage (not measured yet).
+
+The two storages sum in different orders, so runs of one seed under ``auto`` agree bit for bit only where
+``auto`` chose the same storage (a run's ``summary.json`` records each layer's); ``"dense"`` and
+``"sparse"`` do not depend on a measurement. A layer near its break-even gains little either way: the
+margin settles such layers on dense storage, where a plain comparison of noisy timings would flip.
 """
 
 from __future__ import annotations
@@ -29,6 +36,13 @@ BACKENDS = ("auto", "sparse", "dense")
 #: densities tried by the calibration, highest first
 CALIBRATION_DENSITIES = (0.6, 0.45, 0.35, 0.27, 0.2, 0.15, 0.11, 0.08, 0.06, 0.04, 0.03, 0.02, 0.01)
 CALIBRATION_BATCH = 256
+#: sparse storage is chosen at a density only where it takes at most this fraction of dense's time
+CALIBRATION_MARGIN = 0.9
+#: seconds of timing per density tried (each a pair of calls), within the bounds on repetitions below
+CALIBRATION_BUDGET_S = 0.1
+CALIBRATION_REPS = (15, 301)
+#: part of the cache key: entries measured by an earlier method are measured again
+CALIBRATION_VERSION = 2
 
 _memory: dict[str, float] = {}
 
@@ -44,7 +58,8 @@ def cache_path() -> Path:
     return Path(root) / "break_even.json"
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what :mod:`platform` knows)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -57,7 +72,10 @@ def _cpu_name() -> str:
 
 def _key(out_features: int, in_features: int, batch: int) -> str:
     threads = torch.get_num_threads()
-    return f"{_cpu_name()}|torch {torch.__version__}|threads {threads}|{out_features}x{in_features}|batch {batch}"
+    return (
+        f"{cpu_name()}|torch {torch.__version__}|threads {threads}|{out_features}x{in_features}|batch {batch}"
+        f"|calibration {CALIBRATION_VERSION}"
+    )
 
 
 def median_seconds(fn: Callable[[], object], reps: int) -> float:
@@ -71,14 +89,35 @@ def median_seconds(fn: Callable[[], object], reps: int) -> float:
     return statistics.median(times)
 
 
-def measure_break_even(out_features: int, in_features: int, batch: int = CALIBRATION_BATCH, reps: int = 7) -> float:
-    """The highest density of :data:`CALIBRATION_DENSITIES` from which down sparse storage is faster than
-    dense for forward + backward of one ``[out, in]`` layer at ``batch`` (0.0: never faster). Measures now."""
+def paired_ratio(dense: Callable[[], object], sparse: Callable[[], object], reps: int) -> float:
+    """Median over ``reps`` pairs of ``sparse()``'s wall time over ``dense()``'s, the two called back to back
+    in alternating order (after warming both up), so that load from other processes and the order of the
+    calls weigh on both alike."""
+    for _ in range(3):
+        dense()
+        sparse()
+    ratios = []
+    for i in range(reps):
+        times = {}
+        for name in ("dense", "sparse") if i % 2 == 0 else ("sparse", "dense"):
+            fn = dense if name == "dense" else sparse
+            start = time.perf_counter()
+            fn()
+            times[name] = time.perf_counter() - start
+        ratios.append(times["sparse"] / max(times["dense"], 1e-9))
+    return statistics.median(ratios)
+
+
+def measure_break_even(out_features: int, in_features: int, batch: int = CALIBRATION_BATCH, reps: int | None = None) -> float:
+    """The highest density of :data:`CALIBRATION_DENSITIES` from which down sparse storage takes at most
+    :data:`CALIBRATION_MARGIN` of dense's time for forward + backward of one ``[out, in]`` layer at
+    ``batch`` (0.0: never). ``reps`` pairs per density (default: what :data:`CALIBRATION_BUDGET_S` allows,
+    within :data:`CALIBRATION_REPS`). Measures now."""
     with torch.random.fork_rng(devices=[]):  # measuring must not move the global RNG (seeded runs stay exact)
         return _measure(out_features, in_features, batch, reps)
 
 
-def _measure(out_features: int, in_features: int, batch: int, reps: int) -> float:
+def _measure(out_features: int, in_features: int, batch: int, reps: int | None) -> float:
     from sparse_rl.sparse.layers import MaskedLinear, SparseLinear, random_mask
 
     generator = torch.Generator().manual_seed(0)
@@ -88,7 +127,7 @@ def _measure(out_features: int, in_features: int, batch: int, reps: int) -> floa
     grad_out = torch.randn(out_features, batch, generator=generator).t()
     dense = MaskedLinear(in_features, out_features)
 
-    def step(layer: torch.nn.Module):
+    def step(layer: torch.nn.Module) -> Callable[[], None]:
         def run() -> None:
             inp = x.detach().requires_grad_(True)
             layer.zero_grad(set_to_none=True)
@@ -96,14 +135,20 @@ def _measure(out_features: int, in_features: int, batch: int, reps: int) -> floa
 
         return run
 
-    dense_time = median_seconds(step(dense), reps)
+    if reps is None:  # as many pairs as the budget allows: cheap layers get many, so noise averages out
+        run = step(dense)
+        run()
+        start = time.perf_counter()
+        run()
+        pair = 2 * max(time.perf_counter() - start, 1e-9)
+        reps = int(min(max(CALIBRATION_BUDGET_S / pair, CALIBRATION_REPS[0]), CALIBRATION_REPS[1]))
     numel = out_features * in_features
     break_even = 0.0
     for density in reversed(CALIBRATION_DENSITIES):  # lowest first: stop at the first loss
         nnz = max(1, round(density * numel))
         dense.set_mask(random_mask(dense.weight.shape, nnz, generator))
         sparse = SparseLinear.from_masked(dense)
-        if median_seconds(step(sparse), reps) >= dense_time:
+        if paired_ratio(step(dense), step(sparse), reps) > CALIBRATION_MARGIN:
             break
         break_even = density
     return break_even
@@ -154,6 +199,7 @@ __all__ = [
     "break_even_density",
     "cache_path",
     "check_backend",
+    "cpu_name",
     "measure_break_even",
     "use_sparse_storage",
 ]
