@@ -37,6 +37,7 @@ from sparse_rl.checkpoint import (
 )
 from sparse_rl.config import DYNAMIC_BUFFER_KEYS, SPARSE_KEYS, TrainConfig, config_from_dict
 from sparse_rl.envs import EnvError, probe_env
+from sparse_rl.sparse.backend import cpu_name
 
 ALGOS: dict[str, tuple[type[BaseAlgorithm], type]] = {"sac": (SAC, SparseSACPolicy), "td3": (TD3, SparseTD3Policy)}
 #: TrainConfig fields passed unchanged to SAC/TD3
@@ -405,7 +406,8 @@ def run_dir_of(path: Path) -> Path | None:
 
 
 def summary(model: BaseAlgorithm, eval_row: dict[str, Any] | None, wall_clock: float, steps: int) -> dict[str, Any]:
-    report = sparsity_report(model)
+    # per layer: its storage too, which decides (with the machine below) the order of floating-point sums
+    report = sparsity_report(model, per_layer=True)
     return {
         "timesteps": int(model.num_timesteps),
         "final_eval": eval_row,
@@ -418,6 +420,14 @@ def summary(model: BaseAlgorithm, eval_row: dict[str, Any] | None, wall_clock: f
             "torch": torch.__version__,
             "numpy": np.__version__,
             "python": platform.python_version(),
+        },
+        # runs of one seed agree bit for bit only where these and every layer's storage agree: the CPU's
+        # instruction set and the thread count select the kernels, hence the order of floating-point sums
+        "machine": {
+            "cpu": cpu_name(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "arch": platform.machine(),
+            "threads": torch.get_num_threads(),
         },
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

@@ -2,6 +2,7 @@ import csv
 import json
 
 import pytest
+import torch
 import yaml
 from helpers import assert_same_policy
 from stable_baselines3.common.callbacks import BaseCallback
@@ -53,6 +54,13 @@ def test_train_writes_a_complete_run_and_evaluate_plot_read_it(algo, tmp_path, c
     summary = json.loads((run / "summary.json").read_text())
     assert summary["timesteps"] == 400 and summary["sparsity"]["actor"]["density"] == pytest.approx(0.2, abs=1e-3)
     assert {"return_mean", "return_ci95_low", "actor_itop_rate", "critic_flops"} <= set(summary["final_eval"])
+    # the kernels decide the floating-point sums, so a run records the machine and each layer's storage
+    assert summary["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and summary["machine"]["cpu"]
+    assert summary["machine"]["threads"] == 1
+    for net in ("actor", "critic"):
+        layers = summary["sparsity"][net]["layers"]
+        assert layers and {layer["storage"] for layer in layers} <= {"dense", "sparse"}
+        assert sum(layer["nonzeros"] for layer in layers) == summary["sparsity"][net]["nonzeros"]
     rows = (run / "evaluations.csv").read_text().splitlines()
     assert rows[0].startswith("timesteps,") and len(rows) == 3  # header + evaluations at 200 and 400
 
