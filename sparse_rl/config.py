@@ -30,6 +30,7 @@ import yaml
 
 from sparse_rl.agents.policies import SparsityConfig
 from sparse_rl.agents.replay import DynamicReplayBuffer, NStepSoftReplayBuffer
+from sparse_rl.numerics import NumericsError, check_cpu_kernels
 from sparse_rl.topology.methods import LEGACY_OPTIONS, migrate_legacy_options
 
 #: DynamicReplayBuffer options, each from TrainConfig's ``buffer_<name>``
@@ -60,6 +61,9 @@ class TrainConfig(SparsityConfig):
     eval_episodes: int = 10
     checkpoint_freq: int = 50_000
     """env steps between checkpoints (0: final only)"""
+    cpu_kernels: str = "native"
+    """``native``: MKL's code path for this CPU; ``avx2``: its AVX2 path on every x86-64 CPU, so the run
+    repeats bit for bit on any machine with AVX2 (:mod:`sparse_rl.numerics`)"""
     # --- SB3 off-policy hyperparameters
     learning_rate: float = 3e-4
     buffer_size: int = 1_000_000
@@ -233,6 +237,10 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"gradient_steps must be positive or -1 (as many as env steps), got {config.gradient_steps!r}")
     if not config.net_arch or any(width <= 0 for width in config.net_arch):
         raise ConfigError(f"net_arch must be a non-empty list of positive widths, got {config.net_arch!r}")
+    try:
+        check_cpu_kernels(config.cpu_kernels)
+    except NumericsError as err:
+        raise ConfigError(str(err)) from None
     if config.weight_decay < 0:
         raise ConfigError(f"weight_decay must be >= 0, got {config.weight_decay!r}")
     if isinstance(config, SACConfig):

@@ -37,7 +37,7 @@ from sparse_rl.checkpoint import (
 )
 from sparse_rl.config import DYNAMIC_BUFFER_KEYS, SPARSE_KEYS, TrainConfig, config_from_dict
 from sparse_rl.envs import EnvError, probe_env
-from sparse_rl.sparse.backend import cpu_name
+from sparse_rl.numerics import code_version, machine_numerics
 
 ALGOS: dict[str, tuple[type[BaseAlgorithm], type]] = {"sac": (SAC, SparseSACPolicy), "td3": (TD3, SparseTD3Policy)}
 #: TrainConfig fields passed unchanged to SAC/TD3
@@ -422,12 +422,8 @@ def summary(model: BaseAlgorithm, eval_row: dict[str, Any] | None, wall_clock: f
             "python": platform.python_version(),
         },
         # runs of one seed agree bit for bit only where these and every layer's storage agree: the CPU's
-        # instruction set and the thread count select the kernels, hence the order of floating-point sums
-        "machine": {
-            "cpu": cpu_name(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "arch": platform.machine(),
-            "threads": torch.get_num_threads(),
-        },
+        # instruction set, MKL's code path and the thread count select the kernels, hence the order of sums
+        "machine": machine_numerics(),
+        "code": code_version(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

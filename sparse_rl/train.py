@@ -58,6 +58,7 @@ from sparse_rl.config import (
 )
 from sparse_rl.envs import EnvError, make_env, resolve_env_id
 from sparse_rl.eval_callback import SparseEvalCallback
+from sparse_rl.numerics import NumericsError, check_pinned, code_version, pinned_environment
 from sparse_rl.plot import plot_runs
 from sparse_rl.run_directory import (
     ALGOS,
@@ -239,6 +240,7 @@ def _plan_new_run(args: argparse.Namespace) -> Plan:
         "preset": preset,
         "label": label,
         "save_replay_buffer": bool(args.save_replay_buffer),
+        "code": code_version(),  # what trained it: the commit, when the package is a git checkout
         "config": config,
     }
     return Plan(run_dir, info)
@@ -311,6 +313,7 @@ def train(args: argparse.Namespace, extra_callbacks: list[BaseCallback] | None =
     """
     plan = plan or plan_run(args)
     try:
+        check_pinned(plan.config.cpu_kernels)
         return _train(args, plan, extra_callbacks)
     finally:
         if plan.lock is not None:
@@ -451,6 +454,7 @@ def print_summary(run_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    plan: Plan | None = None
     try:
         if args.list_keys:
             cls = CONFIG_CLASSES.get(args.algo or "")
@@ -465,9 +469,20 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name}: {options}")
             return 0
         plan = plan_run(args)
-    except (ConfigError, RunError, EnvError, CheckpointError) as err:
+        pinned = pinned_environment(plan.config.cpu_kernels)
+        if pinned is not None and argv is not None:
+            check_pinned(plan.config.cpu_kernels)  # in-process: MKL is loaded, too late to pin it here
+    except (ConfigError, RunError, EnvError, CheckpointError, NumericsError) as err:
+        if plan is not None and plan.lock is not None:
+            os.close(plan.lock)
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if pinned is not None:  # MKL reads its code path once, as torch loads: start again with it in the environment
+        if plan.lock is not None:
+            os.close(plan.lock)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, "-m", "sparse_rl.train", *sys.argv[1:]], pinned)
     # from here on, an exception is a failure, not bad input: it keeps its traceback (exit 1)
     try:
         run_dir = train(args, plan=plan)
