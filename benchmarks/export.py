@@ -119,7 +119,7 @@ def main() -> None:
     from sparse_rl.export.compile import arm_toolchain, cortex_m4_size
     from sparse_rl.export.graph import extract_actor
     from sparse_rl.export.runtime import SparsePolicy
-    from sparse_rl.run_directory import bind
+    from sparse_rl.models import bind
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from sparse_rl.run_directory import load_run_model
+from sparse_rl.models import load_run_model
 
 
 def main() -> int:

@@ -45,7 +45,7 @@ from stable_baselines3 import SAC
 from stable_baselines3.common.callbacks import BaseCallback
 
 from sparse_rl import SparseSACPolicy, sparsity_report
-from sparse_rl.run_directory import bind
+from sparse_rl.models import bind
 
 
 class PinTotal(BaseCallback):

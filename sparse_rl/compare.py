@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from sparse_rl.agents import SparsePolicyMixin
-from sparse_rl.run_directory import RunError, load_model_file, load_run_model
+from sparse_rl.models import load_model_file, load_run_model
+from sparse_rl.run_directory import RunError
 from sparse_rl.topology.nnstd import nnstd
 
 

@@ -16,7 +16,8 @@ import torch
 
 from sparse_rl.envs import EnvError, make_env, resolve_env_id
 from sparse_rl.eval_callback import evaluate
-from sparse_rl.run_directory import RunError, load_model_file, load_run_model, read_run, run_dir_of
+from sparse_rl.models import load_model_file, load_run_model
+from sparse_rl.run_directory import RunError, read_run, run_dir_of
 
 
 def main(argv: list[str] | None = None) -> int:

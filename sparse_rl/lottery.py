@@ -29,7 +29,8 @@ from sparse_rl import train as train_cli
 from sparse_rl.agents.tickets import layer_arrays, read_ticket, ticket_bytes
 from sparse_rl.config import ConfigError
 from sparse_rl.envs import EnvError
-from sparse_rl.run_directory import SUMMARY_FILE, RunError, atomic_write, load_run_model
+from sparse_rl.models import load_run_model
+from sparse_rl.run_directory import SUMMARY_FILE, RunError, atomic_write
 from sparse_rl.sparse.distributions import available_distributions, layer_nonzeros
 
 

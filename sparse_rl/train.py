@@ -35,7 +35,7 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import Logger
 
-from sparse_rl.agents import sparsity_report
+from sparse_rl.callbacks import CheckpointCallback, DivergenceGuard, ProgressLine
 from sparse_rl.checkpoint import (
     CHECKPOINT_DIR,
     MODEL_FILE,
@@ -58,25 +58,17 @@ from sparse_rl.config import (
 )
 from sparse_rl.envs import EnvError, make_env, resolve_env_id
 from sparse_rl.eval_callback import SparseEvalCallback
+from sparse_rl.models import ALGOS, bind, build_model, check_device, check_env_for, run_label, summary
 from sparse_rl.numerics import NumericsError, check_pinned, code_version, pinned_environment
 from sparse_rl.plot import plot_runs
 from sparse_rl.run_directory import (
-    ALGOS,
     EVALUATIONS_FILE,
     SUMMARY_FILE,
-    CheckpointCallback,
-    DivergenceGuard,
     RunError,
     atomic_write,
-    bind,
-    build_model,
-    check_device,
-    check_env_for,
     lock_run,
     read_run,
     rewind_evaluations,
-    run_label,
-    summary,
     write_json,
     write_yaml,
 )
@@ -85,37 +77,6 @@ from sparse_rl.topology import available_methods, method_options
 EXIT_BAD_INPUT = 2
 
 
-class ProgressLine(BaseCallback):
-    """A one-line progress display on stderr: steps, steps/s, last evaluation, density."""
-
-    def __init__(self, total: int, evaluator: SparseEvalCallback | None, every_s: float = 1.0):
-        super().__init__()
-        self.total, self.evaluator, self.every_s = total, evaluator, every_s
-        self._t0 = self._last = 0.0
-        self._n0 = 0
-
-    def _on_training_start(self) -> None:
-        self._t0 = self._last = time.perf_counter()
-        self._n0 = self.num_timesteps
-
-    def _on_step(self) -> bool:
-        now = time.perf_counter()
-        if now - self._last >= self.every_s:
-            self._last = now
-            rate = (self.num_timesteps - self._n0) / max(now - self._t0, 1e-9)
-            row = self.evaluator.last_row if self.evaluator else None
-            ret = f"{row['return_mean']:.1f}" if row else "-"
-            density = sparsity_report(self.model)["actor"]["density"]
-            pct = 100 * self.num_timesteps / self.total
-            sys.stderr.write(
-                f"\r{self.num_timesteps}/{self.total} ({pct:.0f}%) {rate:.0f} steps/s"
-                f" | eval {ret} | actor density {density:.3f}"
-            )
-            sys.stderr.flush()
-        return True
-
-    def _on_training_end(self) -> None:
-        sys.stderr.write("\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from sparse_rl import evaluate, plot, train
 from sparse_rl.config import CONFIG_CLASSES, available_presets, resolve_config
 from sparse_rl.envs import SHORT_NAMES, resolve_env_id
-from sparse_rl.run_directory import RunError, load_run_model, rewind_evaluations
+from sparse_rl.models import load_run_model
+from sparse_rl.run_directory import RunError, rewind_evaluations
 
 TINY = [
     "--n-timesteps",

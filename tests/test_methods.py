@@ -411,7 +411,7 @@ def test_lottery_rounds_prune_rewind_and_start_from_the_ticket(tmp_path, capsys)
 
     from sparse_rl import lottery
     from sparse_rl.agents.tickets import read_ticket
-    from sparse_rl.run_directory import load_run_model
+    from sparse_rl.models import load_run_model
 
     out = tmp_path / "lt"
     argv = ["--algo", "sac", "--env", "Pendulum", "--rounds", "2", "--prune-rate", "0.5", "--rewind-fraction", "0.2",

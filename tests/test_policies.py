@@ -290,7 +290,7 @@ def test_bare_use_without_an_algorithm_fails_at_the_first_step_with_a_clear_mess
 def test_the_cli_binds_policy_and_replay_buffer_explicitly():
     from sparse_rl.config import resolve_config
     from sparse_rl.envs import make_env
-    from sparse_rl.run_directory import build_model
+    from sparse_rl.models import build_model
 
     config = resolve_config("sac", "Pendulum-v1", "sparse_rl", {"n_steps": 3, "net_arch": [16, 16], "buffer_size": 1000})
     model = build_model("sac", config, make_env("Pendulum-v1", seed=0), seed=0)

@@ -16,6 +16,7 @@ import torch
 from helpers import assert_same_policy
 
 from sparse_rl import evaluate, train
+from sparse_rl.callbacks import CheckpointCallback, TrainingDiverged
 from sparse_rl.checkpoint import (
     CHECKPOINT_DIR,
     CheckpointError,
@@ -26,7 +27,7 @@ from sparse_rl.checkpoint import (
     verify_checkpoint,
 )
 from sparse_rl.export.runtime import PolicyFileError, SparsePolicy
-from sparse_rl.run_directory import CheckpointCallback, TrainingDiverged, load_run_model
+from sparse_rl.models import load_run_model
 
 TINY = ["--set", "learning_starts=100", "--set", "batch_size=32", "--set", "net_arch=[32, 32]",
         "--set", "update_interval=25", "--no-progress"]

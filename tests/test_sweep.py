@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -201,11 +202,11 @@ def test_a_resumed_trial_reports_only_its_own_progress(tmp_path, monkeypatch):
         time.sleep(0.05)
     killed.kill()
     killed.wait()
-    resumed_from = sweep.checkpoint_dirs(run_dir)[-1][0]
+    resumed_from = checkpoint_dirs(run_dir)[-1][0]
     stale = [int(float(r["timesteps"])) for r in report.read_evaluations(run_dir)]
     assert stale[-1] > resumed_from  # evaluations past the checkpoint, which the resumed run redoes
     reports: list[tuple[float, dict]] = []
-    monkeypatch.setattr(sweep, "_tune_report", lambda metrics: reports.append((time.time(), metrics)))
+    monkeypatch.setattr(sweep.execution, "_tune_report", lambda metrics: reports.append((time.time(), metrics)))
     start = time.time()
     sweep.run_trial({"out": str(out), "env": "Pendulum-v1", "name": "rigl-s0", "argv": argv}, poll_s=0.05)
     *progress, (_, final) = reports
@@ -286,20 +287,88 @@ def _stop(pids: list[int]) -> None:
         time.sleep(3)
 
 
+def _listening(pids: list[int]) -> list[str]:
+    """The local addresses on which ``pids`` listen for TCP connections (Linux /proc)."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] == "0A" and cols[9] in inodes:  # LISTEN
+                raw = bytes.fromhex(cols[1].split(":")[0])
+                words = [raw[i:i + 4][::-1] for i in range(0, len(raw), 4)]  # each 32-bit word little-endian
+                found.append(socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, b"".join(words)))
+    return found
+
+
+def _loopback(address: str) -> bool:
+    return address.startswith("127.") or address in ("::1", "::ffff:127.0.0.1")
+
+
+def test_the_embedded_ray_of_a_local_sweep_listens_on_loopback_only():
+    """Every server of the local Ray (GCS, raylet, workers, agents) binds 127.0.0.1, none the machine's interfaces."""
+    import ray
+
+    from sparse_rl.sweep import execution
+
+    try:
+        assert execution._init_ray(None)[0] == 1
+        assert ray.get(ray.remote(lambda: 1).remote()) == 1  # a worker, listening too
+        addresses = _listening(_descendants(os.getpid()))  # the GCS, raylet and workers it started
+    finally:
+        ray.shutdown()
+    assert len(addresses) >= 3 and all(_loopback(a) for a in addresses), addresses
+
+
+def _descendants(pid: int) -> list[int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    tree, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        for child, p in parents.items():
+            if p == parent and child not in tree:
+                tree.add(child)
+                todo.append(child)
+    return sorted(tree)
+
+
+#: ``ray start`` with Ray's translation of a loopback node address into the machine's external one switched
+#: off (as the embedded Ray of a local sweep has it), so that the test cluster listens on 127.0.0.1 only
+RAY_START_ON_LOOPBACK = [
+    sys.executable, "-c",
+    "import sys; from ray._private import services; services.resolve_ip_for_localhost = lambda host: host; "
+    "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; sys.exit(main())",
+]
+
+
 @pytest.fixture
 def two_node_cluster():
     """Two Ray nodes on 127.0.0.1 with a temp dir of their own. Teardown stops exactly their processes:
     ``ray stop`` would stop every Ray on the machine, a user's running sweep included."""
-    ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
     port = 6390 + os.getpid() % 500
     temp = Path(f"/tmp/sprl-ray-{os.getpid()}")  # short: Ray's socket paths must stay under ~107 characters
     env = {**os.environ, "RAY_worker_niceness": "0", "RAY_AUTH_MODE": "token"}
     common = ["--num-cpus", "1", "--disable-usage-stats", "--temp-dir", str(temp)]
     try:
-        subprocess.run([ray_bin, "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
+        subprocess.run([*RAY_START_ON_LOOPBACK, "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
                         "--include-dashboard", "false", *common], env=env, check=True, capture_output=True, timeout=120)
-        subprocess.run([ray_bin, "start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1", *common],
-                       env=env, check=True, capture_output=True, timeout=120)
+        subprocess.run([*RAY_START_ON_LOOPBACK, "start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1",
+                        *common], env=env, check=True, capture_output=True, timeout=120)
+        addresses = _listening(_processes_of(str(temp)))
+        assert len(addresses) >= 4 and all(_loopback(a) for a in addresses), addresses
         yield f"127.0.0.1:{port}", env
     finally:
         _stop(_processes_of(str(temp)))

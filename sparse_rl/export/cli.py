@@ -27,7 +27,8 @@ FORMATS = ("sparse", "onnx", "c")
 
 def load_model(path: Path) -> Any:
     """An SB3 SAC/TD3 model from a run directory or a ``.zip``."""
-    from sparse_rl.run_directory import RunError, load_model_file, load_run_model
+    from sparse_rl.models import load_model_file, load_run_model
+    from sparse_rl.run_directory import RunError
 
     if not path.exists():
         raise ExportError(f"{str(path)!r} does not exist")

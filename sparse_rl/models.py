@@ -1,0 +1,203 @@
+"""SB3 models from a run's config, and back from its files: build, bind, load, check, summarise.
+
+:func:`build_model` turns a :class:`~sparse_rl.config.TrainConfig` into SAC/TD3 with the sparse policy (or
+SB3's dense ``MlpPolicy``) and our replay buffers; :func:`load_run_model` and :func:`load_model_file` read
+them back; :func:`summary` is what ``summary.json`` says of a finished one.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import stable_baselines3
+import torch
+from gymnasium import spaces
+from stable_baselines3 import SAC, TD3
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.noise import NormalActionNoise
+from stable_baselines3.common.vec_env import VecEnv
+
+import sparse_rl
+from sparse_rl.agents import SparsePolicyMixin, SparseSACPolicy, SparseTD3Policy, sparsity_report
+from sparse_rl.agents.replay import DynamicReplayBuffer, NStepSoftReplayBuffer
+from sparse_rl.checkpoint import MODEL_FILE, CheckpointError, latest_checkpoint
+from sparse_rl.config import DYNAMIC_BUFFER_KEYS, SPARSE_KEYS, TrainConfig
+from sparse_rl.envs import EnvError, probe_env
+from sparse_rl.numerics import code_version, machine_numerics
+from sparse_rl.run_directory import RunError, read_run
+
+ALGOS: dict[str, tuple[type[BaseAlgorithm], type]] = {"sac": (SAC, SparseSACPolicy), "td3": (TD3, SparseTD3Policy)}
+#: TrainConfig fields passed unchanged to SAC/TD3
+SB3_KEYS = ("learning_rate", "buffer_size", "learning_starts", "batch_size", "tau", "gamma", "train_freq", "gradient_steps")
+
+
+def check_device(device: str) -> str:
+    """``device`` if torch can train on it here (``cpu``, ``cuda``, ``cuda:<i>``, ``mps`` or SB3's ``auto``)."""
+    allowed = "allowed: cpu, cuda, cuda:<index>, mps, auto"
+    if device == "auto":
+        return device
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise RunError(f"unknown device {device!r}; {allowed}") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise RunError(f"device {device!r} is not available: this torch sees no CUDA device; use cpu")
+        if dev.index is not None and dev.index >= count:
+            raise RunError(f"device {device!r} is not available: this machine has {count} CUDA device(s)")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise RunError(f"device {device!r} is not available on this machine; use cpu")
+    elif dev.type != "cpu":
+        raise RunError(f"device {device!r} is not supported; {allowed}")
+    return device
+
+
+def check_env_for(algo: str, env_id: str, env_kwargs: dict[str, Any] | None = None) -> None:
+    """Make the env once and check its spaces against ``algo``: SAC/TD3 need a ``Box`` action space.
+
+    :raises EnvError: naming the env, its spaces and what the algorithm needs.
+    """
+    obs_space, action_space = probe_env(env_id, env_kwargs)
+    if not isinstance(action_space, spaces.Box):
+        raise EnvError(
+            f"{env_id!r} has a {action_space} action space; {algo.upper()} needs a continuous (Box) action space "
+            "(e.g. Pendulum, HalfCheetah, Hopper)"
+        )
+    if isinstance(obs_space, (spaces.Dict, spaces.Tuple)):
+        kind = type(obs_space).__name__
+        raise EnvError(f"{env_id!r} has a {kind} observation space; sparse_rl's policies take flat (Box) observations")
+
+
+def run_label(algo: str, config: TrainConfig) -> str:
+    """Group label for plots, e.g. ``sac-rigl-0.9`` or ``sac-dense``."""
+    if config.dense:
+        return f"{algo}-dense"
+    actor, critic = config.network_sparsity("actor"), config.network_sparsity("critic")
+    return f"{algo}-{config.topology}-{actor:g}" + ("" if actor == critic else f"-{critic:g}")
+
+
+def build_model(
+    algo: str, config: TrainConfig, env: VecEnv, seed: int, device: str = "cpu", tensorboard_log: str | None = None
+) -> BaseAlgorithm:
+    """An SB3 SAC/TD3 model with the sparse policy (or SB3's dense ``MlpPolicy`` when ``config.dense``)."""
+    algo_cls, sparse_policy = ALGOS[algo]
+    policy_kwargs: dict[str, Any] = {"net_arch": list(config.net_arch)}
+    if config.weight_decay:
+        policy_kwargs["optimizer_kwargs"] = {"weight_decay": config.weight_decay}
+    if config.dense:
+        policy: Any = "MlpPolicy"
+    else:
+        policy = sparse_policy
+        policy_kwargs.update({k: getattr(config, k) for k in SPARSE_KEYS})
+    kwargs: dict[str, Any] = {key: getattr(config, key) for key in SB3_KEYS}
+    if config.dynamic_buffer or config.n_steps > 1:
+        kwargs["replay_buffer_class"] = DynamicReplayBuffer if config.dynamic_buffer else NStepSoftReplayBuffer
+        kwargs["replay_buffer_kwargs"] = dict(n_steps=config.n_steps, n_step_delay=config.n_step_delay, gamma=config.gamma)
+        if config.dynamic_buffer:
+            kwargs["replay_buffer_kwargs"].update({key: getattr(config, f"buffer_{key}") for key in DYNAMIC_BUFFER_KEYS})
+    if algo == "sac":
+        kwargs["ent_coef"] = config.ent_coef  # type: ignore[attr-defined]
+    else:
+        kwargs["policy_delay"] = config.policy_delay  # type: ignore[attr-defined]
+        kwargs["target_policy_noise"] = config.target_policy_noise  # type: ignore[attr-defined]
+        kwargs["target_noise_clip"] = config.target_noise_clip  # type: ignore[attr-defined]
+        space = env.action_space
+        half_range = (space.high - space.low) / 2  # type: ignore[attr-defined]
+        kwargs["action_noise"] = NormalActionNoise(np.zeros_like(half_range), config.action_noise_std * half_range)  # type: ignore[attr-defined]
+    model = algo_cls(
+        policy,
+        env,
+        policy_kwargs=policy_kwargs,
+        seed=seed,
+        device=device,
+        tensorboard_log=tensorboard_log,
+        verbose=0,
+        **kwargs,
+    )
+    return bind(model)
+
+
+def bind(model: BaseAlgorithm) -> BaseAlgorithm:
+    """Link the sparse policy and our replay buffers to ``model`` explicitly (training progress, logger,
+    SAC's entropy coefficient), instead of their call-stack lookup, which is kept for bare
+    ``SAC(SparseSACPolicy, env)`` use. Returns ``model``."""
+    if isinstance(model.policy, SparsePolicyMixin):
+        model.policy.bind(model)
+    buffer = getattr(model, "replay_buffer", None)
+    if isinstance(buffer, NStepSoftReplayBuffer):
+        buffer.bind(model)
+    return model
+
+
+def load_model_file(path: Path, env: VecEnv | None = None, device: str = "cpu") -> BaseAlgorithm:
+    """A SAC/TD3 model from an SB3 ``.zip`` (the algorithm read from the policy class it holds)."""
+    from stable_baselines3.common.save_util import load_from_zip_file
+    from stable_baselines3.sac.policies import SACPolicy
+    from stable_baselines3.td3.policies import TD3Policy
+
+    try:
+        data, _, _ = load_from_zip_file(path, load_data=True, device=device)
+    except Exception as err:
+        raise RunError(f"{str(path)!r} is not a readable SB3 model zip: {type(err).__name__}: {err}") from None
+    policy_class = (data or {}).get("policy_class")
+    algo_cls: type[BaseAlgorithm] | None = None
+    if isinstance(policy_class, type) and issubclass(policy_class, SACPolicy):
+        algo_cls = SAC
+    elif isinstance(policy_class, type) and issubclass(policy_class, TD3Policy):
+        algo_cls = TD3
+    if algo_cls is None:
+        kind = getattr(policy_class, "__name__", policy_class)
+        raise RunError(f"{str(path)!r} holds a {kind} model; only SAC/TD3 are supported")
+    try:
+        return bind(algo_cls.load(path, env=env, device=device, force_reset=False))
+    except Exception as err:
+        raise RunError(f"corrupt model file {str(path)!r}: {type(err).__name__}: {err}") from None
+
+
+def load_run_model(run_dir: Path, env: VecEnv | None = None, device: str = "cpu") -> BaseAlgorithm:
+    """The final model of a run, else the model of its latest checkpoint."""
+    info = read_run(run_dir)
+    path = run_dir / MODEL_FILE
+    if not path.is_file():
+        try:
+            checkpoint = latest_checkpoint(run_dir)
+        except CheckpointError as err:
+            raise RunError(str(err)) from None
+        if checkpoint is None:
+            raise RunError(f"run {str(run_dir)!r} has no model yet (no {MODEL_FILE} nor checkpoint)")
+        path = checkpoint.model_path
+    algo_cls = ALGOS[info["algo"]][0]
+    try:
+        return bind(algo_cls.load(path, env=env, device=device, force_reset=False))
+    except Exception as err:
+        raise RunError(f"corrupt model file {str(path)!r}: {type(err).__name__}: {err}") from None
+
+
+def summary(model: BaseAlgorithm, eval_row: dict[str, Any] | None, wall_clock: float, steps: int) -> dict[str, Any]:
+    # per layer: its storage too, which decides (with the machine below) the order of floating-point sums
+    report = sparsity_report(model, per_layer=True)
+    return {
+        "timesteps": int(model.num_timesteps),
+        "final_eval": eval_row,
+        "sparsity": report,
+        "wall_clock_s": wall_clock,
+        "steps_per_s": steps / wall_clock if wall_clock > 0 else None,
+        "versions": {
+            "sparse_rl": sparse_rl.__version__,
+            "stable_baselines3": stable_baselines3.__version__,
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
+        # runs of one seed agree bit for bit only where these and every layer's storage agree: the CPU's
+        # instruction set, MKL's code path and the thread count select the kernels, hence the order of sums
+        "machine": machine_numerics(),
+        "code": code_version(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }

@@ -1,0 +1,5 @@
+import sys
+
+from sparse_rl.sweep.cli import main
+
+sys.exit(main())
