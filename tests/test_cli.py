@@ -1,5 +1,6 @@
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ import yaml
 from helpers import assert_same_policy
 from stable_baselines3.common.callbacks import BaseCallback
 
+import sparse_rl
 from sparse_rl import evaluate, plot, train
 from sparse_rl.config import CONFIG_CLASSES, available_presets, resolve_config
 from sparse_rl.envs import SHORT_NAMES, resolve_env_id
@@ -58,6 +60,10 @@ def test_train_writes_a_complete_run_and_evaluate_plot_read_it(algo, tmp_path, c
     # the kernels decide the floating-point sums, so a run records the machine and each layer's storage
     assert summary["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and summary["machine"]["cpu"]
     assert summary["machine"]["threads"] == 1
+    # and the code that trained it: the checkout's commit, at the start (config.yaml) and at the end
+    assert summary["code"]["version"] == config["code"]["version"] == sparse_rl.__version__
+    if (Path(sparse_rl.__file__).resolve().parents[1] / ".git").exists():
+        assert len(config["code"]["commit"]) == 40 and summary["code"]["commit"] == config["code"]["commit"]
     for net in ("actor", "critic"):
         layers = summary["sparsity"][net]["layers"]
         assert layers and {layer["storage"] for layer in layers} <= {"dense", "sparse"}
@@ -328,3 +334,38 @@ def test_plot_runs_groups_by_explicit_labels_and_checks_their_count(tmp_path):
     with pytest.raises(ValueError, match="got 2 labels for 3 runs"):
         plot_runs(dirs, tmp_path / "q.png", labels=["a", "b"])
     assert not (tmp_path / "q.png").exists()
+
+
+def test_cpu_kernels_avx2_pins_mkl_in_the_training_process(tmp_path):
+    """MKL reads its code path once, as torch loads: the CLI starts itself again with MKL_CBWR=AVX2 in its
+    environment, and the run records it, so a config repeats on any AVX2 machine."""
+    import os
+    import subprocess
+    import sys
+
+    from sparse_rl.numerics import check_cpu_kernels
+
+    try:
+        check_cpu_kernels("avx2")
+    except ValueError as err:
+        pytest.skip(f"this machine cannot pin MKL: {err}")
+    run = tmp_path / "pinned"
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    argv = ["--algo", "sac", "--env", "Pendulum", "--run-dir", run, "--set", "cpu_kernels=avx2", *TINY]
+    result = subprocess.run([sys.executable, "-m", "sparse_rl.train", *map(str, argv)], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((run / "summary.json").read_text())["machine"]["mkl_cbwr"] == "AVX2"
+    assert yaml.safe_load((run / "config.yaml").read_text())["config"]["cpu_kernels"] == "avx2"
+
+
+def test_cpu_kernels_is_checked_and_refused_in_process_without_the_pin(tmp_path, capsys, monkeypatch):
+    code, _, err = run_cli(train, ["--algo", "sac", "--env", "Pendulum", "--run-dir", tmp_path / "r",
+                                   "--set", "cpu_kernels=avx512", *TINY], capsys)
+    assert code == 2 and err.count("\n") == 1 and "cpu_kernels must be one of native, avx2, got 'avx512'" in err
+    monkeypatch.delenv("MKL_CBWR", raising=False)
+    code, _, err = run_cli(train, ["--algo", "sac", "--env", "Pendulum", "--run-dir", tmp_path / "r",
+                                   "--set", "cpu_kernels=avx2", *TINY], capsys)
+    # in-process, MKL is loaded already: the message says how to pin it (unless this machine cannot at all)
+    assert code == 2 and err.count("\n") == 1 and ("MKL_CBWR=AVX2" in err or "cpu_kernels=native" in err)
+    assert not (tmp_path / "r").exists()
