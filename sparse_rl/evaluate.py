@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
+from sparse_rl.cli_options import add_device, add_threads
 from sparse_rl.envs import EnvError, make_env, resolve_env_id
 from sparse_rl.eval_callback import evaluate
-from sparse_rl.models import load_model_file, load_run_model
+from sparse_rl.models import check_device, load_model_file, load_run_model
 from sparse_rl.run_directory import RunError, read_run, run_dir_of
 
 
@@ -27,11 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, help="evaluation env seed (default: the run's seed + 20000)")
     p.add_argument("--env", help="env of a model zip outside a run directory (default: the run's env)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--threads", type=int, default=1)
+    add_threads(p)
+    add_device(p)
     args = p.parse_args(argv)
     try:
         if args.episodes <= 0:
             raise ValueError(f"--episodes must be positive, got {args.episodes}")
+        if args.threads <= 0:
+            raise ValueError(f"--threads must be positive, got {args.threads}")
+        check_device(args.device)
         torch.set_num_threads(args.threads)
         path: Path = args.run_dir
         if not path.exists():
@@ -48,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         seed = args.seed if args.seed is not None else (int(info["seed"]) if info else 0) + 20_000
         env = make_env(env_id, n_envs=1, seed=seed, env_kwargs=env_kwargs)
         if path.is_dir():
-            model = load_run_model(path, env=env)
+            model = load_run_model(path, env=env, device=args.device)
         else:
-            model = load_model_file(path)
+            model = load_model_file(path, device=args.device)
             if model.observation_space != env.observation_space or model.action_space != env.action_space:
                 raise EnvError(
                     f"{str(path)!r} was trained on observations {model.observation_space} and actions "

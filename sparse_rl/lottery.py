@@ -27,6 +27,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from sparse_rl import train as train_cli
 from sparse_rl.agents.tickets import layer_arrays, read_ticket, ticket_bytes
+from sparse_rl.cli_options import add_device, add_progress, add_threads, progress_argv
 from sparse_rl.config import ConfigError
 from sparse_rl.envs import EnvError
 from sparse_rl.models import load_run_model
@@ -90,7 +91,7 @@ def prune_ticket(
 
 def _round_args(args: argparse.Namespace, r: int, out: Path) -> list[str]:
     argv = ["--algo", args.algo, "--env", args.env, "--seed", str(args.seed), "--run-dir", str(out / f"round-{r}"),
-            "--topology", "static", "--no-progress"]
+            "--topology", "static", "--threads", str(args.threads), "--device", args.device, *progress_argv(args)]
     if args.n_timesteps is not None:
         argv += ["--n-timesteps", str(args.n_timesteps)]
     for item in args.sets:
@@ -116,7 +117,8 @@ def lottery(args: argparse.Namespace) -> list[dict[str, Any]]:
         argv = _round_args(args, r, out)
         if (run_dir / "config.yaml").is_file() and not _finished(run_dir):
             # interrupted: round 0 starts again (its rewind point may predate the checkpoint), later ones resume
-            argv = [*argv, "--overwrite"] if r == 0 else ["--resume", str(run_dir), "--no-progress"]
+            argv = [*argv, "--overwrite"] if r == 0 else ["--resume", str(run_dir), "--threads", str(args.threads),
+                                                          "--device", args.device, *progress_argv(args)]
         parsed = train_cli.build_parser().parse_args(argv)
         plan = None if _finished(run_dir) else train_cli.plan_run(parsed)  # bad input: before any training
         if plan is not None:
@@ -167,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-timesteps", type=int)
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", type=Path, required=True, help="directory of the rounds and tickets")
+    add_threads(p)
+    add_device(p)
+    add_progress(p, "each round's training progress line on stderr")
     args = p.parse_args(argv)
     try:
         if args.rounds < 1:

@@ -104,16 +104,33 @@ def plot_runs(run_dirs: list[Path], out: Path, title: str | None = None, labels:
     return out
 
 
+def find_runs(paths: list[Path]) -> list[Path]:
+    """The run directories ``paths`` name: each path a run itself, or a directory with runs below it.
+
+    :raises RunError: for a path that does not exist or holds no run, naming it.
+    """
+    runs: list[Path] = []
+    for path in paths:
+        if (path / "config.yaml").is_file():
+            runs.append(path)
+        elif not path.is_dir():
+            raise RunError(f"{str(path)!r} does not exist" if not path.exists() else f"{str(path)!r} is not a directory")
+        else:
+            found = sorted(c.parent for c in path.rglob("config.yaml") if (c.parent / EVALUATIONS_FILE).is_file())
+            if not found:
+                raise RunError(f"{str(path)!r} holds no run (a directory with config.yaml and {EVALUATIONS_FILE})")
+            runs += found
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sparse_rl.plot", description=__doc__.splitlines()[0])
-    p.add_argument("runs", type=Path, nargs="+", help="run directories (non-run paths are skipped)")
+    p.add_argument("runs", type=Path, nargs="+", help="run directories, or directories holding runs (a sweep's --out)")
     p.add_argument("--out", type=Path, default=Path("curves.png"))
     p.add_argument("--title")
     args = p.parse_args(argv)
-    runs = [r for r in args.runs if (r / "config.yaml").is_file()]
     try:
-        if not runs:
-            raise RunError(f"none of {', '.join(map(str, args.runs))} is a run directory")
+        runs = find_runs(args.runs)
         out = plot_runs(runs, args.out, args.title)
     except (RunError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -46,6 +46,7 @@ from sparse_rl.checkpoint import (
     restore_checkpoint_state,
     save_checkpoint,
 )
+from sparse_rl.cli_options import add_device, add_progress, add_threads, show_progress
 from sparse_rl.config import (
     CONFIG_CLASSES,
     SPARSE_KEYS,
@@ -63,6 +64,7 @@ from sparse_rl.numerics import NumericsError, check_pinned, code_version, pinned
 from sparse_rl.plot import plot_runs
 from sparse_rl.run_directory import (
     EVALUATIONS_FILE,
+    LOCK_FILE,
     SUMMARY_FILE,
     RunError,
     atomic_write,
@@ -96,9 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --run-dir")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     p.add_argument("--save-replay-buffer", action="store_true", help="checkpoint the replay buffer too")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="default: on when a TTY")
+    add_threads(p)
+    add_device(p)
+    add_progress(p)
     p.add_argument("--list-keys", action="store_true", help="print the config keys of --algo and exit")
     return p
 
@@ -150,6 +152,13 @@ def _check_run_dir(run_dir: Path, overwrite: bool) -> None:
         raise RunError(f"run directory {str(run_dir)!r} is a file")
     if (run_dir / "config.yaml").exists() and not overwrite:
         raise RunError(f"run directory {str(run_dir)!r} already holds a run; use --resume or another --run-dir")
+    if run_dir.is_dir() and not (run_dir / "config.yaml").exists():
+        # what a run killed before its config was written leaves: its lock and temporary files
+        foreign = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE and not p.name.endswith(".tmp"))
+        if foreign:
+            listed = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise RunError(f"run directory {str(run_dir)!r} is not empty and holds no run ({listed}); nothing in it is "
+                           "replaced, not even with --overwrite: choose a new or empty directory")
     # try it (permission bits do not tell for root or special filesystems), then remove what was made
     missing = []
     parent = run_dir
@@ -334,7 +343,7 @@ def _train(args: argparse.Namespace, plan: Plan, extra_callbacks: list[BaseCallb
     checkpointer = CheckpointCallback(run_dir, config.checkpoint_freq, save_buffer) if config.checkpoint_freq > 0 else None
     if checkpointer is not None:
         callbacks.append(checkpointer)
-    show = sys.stderr.isatty() if args.progress is None else args.progress
+    show = show_progress(args)
     if show:
         callbacks.append(ProgressLine(config.n_timesteps, evaluator))
     callbacks += extra_callbacks or []

@@ -153,6 +153,8 @@ def test_resume_equals_uninterrupted(algo, topology, backend, tmp_path, capsys):
         (["--algo", "sac", "--env", "Pendulum", "--run-dir", "/proc/forbidden/run"], "not writable"),
         (["--resume", "/nonexistent/run"], "does not exist"),
         (["--algo", "sac"], "--env is required"),
+        (["--algo", "sac", "--env", "HalfCheetah", "--env-kwargs", "xml_file=/nonexistent.xml"],
+         "xml_file='/nonexistent.xml': 'HalfCheetah-v5' cannot read what they name"),
     ],
 )
 def test_bad_input_exits_2_with_one_clear_line(argv, needle, capsys):
@@ -208,6 +210,28 @@ def test_existing_run_dir_is_protected(tmp_path, capsys):
     code, _, err = run_cli(train, argv, capsys)
     assert code == 2 and "already holds a run" in err
     assert run_cli(train, [*argv, "--overwrite"], capsys)[0] == 0
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_a_directory_that_is_not_a_run_is_never_trained_into_nor_replaced(overwrite, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    argv = ["--algo", "sac", "--env", "Pendulum", "--run-dir", tmp_path, *TINY, *overwrite]
+    code, _, err = run_cli(train, argv, capsys)
+    assert code == 2 and err.count("\n") == 1 and "is not empty and holds no run (notes.txt)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"] and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_plot_finds_the_runs_under_a_directory_and_refuses_one_without(tmp_path, capsys):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    code, _, err = run_cli(plot, [tmp_path / "empty", "--out", tmp_path / "c.png"], capsys)
+    assert code == 2 and "holds no run" in err and not (tmp_path / "c.png").exists()
+    code, _, err = run_cli(plot, [tmp_path / "missing", "--out", tmp_path / "c.png"], capsys)
+    assert code == 2 and "does not exist" in err and not (tmp_path / "c.png").exists()
+    run = tmp_path / "sweep" / "Pendulum-v1" / "rigl-s0"
+    assert run_cli(train, ["--algo", "sac", "--env", "Pendulum", "--run-dir", run, *TINY], capsys)[0] == 0
+    code, _, err = run_cli(plot, [tmp_path / "sweep", "--out", tmp_path / "c.png"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("algo", list(CONFIG_CLASSES))

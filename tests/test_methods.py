@@ -416,7 +416,8 @@ def test_lottery_rounds_prune_rewind_and_start_from_the_ticket(tmp_path, capsys)
     out = tmp_path / "lt"
     argv = ["--algo", "sac", "--env", "Pendulum", "--rounds", "2", "--prune-rate", "0.5", "--rewind-fraction", "0.2",
             "--n-timesteps", "300", "--set", "learning_starts=100", "--set", "batch_size=32",
-            "--set", "net_arch=[32, 32]", "--set", "eval_freq=150", "--set", "eval_episodes=1", "--out", str(out)]
+            "--set", "net_arch=[32, 32]", "--set", "eval_freq=150", "--set", "eval_episodes=1", "--out", str(out),
+            "--no-progress", "--threads", "1"]  # as train spells them
     assert lottery.main(argv) == 0
     assert "round 2: actor density 0.25" in capsys.readouterr().out
     rewind, t1, t2 = (read_ticket(out / name) for name in ("rewind.npz", "ticket-1.npz", "ticket-2.npz"))

@@ -84,8 +84,9 @@ def probe_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> tuple[gy
     """Make ``env_id`` once with ``env_kwargs``, reset it and take one random step; return its observation
     and action spaces.
 
-    :raises EnvError: when the env needs an optional dependency that is missing, or when ``env_kwargs``
-        are not accepted (the message lists the keyword arguments the env takes).
+    :raises EnvError: when the env needs an optional dependency that is missing, when ``env_kwargs``
+        are not accepted (the message lists the keyword arguments the env takes), or name a file that
+        cannot be read.
     """
     env_id = resolve_env_id(env_id)
     kwargs = dict(env_kwargs or {})
@@ -98,6 +99,11 @@ def probe_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> tuple[gy
         return env.observation_space, env.action_space
     except gym.error.DependencyNotInstalled as err:
         raise EnvError(f"environment {env_id!r} needs an optional dependency that is not installed: {err}") from None
+    except OSError as err:  # a file the kwargs name (xml_file=...) is missing or unreadable
+        if not kwargs:
+            raise
+        given = " ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise EnvError(f"--env-kwargs {given}: {env_id!r} cannot read what they name ({err})") from None
     except (TypeError, ValueError) as err:
         if not kwargs:
             raise
