@@ -27,7 +27,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,31 +48,26 @@ from sparse_rl.checkpoint import (
 from sparse_rl.cli_options import add_device, add_progress, add_threads, show_progress
 from sparse_rl.config import (
     CONFIG_CLASSES,
-    SPARSE_KEYS,
     ConfigError,
-    TrainConfig,
     available_presets,
     config_to_dict,
-    parse_set,
-    resolve_config,
 )
-from sparse_rl.envs import EnvError, make_env, resolve_env_id
+from sparse_rl.envs import EnvError, make_env
 from sparse_rl.eval_callback import SparseEvalCallback
-from sparse_rl.models import ALGOS, bind, build_model, check_device, check_env_for, run_label, summary
-from sparse_rl.numerics import NumericsError, check_pinned, code_version, pinned_environment
+from sparse_rl.models import ALGOS, bind, build_model, summary
+from sparse_rl.numerics import NumericsError, check_pinned, pinned_environment
 from sparse_rl.plot import plot_runs
 from sparse_rl.run_directory import (
     EVALUATIONS_FILE,
-    LOCK_FILE,
     SUMMARY_FILE,
     RunError,
     atomic_write,
     lock_run,
-    read_run,
     rewind_evaluations,
     write_json,
     write_yaml,
 )
+from sparse_rl.run_plan import Plan, plan_run
 from sparse_rl.topology import available_methods, method_options
 
 EXIT_BAD_INPUT = 2
@@ -103,167 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_progress(p)
     p.add_argument("--list-keys", action="store_true", help="print the config keys of --algo and exit")
     return p
-
-
-#: flags that define a run; a resumed run takes them from its config.yaml
-_RUN_FLAGS = ("algo", "env", "preset", "seed", "sparsity", "topology", "sets", "env_kwargs", "eval_freq", "eval_episodes",
-              "run_dir", "overwrite")
-
-
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    for flag, key in (
-        ("n_timesteps", "n_timesteps"),
-        ("sparsity", "sparsity"),
-        ("topology", "topology"),
-        ("eval_freq", "eval_freq"),
-        ("eval_episodes", "eval_episodes"),
-    ):
-        if getattr(args, flag) is not None:
-            overrides[key] = getattr(args, flag)
-    if args.env_kwargs:
-        overrides["env_kwargs"] = dict(parse_set(item, "--env-kwargs") for item in args.env_kwargs)
-    for item in args.sets:
-        key, value = parse_set(item)
-        overrides[key] = value
-    return overrides
-
-
-@dataclass
-class Plan:
-    """What :func:`train` will do, decided and checked before anything is written."""
-
-    run_dir: Path
-    info: dict[str, Any]  # config.yaml's content, with ``config`` a TrainConfig
-    resume: bool = False
-    checkpoint: Checkpoint | None = None  # the checkpoint a resumed run continues from (None: from step 0)
-    extend_to: int | None = None  # --resume --n-timesteps N: the new total
-    finished: bool = False  # a finished run resumed with no new budget: nothing to do
-    lock: int | None = None  # file descriptor holding the run directory's lock
-
-    @property
-    def config(self) -> TrainConfig:
-        return self.info["config"]
-
-
-def _check_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Refuse an existing run (without --overwrite) or a place we could not write to, without writing."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunError(f"run directory {str(run_dir)!r} is a file")
-    if (run_dir / "config.yaml").exists() and not overwrite:
-        raise RunError(f"run directory {str(run_dir)!r} already holds a run; use --resume or another --run-dir")
-    if run_dir.is_dir() and not (run_dir / "config.yaml").exists():
-        # what a run killed before its config was written leaves: its lock and temporary files
-        foreign = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE and not p.name.endswith(".tmp"))
-        if foreign:
-            listed = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-            raise RunError(f"run directory {str(run_dir)!r} is not empty and holds no run ({listed}); nothing in it is "
-                           "replaced, not even with --overwrite: choose a new or empty directory")
-    # try it (permission bits do not tell for root or special filesystems), then remove what was made
-    missing = []
-    parent = run_dir
-    while not parent.exists():
-        missing.append(parent)
-        parent = parent.parent
-    probe = run_dir / ".write-test"
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe.write_text("")
-    except OSError as err:
-        raise RunError(f"run directory {str(run_dir)!r} is not writable: {err.strerror}") from None
-    finally:
-        probe.unlink(missing_ok=True)
-        for made in missing:
-            try:
-                made.rmdir()
-            except OSError:  # never made (mkdir failed below it), or another run has put its directory inside
-                continue     # meanwhile (a sweep's next trial): keep it; the parents above are still tried
-
-
-def _plan_new_run(args: argparse.Namespace) -> Plan:
-    if not args.algo:
-        raise ConfigError("--algo is required (sac or td3) unless --resume is given")
-    if args.algo not in CONFIG_CLASSES:
-        raise ConfigError(f"unknown algo {args.algo!r}; known: {', '.join(CONFIG_CLASSES)}")
-    if not args.env:
-        raise ConfigError("--env is required unless --resume is given")
-    seed = 0 if args.seed is None else args.seed
-    if not 0 <= seed < 2**32:
-        raise ConfigError(f"--seed must be in [0, 2**32), got {seed}")
-    preset = args.preset or "sparse_rl"
-    env_id = resolve_env_id(args.env)
-    overrides = _overrides(args)
-    config = resolve_config(args.algo, env_id, preset, overrides)
-    if config.dense and (ignored := [key for key in overrides if key in SPARSE_KEYS]):
-        raise ConfigError(
-            f"{', '.join(ignored)} would be ignored: this config trains SB3's dense MlpPolicy (dense=True, e.g. "
-            "--preset dense); drop those settings or choose a sparse preset"
-        )
-    check_env_for(args.algo, env_id, config.env_kwargs)
-    label = run_label(args.algo, config)
-    run_dir = args.run_dir or Path("runs") / f"{args.algo}-{env_id}-{label}-s{seed}"
-    _check_run_dir(run_dir, args.overwrite)
-    info = {
-        "algo": args.algo,
-        "env": env_id,
-        "seed": seed,
-        "preset": preset,
-        "label": label,
-        "save_replay_buffer": bool(args.save_replay_buffer),
-        "code": code_version(),  # what trained it: the commit, when the package is a git checkout
-        "config": config,
-    }
-    return Plan(run_dir, info)
-
-
-def _plan_resume(args: argparse.Namespace) -> Plan:
-    names = {"sets": "set", "env_kwargs": "env-kwargs"}
-    given = [f"--{names.get(f, f.replace('_', '-'))}" for f in _RUN_FLAGS if getattr(args, f) not in (None, False, [])]
-    if given:
-        raise ConfigError(
-            f"--resume takes the run's settings from its config.yaml; {', '.join(given)} cannot be combined with it "
-            "(allowed: --n-timesteps to extend the run, --save-replay-buffer, --threads, --device, --progress)"
-        )
-    run_dir = args.resume
-    info = read_run(run_dir)
-    lock = lock_run(run_dir)  # held until training ends (or this process does)
-    try:
-        return _plan_resume_locked(args, run_dir, info, lock)
-    except BaseException:
-        os.close(lock)
-        raise
-
-
-def _plan_resume_locked(args: argparse.Namespace, run_dir: Path, info: dict[str, Any], lock: int) -> Plan:
-    checkpoint = latest_checkpoint(run_dir)
-    done = checkpoint.timesteps if checkpoint else 0
-    config: TrainConfig = info["config"]
-    plan = Plan(run_dir, info, resume=True, checkpoint=checkpoint, lock=lock)
-    if args.n_timesteps is not None:
-        if args.n_timesteps < done:
-            raise ConfigError(
-                f"--n-timesteps {args.n_timesteps} is below the {done} steps {str(run_dir)!r} has done; "
-                f"give a total of at least {done}"
-            )
-        if args.n_timesteps != config.n_timesteps:
-            plan.extend_to = args.n_timesteps
-            info["config"] = dataclasses.replace(config, n_timesteps=args.n_timesteps)
-    target = plan.config.n_timesteps
-    plan.finished = done >= target and all((run_dir / name).is_file() for name in (MODEL_FILE, SUMMARY_FILE))
-    if not plan.finished:
-        check_env_for(info["algo"], info["env"], plan.config.env_kwargs)
-    return plan
-
-
-def plan_run(args: argparse.Namespace) -> Plan:
-    """Check everything ``args`` asks for and decide what to do, writing nothing.
-
-    :raises ConfigError, RunError, EnvError, CheckpointError: bad input, with a message naming the value.
-    """
-    if args.threads <= 0:
-        raise ConfigError(f"--threads must be positive, got {args.threads}")
-    check_device(args.device)
-    return _plan_resume(args) if args.resume is not None else _plan_new_run(args)
 
 
 def _write_curve(run_dir: Path, label: str) -> Path | None:

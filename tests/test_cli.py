@@ -268,7 +268,7 @@ def test_published_presets_hold_their_settings():
 def test_checking_a_run_directory_leaves_a_parent_that_another_run_filled_meanwhile(tmp_path, monkeypatch):
     from pathlib import Path
 
-    from sparse_rl import train as train_cli
+    from sparse_rl import run_plan
 
     run_dir, other = tmp_path / "out" / "Pendulum-v1" / "a", tmp_path / "out" / "Pendulum-v1" / "b"
     write_text = Path.write_text
@@ -279,7 +279,7 @@ def test_checking_a_run_directory_leaves_a_parent_that_another_run_filled_meanwh
         return write_text(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "write_text", racing)
-    train_cli._check_run_dir(run_dir, overwrite=False)
+    run_plan._check_run_dir(run_dir, overwrite=False)
     assert not run_dir.exists() and other.is_dir()  # ours removed, the shared parent kept, no error
 
 

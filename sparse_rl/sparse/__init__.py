@@ -9,15 +9,13 @@ from sparse_rl.sparse.distributions import (
     register_distribution,
 )
 from sparse_rl.sparse.kernels import CSRStructure, sparse_linear
-from sparse_rl.sparse.layers import (
-    MaskedLinear,
-    SparseLinear,
+from sparse_rl.sparse.layers import MaskedLinear, SparseLinear, set_linear_backend
+from sparse_rl.sparse.networks import (
     dense_gradient_view,
     keep_dense_optimizer_format,
     masked_layers,
     random_mask,
     replace_linears,
-    set_linear_backend,
     sparsify,
     use_sparse_storage_for,
 )

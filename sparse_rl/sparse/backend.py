@@ -120,7 +120,8 @@ def measure_break_even(out_features: int, in_features: int, batch: int = CALIBRA
 
 
 def _measure(out_features: int, in_features: int, batch: int, reps: int | None) -> float:
-    from sparse_rl.sparse.layers import MaskedLinear, SparseLinear, random_mask
+    from sparse_rl.sparse.layers import MaskedLinear, SparseLinear
+    from sparse_rl.sparse.networks import random_mask
 
     generator = torch.Generator().manual_seed(0)
     # Inputs and output gradients in the layout sparse neighbours produce: transposed views of contiguous

@@ -16,20 +16,18 @@ interface (:meth:`MaskedLinear.change_mask`, :meth:`MaskedLinear.set_weights`,
 :meth:`MaskedLinear.dense_grad`) through which topology updates are made, and one ``state_dict`` format
 (dense ``weight`` + ``mask``), so a checkpoint of either loads into either.
 
-The dense compute path is a module-level function (:func:`set_linear_backend`).
+The dense compute path is a module-level function (:func:`set_linear_backend`). Applying these layers to a
+network (replacing its linears, drawing masks, switching storage) is :mod:`sparse_rl.sparse.networks`.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparse_rl.sparse.distributions import layer_nonzeros
 from sparse_rl.sparse.kernels import CSRStructure, sparse_linear
 
 LinearBackend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
@@ -366,184 +364,3 @@ class SparseLinear(MaskedLinear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, storage=sparse"
-
-
-def random_mask(shape: torch.Size | tuple[int, ...], nnz: int, generator: torch.Generator) -> torch.Tensor:
-    """A boolean mask of ``shape`` with exactly ``nnz`` true entries placed uniformly at random."""
-    numel = math.prod(shape)
-    if not 0 <= nnz <= numel:
-        raise ValueError(f"nnz must be in [0, {numel}], got {nnz}")
-    flat = torch.zeros(numel, dtype=torch.bool)
-    flat[torch.randperm(numel, generator=generator)[:nnz]] = True
-    return flat.view(*shape)
-
-
-def replace_linears(module: nn.Module) -> list[MaskedLinear]:
-    """Replace every :class:`nn.Linear` inside ``module`` by a :class:`MaskedLinear` sharing its parameters.
-
-    :return: the new layers in definition order.
-    """
-    layers: list[MaskedLinear] = []
-    named = dict(module.named_modules())
-    for name, child in list(named.items()):  # pre-order: the order layers are defined in
-        if isinstance(child, MaskedLinear):
-            layers.append(child)
-        elif isinstance(child, nn.Linear):
-            parent_name, _, attr = name.rpartition(".")
-            new = MaskedLinear.from_linear(child)
-            setattr(named[parent_name], attr, new)
-            layers.append(new)
-    return layers
-
-
-def masked_layers(module: nn.Module) -> list[MaskedLinear]:
-    """The :class:`MaskedLinear` layers of ``module`` in definition order."""
-    return [m for m in module.modules() if isinstance(m, MaskedLinear)]
-
-
-def sparsify(
-    layers: Iterable[MaskedLinear],
-    density: float,
-    distribution: str,
-    generator: torch.Generator,
-    dense_layers: Iterable[bool] | None = None,
-    sparse_init: bool = False,
-    start_counts: Callable[[list[int]], list[int]] | None = None,
-    structure: tuple[int, int] | None = None,
-) -> list[int]:
-    """Give ``layers`` random masks with the global ``density`` shared by ``distribution``.
-
-    :param start_counts: maps the per-layer nonzero counts of ``density`` to the counts the masks start
-        with (a pruning method starts denser than its target).
-    :param structure: ``(N, M)``: N:M masks, each sparse layer's density rounded to its nearest ``n/M``
-        with ``1 <= n <= N`` (:mod:`sparse_rl.sparse.structure`).
-    :return: the nonzero count of each layer.
-    """
-    from sparse_rl.sparse.structure import layer_n, nm_mask
-
-    layers = list(layers)
-    dense_layers = list(dense_layers) if dense_layers is not None else None
-    counts = layer_nonzeros([tuple(l.weight.shape) for l in layers], density, distribution, dense_layers)
-    if start_counts is not None:
-        counts = start_counts(counts)
-    declared_dense = dense_layers or [False] * len(layers)
-    for i, (layer, nnz) in enumerate(zip(layers, counts)):
-        numel = layer.weight.numel()
-        if structure is not None and not declared_dense[i]:  # also a layer the distribution filled: capped at N:M
-            n = layer_n(nnz / numel, *structure)
-            mask = nm_mask(tuple(layer.weight.shape), n, structure[1], generator).to(layer.weight.device)
-            counts[i] = int(mask.sum())
-        else:
-            mask = random_mask(layer.weight.shape, nnz, generator).to(layer.weight.device)
-        layer.explored.zero_()
-        layer.set_mask(mask)
-        if sparse_init:
-            layer.rescale_by_fan_in()
-    return counts
-
-
-@contextmanager
-def dense_gradient_view(module: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Within the block, sparse-storage layers of ``module`` compute with a dense weight tensor (a leaf,
-    equal to their weight), so gradients taken w.r.t. the yielded tensors are the *dense* weight gradients a
-    dense-storage layer would have. Yields ``module``'s trainable tensors in ``parameters()`` order with each
-    sparse layer's ``values`` replaced by its dense leaf. Used by diagnostics that must read the same on
-    both backends (the critic's gradient SNR)."""
-    sparse = [m for m in module.modules() if isinstance(m, SparseLinear)]
-    leaves = {id(m.values): m.weight.detach().requires_grad_(m.values.requires_grad) for m in sparse}
-    for m in sparse:
-        m._dense_leaf = leaves[id(m.values)]
-    try:
-        yield [leaves.get(id(p), p) for p in module.parameters()]
-    finally:
-        for m in sparse:
-            m._dense_leaf = None
-
-
-def _set_module(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
-    for child in root.modules():
-        for attr, sub in list(child.named_children()):
-            if sub is old:
-                setattr(child, attr, new)
-                return
-    raise ValueError("layer not found in its network")
-
-
-def use_sparse_storage_for(
-    network: nn.Module,
-    layers: list[MaskedLinear],
-    chosen: list[bool],
-    targets: Iterable[tuple[nn.Module, list[MaskedLinear]]] = (),
-    optimizer: torch.optim.Optimizer | None = None,
-) -> list[MaskedLinear]:
-    """Give the ``chosen`` layers of ``network`` (and the aligned layers of its ``targets``) sparse storage,
-    and the others dense storage.
-
-    The new :class:`SparseLinear` (or :class:`MaskedLinear`) modules replace the old ones in place;
-    ``optimizer``'s parameter list gets each new layer's trained parameter (``values`` or ``weight``) where
-    it had the old one (call before the first step), and its ``state_dict`` keeps the dense layout of
-    :class:`MaskedLinear` (see :func:`keep_dense_optimizer_format`).
-
-    :return: the network's layers after the swap, aligned with ``layers``.
-    """
-    new_layers = list(layers)
-    swapped: dict[int, nn.Parameter] = {}
-    for net, net_layers in [(network, layers), *targets]:
-        for i, (layer, sparse) in enumerate(zip(net_layers, chosen)):
-            if sparse and layer.storage == "dense":
-                new: MaskedLinear = SparseLinear.from_masked(layer)
-                old_param, new_param = layer.weight, new.values
-            elif not sparse and isinstance(layer, SparseLinear):
-                new = layer.to_masked()
-                old_param, new_param = layer.values, new.weight
-            else:
-                continue
-            _set_module(net, layer, new)
-            if net is network:
-                swapped[id(old_param)] = new_param
-                new_layers[i] = new
-    if optimizer is not None and swapped:
-        if optimizer.state:
-            raise RuntimeError("sparse storage must be chosen before the optimizer's first step")
-        for group in optimizer.param_groups:
-            group["params"] = [swapped.get(id(p), p) for p in group["params"]]
-        keep_dense_optimizer_format(optimizer, [l for l in new_layers if isinstance(l, SparseLinear)])
-    return new_layers
-
-
-def _is_values_slot(value: object, layer: SparseLinear) -> bool:
-    return isinstance(value, torch.Tensor) and value.dim() == 1 and value.numel() == layer.nnz
-
-
-def _is_dense_slot(value: object, layer: SparseLinear) -> bool:
-    return isinstance(value, torch.Tensor) and value.shape == layer.mask.shape
-
-
-def keep_dense_optimizer_format(optimizer: torch.optim.Optimizer, layers: list[SparseLinear]) -> None:
-    """Make ``optimizer.state_dict()`` store the slots of sparse-storage ``layers`` (Adam's moments, ...)
-    as dense ``[out, in]`` tensors, and ``load_state_dict`` accept either layout, so optimizer state moves
-    between backends like the layers' own ``state_dict`` does. Loading needs the layers' masks loaded first
-    (SB3 loads the policy before its optimizers)."""
-    by_param = {id(layer.values): layer for layer in layers}
-
-    def indexed(opt: torch.optim.Optimizer) -> dict[int, SparseLinear]:
-        params = [p for group in opt.param_groups for p in group["params"]]
-        return {i: by_param[id(p)] for i, p in enumerate(params) if id(p) in by_param}
-
-    def to_dense(opt: torch.optim.Optimizer, state_dict: dict) -> dict:
-        state = dict(state_dict["state"])
-        for i, layer in indexed(opt).items():
-            if i in state:
-                state[i] = {k: layer.structure().dense(v) if _is_values_slot(v, layer) else v for k, v in state[i].items()}
-        return {**state_dict, "state": state}
-
-    def to_values(opt: torch.optim.Optimizer, state_dict: dict) -> dict:
-        state = dict(state_dict["state"])
-        for i, layer in indexed(opt).items():
-            if i in state:
-                m = layer.mask.reshape(-1)
-                state[i] = {k: v.reshape(-1)[m.to(v.device)] if _is_dense_slot(v, layer) else v for k, v in state[i].items()}
-        return {**state_dict, "state": state}
-
-    optimizer.register_state_dict_post_hook(to_dense)
-    optimizer.register_load_state_dict_pre_hook(to_values)
