@@ -7,13 +7,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import yaml
 
@@ -254,27 +254,13 @@ def test_ctrl_c_stops_the_sweep_with_the_resume_command(tmp_path):
 
 # ------------------------------------------------------------------------------- a two-node cluster
 def _processes_of(marker: str) -> list[int]:
-    """PIDs whose command line holds ``marker``, with all their descendants (Linux /proc)."""
-    parents: dict[int, int] = {}
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if marker in cmdline:
-            found.append(int(entry.name))
-    tree, todo = set(found), list(found)
-    while todo:
-        pid = todo.pop()
-        for child, parent in parents.items():
-            if parent == pid and child not in tree:
-                tree.add(child)
-                todo.append(child)
-    return sorted(tree)
+    """PIDs whose command line holds ``marker``, with all their descendants."""
+    found = set()
+    for proc in psutil.process_iter(["cmdline"]):
+        if marker in " ".join(proc.info["cmdline"] or []):
+            found.add(proc.pid)
+            found.update(_descendants(proc.pid))
+    return sorted(found)
 
 
 def _stop(pids: list[int]) -> None:
@@ -288,25 +274,9 @@ def _stop(pids: list[int]) -> None:
 
 
 def _listening(pids: list[int]) -> list[str]:
-    """The local addresses on which ``pids`` listen for TCP connections (Linux /proc)."""
-    inodes = set()
-    for pid in pids:
-        try:
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                target = os.readlink(fd)
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-        except OSError:
-            continue
-    found = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            cols = line.split()
-            if cols[3] == "0A" and cols[9] in inodes:  # LISTEN
-                raw = bytes.fromhex(cols[1].split(":")[0])
-                words = [raw[i:i + 4][::-1] for i in range(0, len(raw), 4)]  # each 32-bit word little-endian
-                found.append(socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, b"".join(words)))
-    return found
+    """The local addresses on which ``pids`` listen for TCP connections."""
+    wanted = set(pids)
+    return [c.laddr.ip for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.pid in wanted]
 
 
 def _loopback(address: str) -> bool:
@@ -329,20 +299,10 @@ def test_the_embedded_ray_of_a_local_sweep_listens_on_loopback_only():
 
 
 def _descendants(pid: int) -> list[int]:
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        try:
-            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    tree, todo = set(), [pid]
-    while todo:
-        parent = todo.pop()
-        for child, p in parents.items():
-            if p == parent and child not in tree:
-                tree.add(child)
-                todo.append(child)
-    return sorted(tree)
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 #: ``ray start`` with Ray's translation of a loopback node address into the machine's external one switched
