@@ -21,3 +21,21 @@ def assert_same_policy(a, b) -> None:
     assert sd_a.keys() == sd_b.keys()
     for key, value in sd_a.items():
         assert same_state(value, sd_b[key]), key
+
+
+def small_net():
+    """A 8-32-32-2 ReLU network of masked layers, the same weights every call (seed 0)."""
+    from torch import nn
+
+    from sparse_rl.sparse import MaskedLinear
+
+    torch.manual_seed(0)
+    return nn.Sequential(MaskedLinear(8, 32), nn.ReLU(), MaskedLinear(32, 32), nn.ReLU(), MaskedLinear(32, 2))
+
+
+def train_step(net, opt, gen) -> None:
+    """One regression step of ``net`` on a random batch drawn from ``gen``."""
+    x, y = torch.randn(16, 8, generator=gen), torch.randn(16, 2, generator=gen)
+    opt.zero_grad()
+    ((net(x) - y) ** 2).mean().backward()
+    opt.step()
