@@ -30,6 +30,7 @@ import yaml
 
 from sparse_rl.agents.policies import SparsityConfig
 from sparse_rl.agents.replay import DynamicReplayBuffer, NStepSoftReplayBuffer
+from sparse_rl.envs.wrappers import NOISE_KINDS
 from sparse_rl.numerics import NumericsError, check_cpu_kernels
 from sparse_rl.topology.methods import LEGACY_OPTIONS, migrate_legacy_options
 
@@ -91,6 +92,15 @@ class TrainConfig(SparsityConfig):
     buffer_mismatch_threshold: float = 0.2
     buffer_shrink_fraction: float = 0.1
     buffer_min_size: int = 100_000
+    # --- noisy and shifting inputs (sparse_rl.envs.wrappers), for training and evaluation envs alike
+    noise_fraction: float = 0.0
+    """fraction of the observation's features that are pure noise (appended to the real ones), in [0, 1)"""
+    noise_kind: str = "normal"
+    """``normal``, ``uniform``, or ``matched`` (each noise feature with a real feature's mean and std)"""
+    permute_at: int = 0
+    """env step from which the observation's features come permuted (the transfer setting); 0: never"""
+    permute_seed: int = 0
+    """seed of that permutation (the same one whatever the run's seed)"""
 
 
 @dataclass
@@ -254,6 +264,12 @@ def validate(config: TrainConfig) -> None:
         for key in ("target_policy_noise", "target_noise_clip", "action_noise_std"):
             if getattr(config, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(config, key)!r}")
+    if not 0.0 <= config.noise_fraction < 1.0:
+        raise ConfigError(f"noise_fraction must be in [0, 1), got {config.noise_fraction!r}")
+    if config.noise_kind not in NOISE_KINDS:
+        raise ConfigError(f"noise_kind must be one of {', '.join(NOISE_KINDS)}, got {config.noise_kind!r}")
+    if not 0 <= config.permute_at <= config.n_timesteps:
+        raise ConfigError(f"permute_at must be in [0, n_timesteps={config.n_timesteps}] (0: never), got {config.permute_at!r}")
     # the replay buffer's options are checked by the buffer classes themselves, here before anything runs
     try:
         NStepSoftReplayBuffer.check_options(n_steps=config.n_steps, n_step_delay=config.n_step_delay)
@@ -269,6 +285,17 @@ def _auto_with_init(value: str) -> bool:
         return head == "auto" and float(init) > 0
     except ValueError:
         return False
+
+
+#: TrainConfig fields that wrap the envs (sparse_rl.envs.wrappers)
+WRAPPER_KEYS = ("noise_fraction", "noise_kind", "permute_at", "permute_seed")
+
+
+def wrapper_options(config: TrainConfig) -> dict[str, Any]:
+    """The env wrappers ``config`` asks for, as :func:`sparse_rl.envs.make_env` takes them (``{}``: none)."""
+    if config.noise_fraction == 0 and config.permute_at == 0:
+        return {}
+    return {key: getattr(config, key) for key in WRAPPER_KEYS}
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import csv
 import io
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,8 @@ class SparseEvalCallback(BaseCallback):
         self.csv_path = Path(csv_path)
         self.start_time = start_time
         self.last_row: dict[str, Any] | None = None
+        #: called with the training step count before each evaluation (e.g. to follow a feature permutation)
+        self.before_evaluation: Callable[[int], None] | None = None
         self._next = 0
 
     def _on_training_start(self) -> None:
@@ -107,6 +110,8 @@ class SparseEvalCallback(BaseCallback):
         return True
 
     def run_evaluation(self) -> dict[str, Any]:
+        if self.before_evaluation is not None:
+            self.before_evaluation(self.num_timesteps)
         row = {"timesteps": self.num_timesteps, **evaluate(self.model, self.eval_env, self.episodes)}
         row["wall_clock_s"] = time.time() - self.start_time
         append_row(self.csv_path, row)

@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 
 from sparse_rl.cli_options import add_device, add_threads
+from sparse_rl.config import wrapper_options
 from sparse_rl.envs import EnvError, make_env, resolve_env_id
+from sparse_rl.envs.wrappers import sync_permutation
 from sparse_rl.eval_callback import evaluate
 from sparse_rl.models import check_device, load_model_file, load_run_model
 from sparse_rl.run_directory import RunError, read_run, run_dir_of
@@ -49,9 +51,11 @@ def main(argv: list[str] | None = None) -> int:
             env_id = info["env"]
         else:
             raise RunError(f"{str(path)!r} is a model file outside a run directory: name its env with --env")
-        env_kwargs = info["config"].env_kwargs if info is not None and env_id == info["env"] else {}
+        same_env = info is not None and env_id == info["env"]
+        env_kwargs = info["config"].env_kwargs if same_env else {}
+        wrappers = wrapper_options(info["config"]) if same_env else {}  # the run's noise features, permutation
         seed = args.seed if args.seed is not None else (int(info["seed"]) if info else 0) + 20_000
-        env = make_env(env_id, n_envs=1, seed=seed, env_kwargs=env_kwargs)
+        env = make_env(env_id, n_envs=1, seed=seed, env_kwargs=env_kwargs, wrappers=wrappers)
         if path.is_dir():
             model = load_run_model(path, env=env, device=args.device)
         else:
@@ -62,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{model.action_space}; {env_id!r} has {env.observation_space} and {env.action_space}"
                 )
             model.set_env(env)
+        if wrappers.get("permute_at"):  # as the run saw its features at the model's step count
+            sync_permutation(env, int(model.num_timesteps), at=wrappers["permute_at"])
         row = {
             "run": str(path),
             "env": env_id,

@@ -58,12 +58,14 @@ def check_device(device: str) -> str:
     return device
 
 
-def check_env_for(algo: str, env_id: str, env_kwargs: dict[str, Any] | None = None) -> None:
-    """Make the env once and check its spaces against ``algo``: SAC/TD3 need a ``Box`` action space.
+def check_env_for(algo: str, env_id: str, env_kwargs: dict[str, Any] | None = None,
+                  wrappers: dict[str, Any] | None = None) -> None:
+    """Make the env once (with its ``wrappers``) and check its spaces against ``algo``: SAC/TD3 need a ``Box``
+    action space.
 
     :raises EnvError: naming the env, its spaces and what the algorithm needs.
     """
-    obs_space, action_space = probe_env(env_id, env_kwargs)
+    obs_space, action_space = probe_env(env_id, env_kwargs, wrappers)
     if not isinstance(action_space, spaces.Box):
         raise EnvError(
             f"{env_id!r} has a {action_space} action space; {algo.upper()} needs a continuous (Box) action space "

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from sparse_rl.checkpoint import MODEL_FILE, Checkpoint, latest_checkpoint
-from sparse_rl.config import CONFIG_CLASSES, SPARSE_KEYS, ConfigError, TrainConfig, parse_set, resolve_config
+from sparse_rl.config import (
+    CONFIG_CLASSES,
+    SPARSE_KEYS,
+    ConfigError,
+    TrainConfig,
+    parse_set,
+    resolve_config,
+    wrapper_options,
+)
 from sparse_rl.envs import resolve_env_id
 from sparse_rl.models import check_device, check_env_for, run_label
 from sparse_rl.numerics import code_version
@@ -116,7 +124,7 @@ def _plan_new_run(args: argparse.Namespace) -> Plan:
             f"{', '.join(ignored)} would be ignored: this config trains SB3's dense MlpPolicy (dense=True, e.g. "
             "--preset dense); drop those settings or choose a sparse preset"
         )
-    check_env_for(args.algo, env_id, config.env_kwargs)
+    check_env_for(args.algo, env_id, config.env_kwargs, wrapper_options(config))
     label = run_label(args.algo, config)
     run_dir = args.run_dir or Path("runs") / f"{args.algo}-{env_id}-{label}-s{seed}"
     _check_run_dir(run_dir, args.overwrite)
@@ -168,7 +176,7 @@ def _plan_resume_locked(args: argparse.Namespace, run_dir: Path, info: dict[str,
     target = plan.config.n_timesteps
     plan.finished = done >= target and all((run_dir / name).is_file() for name in (MODEL_FILE, SUMMARY_FILE))
     if not plan.finished:
-        check_env_for(info["algo"], info["env"], plan.config.env_kwargs)
+        check_env_for(info["algo"], info["env"], plan.config.env_kwargs, wrapper_options(plan.config))
     return plan
 
 

@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,10 @@ from sparse_rl.config import (
     ConfigError,
     available_presets,
     config_to_dict,
+    wrapper_options,
 )
 from sparse_rl.envs import EnvError, make_env
+from sparse_rl.envs.wrappers import sync_permutation
 from sparse_rl.eval_callback import SparseEvalCallback
 from sparse_rl.models import ALGOS, bind, build_model, summary
 from sparse_rl.numerics import NumericsError, check_pinned, pinned_environment
@@ -130,8 +133,9 @@ def _train(args: argparse.Namespace, plan: Plan, extra_callbacks: list[BaseCallb
         return run_dir
     torch.set_num_threads(args.threads)
     algo, env_id, seed = info["algo"], info["env"], int(info["seed"])
-    env = make_env(env_id, n_envs=config.n_envs, seed=seed, env_kwargs=config.env_kwargs)
-    eval_env = make_env(env_id, n_envs=1, seed=seed + 10_000, env_kwargs=config.env_kwargs)
+    wrappers = wrapper_options(config)
+    env = make_env(env_id, n_envs=config.n_envs, seed=seed, env_kwargs=config.env_kwargs, wrappers=wrappers)
+    eval_env = make_env(env_id, n_envs=1, seed=seed + 10_000, env_kwargs=config.env_kwargs, wrappers=wrappers)
     tb = str(run_dir / "tb")
     checkpoint = plan.checkpoint
     if plan.resume:
@@ -171,6 +175,8 @@ def _train(args: argparse.Namespace, plan: Plan, extra_callbacks: list[BaseCallb
         # a resumed run repeats the evaluations made after its checkpoint: drop the old ones, continue the clock
         clock_before, last_row = rewind_evaluations(eval_csv, model.num_timesteps) if plan.resume else (0.0, None)
         evaluator = SparseEvalCallback(eval_env, config.eval_freq, config.eval_episodes, eval_csv, start - clock_before)
+        if config.permute_at:  # the evaluation env sees the features in the order the training env does
+            evaluator.before_evaluation = partial(sync_permutation, eval_env, at=config.permute_at)
         evaluator.last_row = last_row
         callbacks.append(evaluator)
     checkpointer = CheckpointCallback(run_dir, config.checkpoint_freq, save_buffer) if config.checkpoint_freq > 0 else None

@@ -80,13 +80,14 @@ def _accepted_kwargs(env_id: str) -> list[str]:
     return [n for n in names if n not in ("self", "render_mode")]
 
 
-def probe_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> tuple[gym.Space, gym.Space]:
-    """Make ``env_id`` once with ``env_kwargs``, reset it and take one random step; return its observation
-    and action spaces.
+def probe_env(env_id: str, env_kwargs: dict[str, Any] | None = None, wrappers: dict[str, Any] | None = None
+              ) -> tuple[gym.Space, gym.Space]:
+    """Make ``env_id`` once with ``env_kwargs`` (and ``wrappers``, :func:`~sparse_rl.envs.wrappers.wrap_env`),
+    reset it and take one random step; return its observation and action spaces.
 
     :raises EnvError: when the env needs an optional dependency that is missing, when ``env_kwargs``
         are not accepted (the message lists the keyword arguments the env takes), or name a file that
-        cannot be read.
+        cannot be read, or when a wrapper does not fit the env (a non-flat observation).
     """
     env_id = resolve_env_id(env_id)
     kwargs = dict(env_kwargs or {})
@@ -94,6 +95,13 @@ def probe_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> tuple[gy
     env = None
     try:
         env = gym.make(env_id, **kwargs)
+        if wrappers:
+            from sparse_rl.envs.wrappers import WrapperError, wrap_env
+
+            try:
+                env = wrap_env(env, env_id, wrappers, kwargs)
+            except WrapperError as err:
+                raise EnvError(f"{env_id!r}: {err}") from None
         env.reset(seed=0)
         env.step(env.action_space.sample())
         return env.observation_space, env.action_space
@@ -117,10 +125,20 @@ def probe_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> tuple[gy
             env.close()
 
 
-def make_env(env_id: str, n_envs: int = 1, seed: int | None = None, env_kwargs: dict[str, Any] | None = None) -> VecEnv:
-    """A monitored SB3 vector env of ``n_envs`` copies of ``env_id`` (short names accepted)."""
+def make_env(env_id: str, n_envs: int = 1, seed: int | None = None, env_kwargs: dict[str, Any] | None = None,
+             wrappers: dict[str, Any] | None = None) -> VecEnv:
+    """A monitored SB3 vector env of ``n_envs`` copies of ``env_id`` (short names accepted), each wrapped as
+    ``wrappers`` asks (:func:`~sparse_rl.envs.wrappers.wrap_env`: noise features, a feature permutation)."""
     _quiet_harmless_mujoco_warnings()
-    return make_vec_env(resolve_env_id(env_id), n_envs=n_envs, seed=seed, env_kwargs=env_kwargs or {})
+    env_id = resolve_env_id(env_id)
+    if not wrappers:
+        return make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs or {})
+    from sparse_rl.envs.wrappers import wrap_env
+
+    def wrapper(env: gym.Env) -> gym.Env:
+        return wrap_env(env, env_id, wrappers, env_kwargs, n_envs)
+
+    return make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs or {}, wrapper_class=wrapper)
 
 
 __all__ = ["SHORT_NAMES", "EnvError", "make_env", "probe_env", "resolve_env_id"]

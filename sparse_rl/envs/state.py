@@ -1,7 +1,8 @@
 """Snapshot and restore the state of SB3 ``DummyVecEnv`` training envs, so ``--resume`` continues the
 very episode that was running: MuJoCo physics (``mj_getState`` with the integration state, warm-start
-included), the state of classic-control envs, the env's random generator, and the counters of
-``TimeLimit`` and SB3's ``Monitor``. Envs it cannot capture raise ``TypeError`` (no silent fallback).
+included), the state of classic-control envs, the env's random generator, the counters of ``TimeLimit``
+and SB3's ``Monitor``, and the state of our own wrappers (``get_wrapper_state``). Envs it cannot capture
+raise ``TypeError`` (no silent fallback).
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def get_env_state(venv: VecEnv) -> list[dict[str, Any]]:
                 ws = {k: copy.deepcopy(getattr(w, k)) for k in _MONITOR_FIELDS}
             if hasattr(w, "_elapsed_steps"):
                 ws["_elapsed_steps"] = w._elapsed_steps
+            if hasattr(w, "get_wrapper_state"):  # ours (sparse_rl.envs.wrappers): noise generator, permutation
+                ws["wrapper_state"] = copy.deepcopy(w.get_wrapper_state())
             entry["wrappers"].append(ws)
         states.append(entry)
     return states
@@ -84,5 +87,8 @@ def set_env_state(venv: VecEnv, states: list[dict[str, Any]]) -> None:
             raise TypeError("env state was taken from a differently wrapped env")
         for w, ws in zip(chain, entry["wrappers"]):
             for k, v in ws.items():
-                setattr(w, k, copy.deepcopy(v))
+                if k == "wrapper_state":
+                    w.set_wrapper_state(copy.deepcopy(v))
+                else:
+                    setattr(w, k, copy.deepcopy(v))
         _set_core_state(env.unwrapped, entry["core"])

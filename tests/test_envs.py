@@ -1,0 +1,141 @@
+"""Noisy and shifting inputs (sparse_rl.envs.wrappers): noise features, a feature permutation, their state."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from helpers import assert_same_policy
+from test_cli import TINY, Crash, run_cli
+
+from sparse_rl import train
+from sparse_rl.envs import make_env
+from sparse_rl.envs.state import get_env_state, set_env_state
+from sparse_rl.envs.wrappers import (
+    NoiseFeatures,
+    PermuteFeatures,
+    WrapperError,
+    feature_statistics,
+    noise_feature_count,
+    sync_permutation,
+    wrap_env,
+)
+from sparse_rl.models import load_run_model
+
+
+def test_noise_feature_counts_give_the_asked_fraction():
+    assert noise_feature_count(17, 0.9) == 153 and noise_feature_count(17, 0.99) == 1683
+    assert noise_feature_count(17, 0.0) == 0 and noise_feature_count(11, 0.5) == 11
+    for bad in (1.0, -0.1):
+        with pytest.raises(WrapperError, match="noise_fraction must be in"):
+            noise_feature_count(17, bad)
+
+
+@pytest.mark.parametrize("kind", ["normal", "uniform", "matched"])
+def test_noise_features_follow_the_real_ones_and_leave_them_untouched(kind):
+    plain = gym.make("HalfCheetah-v5")
+    stats = feature_statistics("HalfCheetah-v5") if kind == "matched" else None
+    noisy = NoiseFeatures(gym.make("HalfCheetah-v5"), count=153, kind=kind, seed=0, stats=stats)
+    assert noisy.observation_space.shape == (170,)
+    a, _ = plain.reset(seed=3)
+    b, _ = noisy.reset(seed=3)
+    rows = [b[17:]]
+    np.testing.assert_array_equal(a, b[:17])
+    for _ in range(300):
+        action = plain.action_space.sample()
+        a = plain.step(action)[0]
+        b = noisy.step(action)[0]
+        np.testing.assert_array_equal(a, b[:17])
+        rows.append(b[17:])
+    noise = np.asarray(rows)
+    assert noisy.observation_space.contains(b.astype(np.float64))
+    if kind == "uniform":
+        assert noise.min() >= -1 and noise.max() <= 1
+    elif kind == "normal":
+        assert abs(noise.mean()) < 0.05 and abs(noise.std() - 1) < 0.05
+    else:  # each noise feature with the mean and std of real feature j mod 17: scale does not give it away
+        mean, std = stats
+        index = np.arange(153) % 17
+        assert np.all(np.abs(noise.mean(0) - mean[index]) <= 4 * std[index] / np.sqrt(len(noise)) + 1e-6)
+        np.testing.assert_allclose(noise.std(0), std[index], rtol=0.35)
+    # the same seed draws the same noise, another seed other noise
+    again = NoiseFeatures(gym.make("HalfCheetah-v5"), 153, kind, 0, stats)
+    other = NoiseFeatures(gym.make("HalfCheetah-v5"), 153, kind, 0, stats)
+    np.testing.assert_array_equal(again.reset(seed=3)[0], noisy.reset(seed=3)[0])
+    assert not np.array_equal(other.reset(seed=4)[0][17:], noisy.reset(seed=3)[0][17:])
+
+
+def test_the_permutation_switches_on_at_its_step_with_its_own_seed():
+    env = PermuteFeatures(gym.make("Pendulum-v1"), at=5, seed=1)
+    same = PermuteFeatures(gym.make("Pendulum-v1"), at=5, seed=1)
+    plain = gym.make("Pendulum-v1")
+    np.testing.assert_array_equal(env.order, same.order)  # the permutation does not depend on the run's seed
+    assert sorted(env.order) == [0, 1, 2] and list(env.order) != [0, 1, 2]
+    a, b = plain.reset(seed=0)[0], env.reset(seed=0)[0]
+    for step in range(1, 9):
+        action = np.array([0.5], dtype=np.float32)
+        a, b = plain.step(action)[0], env.step(action)[0]
+        np.testing.assert_array_equal(b, a[env.order] if step >= 5 else a)
+    # an evaluation env follows its training env's step count, not its own
+    venv = make_env("Pendulum", seed=0, wrappers={"permute_at": 100})
+    sync_permutation(venv, 99, at=100)
+    assert not venv.envs[0].active
+    sync_permutation(venv, 100, at=100)
+    assert venv.envs[0].active
+
+
+def test_wrappers_need_a_flat_box_observation():
+    class Image(gym.Env):
+        observation_space = gym.spaces.Box(0, 1, (4, 4))
+        action_space = gym.spaces.Box(-1, 1, (1,))
+
+    with pytest.raises(WrapperError, match="flat Box observation"):
+        wrap_env(Image(), "Image", {"noise_fraction": 0.5})
+    with pytest.raises(WrapperError, match="flat Box observation"):
+        PermuteFeatures(Image(), at=3)
+
+
+def test_env_snapshots_carry_the_noise_generator_and_the_permutation():
+    wrappers = {"noise_fraction": 0.75, "noise_kind": "normal", "permute_at": 30, "permute_seed": 2}
+    venv = make_env("Pendulum", seed=0, wrappers=wrappers)
+    venv.reset()
+    for _ in range(40):
+        venv.step(np.zeros((1, 1), dtype=np.float32))
+    state = get_env_state(venv)
+    ahead = [venv.step(np.zeros((1, 1), dtype=np.float32))[0] for _ in range(5)]
+    fresh = make_env("Pendulum", seed=0, wrappers=wrappers)
+    set_env_state(fresh, state)
+    assert fresh.envs[0].active and fresh.envs[0].steps == 40
+    again = [fresh.step(np.zeros((1, 1), dtype=np.float32))[0] for _ in range(5)]
+    for x, y in zip(ahead, again):
+        np.testing.assert_array_equal(x, y)
+
+
+NOISY = ["--set", "noise_fraction=0.75", "--set", "noise_kind=matched", "--set", "permute_at=250"]
+
+
+def test_a_noisy_permuted_run_resumes_as_if_never_stopped(tmp_path, capsys):
+    argv = ["--algo", "sac", "--env", "Pendulum", *NOISY, "--set", "checkpoint_freq=150", "--save-replay-buffer", *TINY,
+            "--n-timesteps", "500", "--eval-freq", "0"]
+    code, _, err = run_cli(train, [*argv, "--run-dir", tmp_path / "a"], capsys)
+    assert code == 0, err
+    with pytest.raises(KeyboardInterrupt):  # after the permutation switched on, from a checkpoint before it
+        train.train(train.build_parser().parse_args([str(a) for a in [*argv, "--run-dir", tmp_path / "b"]]),
+                    extra_callbacks=[Crash(330)])
+    code, _, err = run_cli(train, ["--resume", tmp_path / "b", "--no-progress"], capsys)
+    assert code == 0 and "warning" not in err, err
+    a, b = load_run_model(tmp_path / "a"), load_run_model(tmp_path / "b")
+    assert a.observation_space.shape == (12,)  # 3 real features, 9 of noise
+    assert_same_policy(a, b)
+
+
+@pytest.mark.parametrize("sets, needle", [
+    (["noise_fraction=1.0"], "noise_fraction must be in [0, 1), got 1.0"),
+    (["noise_kind=laplace"], "noise_kind must be one of normal, uniform, matched, got 'laplace'"),
+    (["permute_at=900"], "permute_at must be in [0, n_timesteps=400] (0: never), got 900"),
+])
+def test_bad_wrapper_settings_exit_2_with_one_line_and_nothing_on_disk(sets, needle, tmp_path, capsys):
+    argv = ["--algo", "sac", "--env", "Pendulum", "--run-dir", tmp_path / "r", *TINY]
+    for item in sets:
+        argv += ["--set", item]
+    code, _, err = run_cli(train, argv, capsys)
+    assert code == 2 and err.count("\n") == 1 and needle in err, err
+    assert not (tmp_path / "r").exists()
