@@ -44,6 +44,10 @@ EVAL_FIELDS = [
 ]
 
 
+#: columns written only by the runs that have them (an env with noise features)
+OPTIONAL_FIELDS = ["actor_real_input_fraction", "critic_real_input_fraction"]
+
+
 def return_stats(returns: list[float] | np.ndarray) -> dict[str, float]:
     """Mean, std (ddof=1) and a normal-approximation 95% confidence interval of the mean."""
     r = np.asarray(returns, dtype=np.float64)
@@ -75,12 +79,16 @@ def evaluate(model: BaseAlgorithm, env: VecEnv, episodes: int) -> dict[str, Any]
 def append_row(path: Path, row: dict[str, Any]) -> None:
     """Append ``row`` to the evaluations CSV by writing the whole file anew under a temporary name and
     renaming it, so a process killed meanwhile leaves the previous file intact (it is small)."""
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=EVAL_FIELDS, restval="", extrasaction="ignore")
-    writer.writeheader()
+    old: list[dict[str, str]] = []
     if path.exists():  # rows of an older version may lack newer columns: rewritten under today's header
         with open(path, newline="") as f:
-            writer.writerows(csv.DictReader(f))
+            old = list(csv.DictReader(f))
+    # optional columns (e.g. the real-feature fractions of a noisy env) follow the fixed ones, when present
+    optional = [k for k in OPTIONAL_FIELDS if k in row or any(k in r for r in old)]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=EVAL_FIELDS + optional, restval="", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(old)
     writer.writerow(row)
     atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 
@@ -98,6 +106,8 @@ class SparseEvalCallback(BaseCallback):
         self.last_row: dict[str, Any] | None = None
         #: called with the training step count before each evaluation (e.g. to follow a feature permutation)
         self.before_evaluation: Callable[[int], None] | None = None
+        #: each called with the model and the step count; returns fields for the row (and may record more)
+        self.row_extras: list[Callable[[BaseAlgorithm, int], dict[str, Any]]] = []
         self._next = 0
 
     def _on_training_start(self) -> None:
@@ -113,6 +123,8 @@ class SparseEvalCallback(BaseCallback):
         if self.before_evaluation is not None:
             self.before_evaluation(self.num_timesteps)
         row = {"timesteps": self.num_timesteps, **evaluate(self.model, self.eval_env, self.episodes)}
+        for extra in self.row_extras:
+            row.update(extra(self.model, self.num_timesteps))
         row["wall_clock_s"] = time.time() - self.start_time
         append_row(self.csv_path, row)
         for key, value in row.items():

@@ -78,7 +78,7 @@ def find_runs(root: Path) -> list[Run]:
 
 
 #: the small files of a finished run that a report (and a fresh clone) needs; models and checkpoints stay out
-KEPT_FILES = ("config.yaml", "evaluations.csv", "summary.json")
+KEPT_FILES = ("config.yaml", "evaluations.csv", "summary.json", "features.csv")
 
 
 def keep_runs(root: Path, store: Path) -> list[Path]:

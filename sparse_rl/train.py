@@ -57,6 +57,7 @@ from sparse_rl.config import (
 from sparse_rl.envs import EnvError, make_env
 from sparse_rl.envs.wrappers import sync_permutation
 from sparse_rl.eval_callback import SparseEvalCallback
+from sparse_rl.features import FEATURES_FILE, evaluation_fields, rewind_features
 from sparse_rl.models import ALGOS, bind, build_model, summary
 from sparse_rl.numerics import NumericsError, check_pinned, pinned_environment
 from sparse_rl.plot import plot_runs
@@ -174,9 +175,14 @@ def _train(args: argparse.Namespace, plan: Plan, extra_callbacks: list[BaseCallb
         eval_csv = run_dir / EVALUATIONS_FILE
         # a resumed run repeats the evaluations made after its checkpoint: drop the old ones, continue the clock
         clock_before, last_row = rewind_evaluations(eval_csv, model.num_timesteps) if plan.resume else (0.0, None)
+        if plan.resume:
+            rewind_features(run_dir / FEATURES_FILE, model.num_timesteps)
         evaluator = SparseEvalCallback(eval_env, config.eval_freq, config.eval_episodes, eval_csv, start - clock_before)
         if config.permute_at:  # the evaluation env sees the features in the order the training env does
             evaluator.before_evaluation = partial(sync_permutation, eval_env, at=config.permute_at)
+        # which input features each network reads: features.csv, and the real fraction on a noisy env
+        features_csv = run_dir / FEATURES_FILE
+        evaluator.row_extras.append(lambda model, steps: evaluation_fields(model.policy, eval_env, features_csv, steps))
         evaluator.last_row = last_row
         callbacks.append(evaluator)
     checkpointer = CheckpointCallback(run_dir, config.checkpoint_freq, save_buffer) if config.checkpoint_freq > 0 else None

@@ -139,3 +139,63 @@ def test_bad_wrapper_settings_exit_2_with_one_line_and_nothing_on_disk(sets, nee
     code, _, err = run_cli(train, argv, capsys)
     assert code == 2 and err.count("\n") == 1 and needle in err, err
     assert not (tmp_path / "r").exists()
+
+
+def test_input_importance_is_the_strength_and_count_of_each_inputs_connections():
+    from stable_baselines3 import SAC
+
+    from sparse_rl import SparseSACPolicy
+    from sparse_rl.features import input_importance
+
+    model = SAC(SparseSACPolicy, "Pendulum-v1", policy_kwargs=dict(sparsity=0.8, net_arch=[16, 16]), seed=0,
+                learning_starts=50)
+    model.learn(100)
+    importance = input_importance(model.policy)
+    first = model.policy.actor.latent_pi[0]
+    w, m = first.weight.detach(), first.mask
+    np.testing.assert_allclose(importance["actor"]["strength"], (w.abs() * m).sum(0).numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(importance["actor"]["connections"], m.sum(0).numpy())
+    assert len(importance["critic"]["strength"]) == 4  # 3 observation features and the action
+    masks = [q[0].mask for q in model.policy.critic.q_networks]
+    np.testing.assert_array_equal(importance["critic"]["connections"], sum(mk.sum(0) for mk in masks).numpy())
+    dense = SAC("MlpPolicy", "Pendulum-v1", policy_kwargs=dict(net_arch=[16, 16]), seed=0)
+    assert input_importance(dense.policy)["actor"]["connections"].tolist() == [16, 16, 16]
+
+
+def test_a_noisy_run_records_its_inputs_and_the_features_command_ranks_them(tmp_path, capsys):
+    import csv
+
+    from sparse_rl import features
+
+    run = tmp_path / "run"
+    # two evaluation episodes of 200 steps each: the evaluation env's own 400 steps must not switch it on
+    argv = ["--algo", "sac", "--env", "Pendulum", "--run-dir", run, *TINY, *NOISY, "--set", "permute_at=300"]
+    assert run_cli(train, argv, capsys)[0] == 0
+    rows = list(csv.DictReader(open(run / "evaluations.csv")))
+    table = features.read_features(run / "features.csv")
+    assert sorted(table) == [200, 400] and [int(r["timesteps"]) for r in rows] == [200, 400]
+    for row in rows:
+        at = table[int(row["timesteps"])]
+        assert len(at["actor"]) == 12 and len(at["critic"]) == 13
+        names = [r["name"] for r in at["actor"]]
+        assert sorted(names) == sorted([f"obs[{i}]" for i in range(3)] + [f"noise[{j}]" for j in range(9)])
+        for net in ("actor", "critic"):
+            real = sum(r["connections"] for r in at[net] if r["name"].startswith("obs["))
+            noise = sum(r["connections"] for r in at[net] if r["name"].startswith("noise["))
+            assert float(row[f"{net}_real_input_fraction"]) == pytest.approx(real / (real + noise))
+    # after the permutation (step 300) an input position reads another feature, and the names say which
+    assert [r["name"] for r in table[200]["actor"]][:3] == ["obs[0]", "obs[1]", "obs[2]"]
+    assert [r["name"] for r in table[400]["actor"]][:3] != ["obs[0]", "obs[1]", "obs[2]"]
+    code, out, err = run_cli(features, [run, "--top", "3", "--plot", tmp_path / "f.png"], capsys)
+    assert code == 0, err
+    assert "3 real and 9 noise" in out and "real-feature connection fraction" in out and out.count("strength ") == 6
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+    (run / "features.csv").unlink()
+    code, _, err = run_cli(features, [run], capsys)
+    assert code == 2 and err.count("\n") == 1 and "has no features.csv" in err
+
+
+def test_a_plain_run_writes_no_optional_columns():
+    from sparse_rl.eval_callback import EVAL_FIELDS, OPTIONAL_FIELDS
+
+    assert not set(OPTIONAL_FIELDS) & set(EVAL_FIELDS)

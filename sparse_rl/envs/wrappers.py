@@ -173,10 +173,12 @@ def wrap_env(env: gym.Env, env_id: str, options: dict[str, Any], env_kwargs: dic
 
 
 def sync_permutation(venv: Any, num_timesteps: int, *, at: int) -> None:
-    """Switch the permutation of every copy in ``venv`` (an evaluation env) on when training has passed ``at``."""
+    """Switch the permutation of every copy in ``venv`` (an evaluation env) on when training has passed ``at``;
+    from then on the copies follow their training env only (their own steps no longer switch it)."""
     for env in getattr(venv, "envs", []):
         while isinstance(env, gym.Wrapper):
             if isinstance(env, PermuteFeatures):
+                env.at = 0
                 env.active = bool(at) and num_timesteps >= at
             env = env.env
 
