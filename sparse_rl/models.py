@@ -80,6 +80,8 @@ def run_label(algo: str, config: TrainConfig) -> str:
     """Group label for plots, e.g. ``sac-rigl-0.9`` or ``sac-dense``."""
     if config.dense:
         return f"{algo}-dense"
+    if config.input_layer_sparsity is not None:
+        return f"{algo}-{config.topology}-input{config.input_layer_sparsity:g}"
     actor, critic = config.network_sparsity("actor"), config.network_sparsity("critic")
     return f"{algo}-{config.topology}-{actor:g}" + ("" if actor == critic else f"-{critic:g}")
 

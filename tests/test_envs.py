@@ -199,3 +199,19 @@ def test_a_plain_run_writes_no_optional_columns():
     from sparse_rl.eval_callback import EVAL_FIELDS, OPTIONAL_FIELDS
 
     assert not set(OPTIONAL_FIELDS) & set(EVAL_FIELDS)
+
+
+def test_the_anf_preset_makes_the_input_layers_alone_sparse_and_evolving(tmp_path, capsys):
+    run = tmp_path / "anf"
+    argv = ["--algo", "td3", "--env", "Pendulum", "--preset", "anf", "--run-dir", run, *TINY, "--set", "noise_fraction=0.75"]
+    assert run_cli(train, argv, capsys)[0] == 0
+    model = load_run_model(run)
+    for name, ctrl in model.policy.topology_controllers().items():
+        densities = [layer.density for layer in ctrl.layers]
+        first = [layer.in_features in (12, 13) for layer in ctrl.layers]  # 3 real + 9 noise (+ the action)
+        assert [d for d, f in zip(densities, first) if f] == pytest.approx([0.2] * sum(first), abs=1e-3), name
+        assert all(d == 1.0 for d, f in zip(densities, first) if not f), name
+        assert ctrl.n_updates > 0  # SET every 25 steps (TINY) moved the input connections
+    code, _, err = run_cli(train, ["--algo", "sac", "--env", "Pendulum", "--preset", "anf", "--sparsity", "0.9",
+                                   "--run-dir", tmp_path / "bad", *TINY], capsys)
+    assert code == 2 and err.count("\n") == 1 and "cannot be combined with sparsity" in err

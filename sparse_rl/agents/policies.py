@@ -68,6 +68,10 @@ class SparsityConfig(TopologyConfig):
     :param sparse_init: rescale each neuron's initial weights by ``sqrt(dense fan-in / actual fan-in)``.
     :param init_from: path of a lottery ticket (:mod:`sparse_rl.agents.tickets`, written by
         ``python -m sparse_rl.lottery``): start from its masks and weights instead of random ones.
+    :param input_layer_sparsity: make only the input layer(s) of actor and critic sparse, at exactly this
+        sparsity in [0, 1), and every other layer dense (Automatic Noise Filtering, Grooten et al. 2023:
+        ``--preset anf``); then ``sparsity``, ``actor_sparsity`` and ``critic_sparsity`` stay unset and
+        ``distribution`` does not apply.
     :param structure: ``"unstructured"`` or ``"N:M"`` (e.g. ``"2:4"``): at most N nonzeros in every M
         consecutive weights of a row; each sparse layer's density (from ``sparsity`` and ``distribution``)
         is rounded to its nearest ``n:M`` with ``1 <= n <= N`` (``sparse_rl.sparse.structure``). Works with
@@ -92,6 +96,7 @@ class SparsityConfig(TopologyConfig):
     backend: str = "auto"
     init_from: str | None = None
     structure: str = "unstructured"
+    input_layer_sparsity: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()  # topology, schedule, interval, fractions, grow signal
@@ -115,6 +120,15 @@ class SparsityConfig(TopologyConfig):
         for name in ("dense_first_layer", "dense_last_layer", "sparse_init"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.input_layer_sparsity is not None:
+            value = self.input_layer_sparsity
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"input_layer_sparsity must be a number in [0, 1), got {value!r}")
+            both = [n for n in ("sparsity", "actor_sparsity", "critic_sparsity") if getattr(self, n) is not None]
+            if both or self.dense_first_layer:
+                given = ", ".join(both) or "dense_first_layer"
+                raise ValueError(f"input_layer_sparsity makes the input layers alone sparse; it cannot be combined "
+                                 f"with {given}: leave that unset")
 
     def network_sparsity(self, network: str) -> float:
         own = getattr(self, f"{network}_sparsity")
@@ -189,11 +203,18 @@ class SparsePolicyMixin:
             if nm is not None and hasattr(method, "group_size"):
                 method.group_size = nm[1]  # drops and growth stay inside each group of M
             sizes = [l.weight.numel() for l in layers]
+            density, distribution = 1.0 - config.network_sparsity(name), config.distribution
+            if config.input_layer_sparsity is not None:  # ANF: the input layers alone, at exactly that sparsity
+                dense = [not any(layer is f for f in first) for layer in layers]
+                kept = sum(n for n, d in zip(sizes, dense) if d)
+                inputs = sum(n for n, d in zip(sizes, dense) if not d)
+                density = (kept + (1.0 - config.input_layer_sparsity) * inputs) / sum(sizes)
+                distribution = "uniform"
             try:
                 sparsify(
                     layers,
-                    1.0 - config.network_sparsity(name),
-                    config.distribution,
+                    density,
+                    distribution,
                     generator,
                     dense,
                     config.sparse_init,
