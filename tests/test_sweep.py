@@ -448,3 +448,13 @@ def test_compare_adds_runs_kept_elsewhere_read_only_and_refuses_a_run_twice(tmp_
     assert sorted(tmp_path.rglob("*")) == before
     assert report.main([str(runs), "--compare", str(tmp_path / "missing")]) == 2
     assert "'" + str(tmp_path / "missing") + "' is not a directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec", sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "sweeps").glob("*.yml")),
+                         ids=lambda p: p.name)
+def test_every_benchmark_spec_plans_its_trials(spec, tmp_path, capsys):
+    """The specs the docs quote parse, and every trial's train command is valid (a dry run writes nothing)."""
+    code, out, err = _run([spec, "--out", tmp_path / "out", "--dry-run"], capsys)
+    assert code == 0, err
+    assert out.count("python -m sparse_rl.train") == len(sweep.grid_trials(sweep.load_spec(spec))) > 0
+    assert not (tmp_path / "out").exists()
