@@ -363,3 +363,44 @@ def test_nm_c_loops_match_numpy_for_any_n_m(n, m, loops, tmp_path):
     obs = rng.normal(size=(64, 9)).astype(np.float32)
     assert np.abs(c.act(obs) - graph.forward(obs)).max() <= FLOAT_TOL * 3
     assert ("w = " in source) == (loops in ("chunk", "both")) and ("have" in source) == (loops in ("stream", "both"))
+
+
+def test_inputs_without_connections_are_dropped_and_every_format_agrees(tmp_path, capsys):
+    """An actor whose input layer reads only some features (ANF on noise features) exports a C function that
+    takes only those (fewer sensors); the .npz and ONNX take the env's whole observation and pick them."""
+    import onnxruntime as ort
+
+    from sparse_rl.envs import make_env
+
+    env = make_env("Pendulum", seed=0, wrappers={"noise_fraction": 0.75})  # 3 real + 9 noise features
+    model = SAC(SparseSACPolicy, env, policy_kwargs=dict(topology="set", input_layer_sparsity=0.5, net_arch=[16, 16],
+                                                          backend="dense"), learning_starts=50, batch_size=32, seed=0)
+    model.learn(100)
+    first = model.policy.actor.latent_pi[0]
+    mask = first.mask.clone()
+    mask[:, [4, 7, 10]] = False  # three noise features left without a connection
+    first.set_mask(mask)
+    first.apply_mask()
+    graph = extract_actor(model)
+    assert graph.env_obs_dim == 12 and graph.obs_dim == 9
+    assert graph.input_index.tolist() == [i for i in range(12) if i not in (4, 7, 10)]
+    obs = observations(model)
+    expected = torch_actions(model, obs)
+    tol = FLOAT_TOL * action_range(model)
+    assert np.abs(graph.forward(obs) - expected).max() <= tol
+    path = tmp_path / "p.npz"
+    path.write_bytes(formats.sparse_file_bytes(graph))
+    policy = SparsePolicy.load(path)
+    assert np.abs(policy.act(obs) - expected).max() <= tol  # the whole observation
+    assert np.abs(policy.act(obs[:, graph.input_index]) - expected).max() <= tol  # or the features it reads
+    onnx_path = tmp_path / "p.onnx"
+    onnx_path.write_bytes(formats.onnx_bytes(graph))
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    assert np.abs(session.run(None, {"obs": obs})[0] - expected).max() <= tol
+    cli.export(graph, "c", tmp_path / "c")
+    header = (tmp_path / "c" / "policy.h").read_text()
+    assert "#define SPARSE_RL_POLICY_OBS_DIM 9" in header and "#define SPARSE_RL_POLICY_ENV_OBS_DIM 12" in header
+    assert "#define SPARSE_RL_POLICY_INPUT_INDEX {0, 1, 2, 3, 5, 6, 8, 9, 11}" in header
+    c = CPolicy(tmp_path / "c", "sparse_rl_policy", graph.obs_dim, graph.act_dim, extra_flags=["-Werror"])
+    assert np.abs(c.act(obs[:, graph.input_index]) - expected).max() <= tol
+    assert any("inputs read: 9 of the env's 12" in line for line in cli.report(graph))

@@ -128,6 +128,9 @@ def report(graph: ActorGraph) -> list[str]:
     lines = [
         f"actor ({graph.algo}): {graph.obs_dim} -> {' -> '.join(str(l.shape[0]) for l in graph.layers)}, "
         f"nonzeros {s['nonzeros']} of {s['weights']} (density {s['density']:.4f}), MACs {s['macs']} (dense {s['dense_macs']})",
+        *([f"inputs read: {graph.obs_dim} of the env's {graph.env_obs_dim} observation features "
+           f"({', '.join(str(int(i)) for i in graph.input_index)}); the C function takes these, in this order, the "
+           ".npz and ONNX take the whole observation"] if graph.input_index is not None else []),
         "",
         "| format | bytes | vs dense float32 weights |",
         "|---|---|---|",

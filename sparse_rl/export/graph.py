@@ -88,18 +88,35 @@ class ActorGraph:
     action_low: np.ndarray
     action_high: np.ndarray
     algo: str
+    #: the positions of the env's observation the first layer reads, increasing (None: all of them); set by
+    #: :func:`drop_unused_inputs` when some input has no connection left
+    input_index: np.ndarray | None = None
+    env_obs_dim_: int | None = None
 
     @property
     def obs_dim(self) -> int:
+        """The inputs the exported policy takes: the observation features it reads."""
         return self.layers[0].shape[1]
+
+    @property
+    def env_obs_dim(self) -> int:
+        """The env's observation size (``obs_dim`` unless unused inputs were dropped)."""
+        return self.env_obs_dim_ if self.env_obs_dim_ is not None else self.obs_dim
+
+    def select_inputs(self, obs: np.ndarray) -> np.ndarray:
+        """The features the policy reads, from an env observation (or batch); a reduced one passes through."""
+        obs = np.asarray(obs)
+        if self.input_index is not None and obs.shape[-1] == self.env_obs_dim:
+            return obs[..., self.input_index]
+        return obs
 
     @property
     def act_dim(self) -> int:
         return self.layers[-1].shape[0]
 
     def forward(self, obs: np.ndarray) -> np.ndarray:
-        """Reference forward pass in float64."""
-        x = np.asarray(obs, dtype=np.float64)
+        """Reference forward pass in float64, from an env observation (or the reduced one)."""
+        x = np.asarray(self.select_inputs(obs), dtype=np.float64)
         for layer in self.layers:
             x = x @ layer.weight.T.astype(np.float64) + layer.bias
             x = np.maximum(x, 0) if layer.activation == "relu" else np.tanh(x) if layer.activation == "tanh" else x
@@ -133,7 +150,8 @@ def _sequential_layers(modules: list[nn.Module], what: str) -> list[Layer]:
 
 def extract_actor(model: Any) -> ActorGraph:
     """The deterministic actor of an SB3 SAC or TD3 model (sparse or dense); the layers of a policy trained
-    with ``structure="N:M"`` that follow it are marked for the N:M layout."""
+    with ``structure="N:M"`` that follow it are marked for the N:M layout, and observation features the
+    first layer no longer reads are dropped (:func:`drop_unused_inputs`)."""
     from stable_baselines3.common.torch_layers import FlattenExtractor
     from stable_baselines3.sac.policies import SACPolicy
     from stable_baselines3.td3.policies import TD3Policy
@@ -163,7 +181,22 @@ def extract_actor(model: Any) -> ActorGraph:
         for layer in layers:
             layer.group = nm[1] if nm else None
     space = policy.action_space
-    return ActorGraph(layers, squash, np.asarray(space.low, dtype=np.float32), np.asarray(space.high, dtype=np.float32), algo)
+    graph = ActorGraph(layers, squash, np.asarray(space.low, dtype=np.float32), np.asarray(space.high, dtype=np.float32),
+                       algo)
+    return drop_unused_inputs(graph)
+
+
+def drop_unused_inputs(graph: ActorGraph) -> ActorGraph:
+    """``graph`` reading only the observation features its first layer still has a connection from (an actor
+    whose sparse input layer left some features, e.g. noise features, without any): fewer inputs, fewer
+    sensors on a device. Unchanged when every feature is read."""
+    first = graph.layers[0]
+    used = np.flatnonzero(np.any(first.weight != 0, axis=0))
+    if graph.input_index is not None or len(used) == first.shape[1] or len(used) == 0:
+        return graph
+    layer = Layer(first.weight[:, used].copy(), first.bias, first.activation, first.group)
+    return ActorGraph([layer, *graph.layers[1:]], graph.squash, graph.action_low, graph.action_high, graph.algo,
+                      input_index=used.astype(np.int64), env_obs_dim_=first.shape[1])
 
 
 def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:

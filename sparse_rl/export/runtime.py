@@ -21,6 +21,7 @@ action bounds.
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,11 +213,24 @@ class SparsePolicy:
                 raise PolicyFileError(f"{str(path)!r}: meta {key} must be a list of {act_dim} numbers, got {meta.get(key)!r}")
             bounds.append(bound)
         squash = check.choice(meta, "squash", ("tanh", "none"))
+        if "input_index" in meta:  # the features of the env's observation the policy reads
+            env_dim, index = meta.get("env_obs_dim"), meta.get("input_index")
+            n_in = weights[0].shape[1] if weights else 0
+            ok = isinstance(env_dim, int) and isinstance(index, list) and len(index) == n_in
+            ok = ok and all(isinstance(i, int) for i in index) and all(a < b for a, b in itertools.pairwise(index))
+            ok = ok and (not index or (index[0] >= 0 and index[-1] < env_dim))
+            if not ok:
+                raise PolicyFileError(f"{str(path)!r}: meta input_index must list {n_in} increasing positions below "
+                                      f"env_obs_dim, got {index!r} (env_obs_dim {env_dim!r})")
         return cls(weights, biases, activations, squash, bounds[0], bounds[1], meta)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
-        """Actions for one observation ``(obs_dim,)`` or a batch ``(n, obs_dim)``; float32."""
+        """Actions for one observation or a batch: the env's whole observation ``(env_obs_dim,)``, or, where the
+        export dropped unused inputs, the features it reads ``(obs_dim,)`` (``meta["input_index"]``); float32."""
         x = np.asarray(obs, dtype=np.float32)
+        index = self.meta.get("input_index")
+        if index is not None and x.shape[-1] == self.meta["env_obs_dim"]:
+            x = x[..., np.asarray(index)]
         for w, b, act in zip(self.weights, self.biases, self.activations):
             x = _activate(x @ w.T + b, act)
         if self.squash == "tanh":
