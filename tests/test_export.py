@@ -206,6 +206,9 @@ def test_bad_input(tmp_path, capsys):
         ([tmp_path / "garbage.zip", "--format", "c", "--out", out], "not a readable SB3 model zip"),
         ([tmp_path / "norun", "--format", "c", "--out", out], "has no config.yaml"),
         ([tmp_path / "ppo.zip", "--format", "c", "--out", out], "only SAC/TD3"),
+        ([tmp_path / "ppo.zip", "--verify-on", "qemu-cortex-m4"], "--verify-on needs a run directory"),
+        ([tmp_path / "norun", "--verify-on", "qemu-cortex-m4", "--quantize", "int4"], "--quantize must be one of"),
+        ([tmp_path / "norun", "--verify-on", "qemu-cortex-m4", "--steps", "0"], "--steps must be positive"),
     ]
     (tmp_path / "garbage.zip").write_bytes(b"PK\x03\x04 definitely not a zip")
     (tmp_path / "norun").mkdir()
@@ -404,3 +407,22 @@ def test_inputs_without_connections_are_dropped_and_every_format_agrees(tmp_path
     c = CPolicy(tmp_path / "c", "sparse_rl_policy", graph.obs_dim, graph.act_dim, extra_flags=["-Werror"])
     assert np.abs(c.act(obs[:, graph.input_index]) - expected).max() <= tol
     assert any("inputs read: 9 of the env's 12" in line for line in cli.report(graph))
+
+
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_the_c_computes_on_an_emulated_cortex_m4_what_torch_computes(model, quantize):
+    """The exported C built for a Cortex-M4F (hard float) and run on QEMU's mps2-an386 board, on observations
+    of a real trajectory: float32 within 1e-5 of the action range, int8 within the documented bounds."""
+    from sparse_rl.export.qemu import missing_tools, record_observations, run_on_qemu
+
+    missing = missing_tools()
+    if missing:
+        pytest.skip(f"needs Debian's {', '.join(missing)} (.ci/run installs them)")
+    graph = extract_actor(model)
+    obs = record_observations(model, "Pendulum-v1", 300, seed=5)
+    actions = run_on_qemu(graph, obs, quantize)
+    diff = np.abs(actions - torch_actions(model, obs)) / action_range(model)
+    tol = cli.VERIFY_TOL[quantize]
+    assert actions.shape == (300, 1) and diff.max() <= tol["max"] and diff.mean() <= tol["mean"], (diff.max(), diff.mean())
+    if quantize == "none":
+        assert diff.max() <= FLOAT_TOL

@@ -5,6 +5,7 @@
     python -m sparse_rl.export runs/cheetah --format sparse --out cheetah.npz            # numpy-only runtime
     python -m sparse_rl.export runs/cheetah --format onnx --out cheetah.onnx
     python -m sparse_rl.export runs/cheetah --report                                     # nnz, MACs, bytes
+    python -m sparse_rl.export runs/cheetah --verify-on qemu-cortex-m4 [--quantize int8]  # C on an emulated M4
 
 The input is a run directory or an SB3 ``.zip`` of a SAC/TD3 model. Outputs are built in a temporary
 location beside the target and renamed into place, so a failure leaves nothing partial behind.
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sparse_rl.export.graph import ActorGraph, ExportError, extract_actor
+from sparse_rl.export.qemu import TARGETS
 
 FORMATS = ("sparse", "onnx", "c")
 
@@ -170,6 +172,47 @@ def report(graph: ActorGraph) -> list[str]:
     return lines
 
 
+#: the exported C against torch on a real trajectory: float32 exactly but for rounding, int8 within the bounds
+#: docs/embedded.md documents (fractions of the widest action range)
+VERIFY_TOL = {"none": {"max": 1e-5, "mean": 1e-5}, "int8": {"max": 0.1, "mean": 0.01}}
+
+
+def verify_on_target(path: Path, target: str, quantize: str, steps: int, prefix: str) -> tuple[bool, list[str]]:
+    """Run the exported C of the run at ``path`` on ``target`` for ``steps`` observations of a real trajectory
+    of its own policy, and compare its actions with torch's; returns (within the bounds, report lines)."""
+    import numpy as np
+
+    from sparse_rl.config import wrapper_options
+    from sparse_rl.export.qemu import TargetError, record_observations, run_on_qemu
+    from sparse_rl.run_directory import RunError, read_run
+
+    if not path.is_dir():
+        raise ExportError("--verify-on needs a run directory (its env makes the observations)")
+    try:
+        info = read_run(path)
+    except RunError as err:
+        raise ExportError(str(err)) from None
+    model = load_model(path)
+    graph = extract_actor(model)
+    config = info["config"]
+    obs = record_observations(model, info["env"], steps, seed=int(info["seed"]) + 30_000, env_kwargs=config.env_kwargs,
+                              wrappers=wrapper_options(config))
+    try:
+        actions = run_on_qemu(graph, obs, quantize, prefix)
+    except TargetError as err:
+        raise ExportError(str(err)) from None
+    expected = model.predict(obs, deterministic=True)[0]
+    span = float(np.max(graph.action_high - graph.action_low))
+    diff = np.abs(actions - expected) / span
+    tol = VERIFY_TOL[quantize]
+    ok = bool(diff.max() <= tol["max"] and diff.mean() <= tol["mean"])
+    kind = "int8" if quantize == "int8" else "float32"
+    lines = [f"{kind} C on QEMU's mps2-an386 (Cortex-M4F, hard float) against torch, {len(obs)} observations of a "
+             f"{info['env']} trajectory: max error {diff.max():.3g}, mean {diff.mean():.3g} of the action range "
+             f"(bounds {tol['max']:g}, {tol['mean']:g}): {'within' if ok else 'OUTSIDE'} the bounds"]
+    return ok, lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sparse_rl.export", description="Export a trained SAC/TD3 actor.")
     p.add_argument("path", type=Path, help="run directory or SB3 .zip")
@@ -179,10 +222,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefix", default="sparse_rl_policy", help="C symbol prefix: <prefix>_act()")
     p.add_argument("--dense-c", action="store_true", help="C with dense arrays (baseline for comparisons)")
     p.add_argument("--report", action="store_true", help="print nonzeros, MACs and bytes per format")
+    p.add_argument("--verify-on", choices=TARGETS, default=None,
+                   help="run the exported C (--quantize none or int8) on an emulated chip against torch")
+    p.add_argument("--steps", type=int, default=200, help="observations of a real trajectory for --verify-on (200)")
     args = p.parse_args(argv)
     try:
+        if args.verify_on is not None:
+            if args.quantize not in VERIFY_TOL:
+                raise ExportError(f"--quantize must be one of {', '.join(VERIFY_TOL)}, got {args.quantize!r}")
+            if args.steps <= 0:
+                raise ExportError(f"--steps must be positive, got {args.steps}")
+            ok, lines = verify_on_target(args.path, args.verify_on, args.quantize, args.steps, args.prefix)
+            print("\n".join(lines))
+            return 0 if ok else 1
         if not args.report and (args.format is None or args.out is None):
-            raise ExportError("give --format and --out, or --report")
+            raise ExportError("give --format and --out, --report, or --verify-on")
         graph = extract_actor(load_model(args.path))
         if args.format is not None:
             if args.out is None:
