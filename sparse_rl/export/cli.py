@@ -174,7 +174,7 @@ def report(graph: ActorGraph) -> list[str]:
 
 #: the exported C against torch on a real trajectory: float32 exactly but for rounding, int8 within the bounds
 #: docs/embedded.md documents (fractions of the widest action range)
-VERIFY_TOL = {"none": {"max": 1e-5, "mean": 1e-5}, "int8": {"max": 0.1, "mean": 0.01}}
+VERIFY_TOL = {"none": {"max": 1e-5, "mean": 1e-5}, "int8": {"max": 0.15, "mean": 0.01}}
 
 
 def verify_on_target(path: Path, target: str, quantize: str, steps: int, prefix: str) -> tuple[bool, list[str]]:
