@@ -426,3 +426,26 @@ def test_the_c_computes_on_an_emulated_cortex_m4_what_torch_computes(model, quan
     assert actions.shape == (300, 1) and diff.max() <= tol["max"] and diff.mean() <= tol["mean"], (diff.max(), diff.mean())
     if quantize == "none":
         assert diff.max() <= FLOAT_TOL
+
+
+@pytest.mark.skipif(arm_toolchain() is None, reason="gcc-arm-none-eabi not installed: Cortex-M4 budget check skipped")
+def test_a_run_is_checked_against_a_chip_budget(model, tmp_path, capsys):
+    zipped = _zip(model, tmp_path)
+    graph = extract_actor(model)
+    cli.export(graph, "c", tmp_path / "c")
+    size = cortex_m4_size(tmp_path / "c")
+    def budget(*argv):
+        code = cli.main([str(zipped), "--target", "cortex-m4", *argv])
+        return code, capsys.readouterr().out.splitlines()
+
+    code, lines = budget("--flash", str(size["flash"]), "--ram", "64K")
+    assert code == 0 and lines[0].endswith(": fits")
+    assert f"flash: {size['flash']} B of {size['flash']} B: fits, 0 B" in lines[1]
+    code, lines = budget("--flash", str(size["flash"] - 100))
+    assert code == 1 and lines[0].endswith("does not fit") and "MISSES by 100 B" in lines[1]
+    assert cli.parse_bytes("12K", "--flash") == 12288 and cli.parse_bytes("1M", "--flash") == 1 << 20
+    for argv, needle in (([zipped, "--target", "cortex-m4"], "--target needs a budget"),
+                         ([zipped, "--flash", "12K"], "--flash and --ram are budgets of a --target"),
+                         ([zipped, "--target", "cortex-m4", "--ram", "0"], "--ram must be positive")):
+        code, lines = run_cli(argv, capsys)
+        assert code == 2 and len(lines) == 1 and needle in lines[0], lines

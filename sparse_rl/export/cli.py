@@ -6,6 +6,7 @@
     python -m sparse_rl.export runs/cheetah --format onnx --out cheetah.onnx
     python -m sparse_rl.export runs/cheetah --report                                     # nnz, MACs, bytes
     python -m sparse_rl.export runs/cheetah --verify-on qemu-cortex-m4 [--quantize int8]  # C on an emulated M4
+    python -m sparse_rl.export runs/cheetah --target cortex-m4 --flash 12K --ram 4K [--quantize int8]  # fits?
 
 The input is a run directory or an SB3 ``.zip`` of a SAC/TD3 model. Outputs are built in a temporary
 location beside the target and renamed into place, so a failure leaves nothing partial behind.
@@ -213,6 +214,47 @@ def verify_on_target(path: Path, target: str, quantize: str, steps: int, prefix:
     return ok, lines
 
 
+def parse_bytes(text: str, flag: str) -> int:
+    """``12K``, ``12KB``, ``64k``, ``1M``, ``4096``: bytes (K = 1024)."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]?)[bB]?\s*", text)
+    if not match:
+        raise ExportError(f"{flag} must be a size such as 12K, 64KB, 1M or 4096, got {text!r}")
+    value = float(match[1]) * {"": 1, "k": 1024, "m": 1024 * 1024}[match[2].lower()]
+    if value <= 0:
+        raise ExportError(f"{flag} must be positive, got {text!r}")
+    return int(value)
+
+
+def check_budget(graph: ActorGraph, flash: int | None, ram: int | None, quantize: str, prefix: str) -> tuple[bool, list[str]]:
+    """Compile the run's C (``quantize``) for a Cortex-M4F and compare ``arm-none-eabi-size``'s flash and RAM
+    with the budget; returns (fits, report lines)."""
+    from sparse_rl.export import formats
+    from sparse_rl.export.compile import arm_toolchain, cortex_m4_size
+
+    if arm_toolchain() is None:
+        raise ExportError("--target cortex-m4 measures the compiled object: install Debian's gcc-arm-none-eabi")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in formats.c_sources(graph, prefix=prefix, quantize=quantize).items():
+            (Path(tmp) / name).write_text(text)
+        size = cortex_m4_size(Path(tmp))
+    kind = "int8" if quantize == "int8" else "float32"
+    lines, fits = [], True
+    for what, used, budget in (("flash", size["flash"], flash), ("RAM", size["ram"], ram)):
+        if budget is None:
+            lines.append(f"{what}: {used} B")
+            continue
+        ok = used <= budget
+        fits = fits and ok
+        margin = budget - used
+        lines.append(f"{what}: {used} B of {budget} B: " + (f"fits, {margin} B ({margin / budget:.1%}) to spare" if ok
+                     else f"MISSES by {-margin} B ({-margin / budget:.1%} over)"))
+    head = (f"Cortex-M4F, {kind} C (arm-none-eabi-gcc -O2, arm-none-eabi-size of the object; flash = text + data, "
+            f"RAM = data + bss): {'fits' if fits else 'does not fit'}")
+    return fits, [head, *("  " + line for line in lines)]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sparse_rl.export", description="Export a trained SAC/TD3 actor.")
     p.add_argument("path", type=Path, help="run directory or SB3 .zip")
@@ -225,8 +267,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--verify-on", choices=TARGETS, default=None,
                    help="run the exported C (--quantize none or int8) on an emulated chip against torch")
     p.add_argument("--steps", type=int, default=200, help="observations of a real trajectory for --verify-on (200)")
+    p.add_argument("--target", choices=("cortex-m4",), default=None,
+                   help="check the exported C (--quantize none or int8) against a chip's --flash/--ram budget")
+    p.add_argument("--flash", default=None, help="flash budget, e.g. 12K (with --target)")
+    p.add_argument("--ram", default=None, help="RAM budget, e.g. 4K (with --target)")
     args = p.parse_args(argv)
     try:
+        if args.target is None and (args.flash is not None or args.ram is not None):
+            raise ExportError("--flash and --ram are budgets of a --target (cortex-m4)")
+        if args.target is not None:
+            if args.flash is None and args.ram is None:
+                raise ExportError("--target needs a budget: --flash SIZE and/or --ram SIZE (e.g. --flash 12K --ram 4K)")
+            if args.quantize not in ("none", "int8"):
+                raise ExportError(f"--quantize must be none or int8, got {args.quantize!r}")
+            flash = parse_bytes(args.flash, "--flash") if args.flash is not None else None
+            ram = parse_bytes(args.ram, "--ram") if args.ram is not None else None
+            fits, lines = check_budget(extract_actor(load_model(args.path)), flash, ram, args.quantize, args.prefix)
+            print("\n".join(lines))
+            return 0 if fits else 1
         if args.verify_on is not None:
             if args.quantize not in VERIFY_TOL:
                 raise ExportError(f"--quantize must be one of {', '.join(VERIFY_TOL)}, got {args.quantize!r}")
