@@ -31,6 +31,8 @@ import yaml
 from sparse_rl.agents.policies import SparsityConfig
 from sparse_rl.agents.replay import DynamicReplayBuffer, NStepSoftReplayBuffer
 from sparse_rl.envs.wrappers import NOISE_KINDS
+from sparse_rl.export.budget import TARGETS as DEPLOY_TARGETS
+from sparse_rl.export.budget import BudgetError, parse_size
 from sparse_rl.numerics import NumericsError, check_cpu_kernels
 from sparse_rl.topology.methods import LEGACY_OPTIONS, migrate_legacy_options
 
@@ -101,6 +103,16 @@ class TrainConfig(SparsityConfig):
     """env step from which the observation's features come permuted (the transfer setting); 0: never"""
     permute_seed: int = 0
     """seed of that permutation (the same one whatever the run's seed)"""
+    # --- training to a microcontroller's budget (sparse_rl.export.budget): only the actor ships
+    deploy_target: str | None = None
+    """``cortex-m4``: size the actor's exported C for that chip (with ``deploy_flash``/``deploy_ram``)"""
+    deploy_flash: str | int | None = None
+    """flash budget of the actor's C, e.g. ``12K``; the run derives ``actor_sparsity`` from it before training"""
+    deploy_ram: str | int | None = None
+    """RAM budget, e.g. ``4K``"""
+    deploy_quantize: str = "auto"
+    """``auto`` (float32 or int8 weights, whichever allows the denser actor; resolved when the run starts),
+    ``none`` or ``int8``"""
 
 
 @dataclass
@@ -270,6 +282,20 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"noise_kind must be one of {', '.join(NOISE_KINDS)}, got {config.noise_kind!r}")
     if not 0 <= config.permute_at <= config.n_timesteps:
         raise ConfigError(f"permute_at must be in [0, n_timesteps={config.n_timesteps}] (0: never), got {config.permute_at!r}")
+    if config.deploy_target is not None and config.deploy_target not in DEPLOY_TARGETS:
+        raise ConfigError(f"deploy_target must be one of {', '.join(DEPLOY_TARGETS)}, got {config.deploy_target!r}")
+    if config.deploy_target is None and (config.deploy_flash is not None or config.deploy_ram is not None):
+        raise ConfigError("deploy_flash and deploy_ram are budgets of a deploy_target (cortex-m4)")
+    if config.deploy_target is not None and config.deploy_flash is None and config.deploy_ram is None:
+        raise ConfigError("deploy_target needs a budget: deploy_flash (e.g. 12K) and/or deploy_ram (e.g. 4K)")
+    if config.deploy_quantize not in ("auto", "none", "int8"):
+        raise ConfigError(f"deploy_quantize must be one of auto, none, int8, got {config.deploy_quantize!r}")
+    try:
+        for key in ("deploy_flash", "deploy_ram"):
+            if getattr(config, key) is not None:
+                parse_size(getattr(config, key), key)
+    except BudgetError as err:
+        raise ConfigError(str(err)) from None
     # the replay buffer's options are checked by the buffer classes themselves, here before anything runs
     try:
         NStepSoftReplayBuffer.check_options(n_steps=config.n_steps, n_step_delay=config.n_step_delay)

@@ -59,9 +59,9 @@ def check_device(device: str) -> str:
 
 
 def check_env_for(algo: str, env_id: str, env_kwargs: dict[str, Any] | None = None,
-                  wrappers: dict[str, Any] | None = None) -> None:
+                  wrappers: dict[str, Any] | None = None) -> tuple[spaces.Space, spaces.Space]:
     """Make the env once (with its ``wrappers``) and check its spaces against ``algo``: SAC/TD3 need a ``Box``
-    action space.
+    action space. Returns its observation and action spaces.
 
     :raises EnvError: naming the env, its spaces and what the algorithm needs.
     """
@@ -74,6 +74,7 @@ def check_env_for(algo: str, env_id: str, env_kwargs: dict[str, Any] | None = No
     if isinstance(obs_space, (spaces.Dict, spaces.Tuple)):
         kind = type(obs_space).__name__
         raise EnvError(f"{env_id!r} has a {kind} observation space; sparse_rl's policies take flat (Box) observations")
+    return obs_space, action_space
 
 
 def run_label(algo: str, config: TrainConfig) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,29 @@ def _check_run_dir(run_dir: Path, overwrite: bool) -> None:
                 continue     # meanwhile (a sweep's next trial): keep it; the parents above are still tried
 
 
+def _fit_budget(algo: str, config: TrainConfig, obs_space: Any, action_space: Any) -> TrainConfig:
+    """``config`` with the actor's sparsity and weight type that the deploy budget allows (the densest that fits)."""
+    from sparse_rl.export.budget import BudgetError, derive, parse_size
+
+    if config.dense or config.input_layer_sparsity is not None:
+        raise ConfigError("a deploy budget sizes a sparse actor: choose a sparse preset (not dense), without "
+                          "input_layer_sparsity")
+    if config.actor_sparsity is not None:
+        raise ConfigError(f"the deploy budget derives actor_sparsity; drop actor_sparsity={config.actor_sparsity} "
+                          "(or the budget)")
+    flash = parse_size(config.deploy_flash, "deploy_flash") if config.deploy_flash is not None else None
+    ram = parse_size(config.deploy_ram, "deploy_ram") if config.deploy_ram is not None else None
+    try:
+        fitted = derive(algo, int(obs_space.shape[0]), int(action_space.shape[0]), config.net_arch, config.distribution,
+                        flash, ram)
+    except BudgetError as err:
+        raise ConfigError(str(err)) from None
+    print(f"deploy budget ({config.deploy_target}, flash {flash} B, RAM {ram} B): actor_sparsity {fitted.sparsity:g} with "
+          f"{'int8' if fitted.quantize == 'int8' else 'float32'} weights ({fitted.flash} B of flash, {fitted.ram} B of RAM "
+          "by the byte model)", file=sys.stderr)
+    return dataclasses.replace(config, actor_sparsity=fitted.sparsity, deploy_quantize=fitted.quantize)
+
+
 def _plan_new_run(args: argparse.Namespace) -> Plan:
     if not args.algo:
         raise ConfigError("--algo is required (sac or td3) unless --resume is given")
@@ -124,7 +148,9 @@ def _plan_new_run(args: argparse.Namespace) -> Plan:
             f"{', '.join(ignored)} would be ignored: this config trains SB3's dense MlpPolicy (dense=True, e.g. "
             "--preset dense); drop those settings or choose a sparse preset"
         )
-    check_env_for(args.algo, env_id, config.env_kwargs, wrapper_options(config))
+    obs_space, action_space = check_env_for(args.algo, env_id, config.env_kwargs, wrapper_options(config))
+    if config.deploy_target is not None and config.deploy_quantize == "auto":
+        config = _fit_budget(args.algo, config, obs_space, action_space)
     label = run_label(args.algo, config)
     run_dir = args.run_dir or Path("runs") / f"{args.algo}-{env_id}-{label}-s{seed}"
     _check_run_dir(run_dir, args.overwrite)

@@ -209,7 +209,15 @@ def _train(args: argparse.Namespace, plan: Plan, extra_callbacks: list[BaseCallb
     kill_point("run:final-checkpoint")
     atomic_write(run_dir / MODEL_FILE, model.save)
     _write_curve(run_dir, info.get("label", algo))
-    write_json(run_dir / SUMMARY_FILE, summary(model, final, wall, model.num_timesteps - steps_before))
+    result = summary(model, final, wall, model.num_timesteps - steps_before)
+    if config.deploy_target is not None:  # does the trained actor's C fit the chip it was sized for?
+        from sparse_rl.export.budget import deploy_check, parse_size
+
+        result["deploy"] = deploy_check(
+            model, config.deploy_target, parse_size(config.deploy_flash, "deploy_flash") if config.deploy_flash else None,
+            parse_size(config.deploy_ram, "deploy_ram") if config.deploy_ram else None,
+            "int8" if config.deploy_quantize == "int8" else "none")
+    write_json(run_dir / SUMMARY_FILE, result)
     env.close()
     eval_env.close()
     return run_dir
@@ -261,6 +269,11 @@ def print_summary(run_dir: Path) -> None:
             f"  {net:<6} density {r['density']:.4f}  ITOP {r['itop_rate']:.4f}  FLOPs/forward {r['flops']} "
             f"(dense {r['dense_flops']})  last drop/grow {r.get('last_dropped', 0)}/{r.get('last_grown', 0)}"
         )
+    if final.get("deploy"):
+        d = final["deploy"]
+        budget = ", ".join(f"{k} {d[k]} of {d[k + '_budget']} B" for k in ("flash", "ram") if d[k + "_budget"])
+        print(f"  deploy ({d['target']}, {'int8' if d['quantize'] == 'int8' else 'float32'} C, {d['measured_by']}): "
+              f"{budget}: {'fits' if d['fits'] else 'DOES NOT FIT'}")
     if (run_dir / "curve.png").is_file():
         print(f"  learning curve: {run_dir / 'curve.png'}")
     print(f"  files: config.yaml, model.zip, evaluations.csv, summary.json, tb/, {CHECKPOINT_DIR}/ in {run_dir}")

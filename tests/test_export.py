@@ -449,3 +449,52 @@ def test_a_run_is_checked_against_a_chip_budget(model, tmp_path, capsys):
                          ([zipped, "--target", "cortex-m4", "--ram", "0"], "--ram must be positive")):
         code, lines = run_cli(argv, capsys)
         assert code == 2 and len(lines) == 1 and needle in lines[0], lines
+
+
+@pytest.mark.skipif(arm_toolchain() is None, reason="gcc-arm-none-eabi not installed: the byte model is checked against it")
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_the_byte_model_predicts_the_compiled_size(model, quantize, tmp_path):
+    from sparse_rl.export.budget import c_bytes
+
+    graph = extract_actor(model)
+    cli.export(graph, "c", tmp_path / "c", quantize=quantize)
+    measured = cortex_m4_size(tmp_path / "c")
+    modelled = c_bytes([layer.shape for layer in graph.layers], [layer.nnz for layer in graph.layers], graph.act_dim, quantize)
+    assert modelled["ram"] == measured["ram"]
+    assert abs(modelled["flash"] - measured["flash"]) <= 0.05 * measured["flash"], (modelled, measured)
+
+
+def test_training_to_a_budget_derives_the_actor_and_checks_its_c(tmp_path, capsys):
+    import json
+
+    from sparse_rl import train
+    from sparse_rl.export.budget import derive, predicted
+
+    fitted = derive("sac", 3, 1, [64, 64], "erk", flash=6 * 1024, ram=4096)
+    assert predicted("sac", 3, 1, [64, 64], fitted.sparsity, "erk", fitted.quantize)["flash"] <= 6 * 1024
+    if fitted.sparsity > 0:  # the densest that fits: one step denser misses
+        assert predicted("sac", 3, 1, [64, 64], fitted.sparsity - 0.001, "erk", fitted.quantize)["flash"] > 6 * 1024
+    def argv(run, *budget):
+        return ["--algo", "sac", "--env", "Pendulum", "--run-dir", str(run), "--n-timesteps", "300", "--eval-freq", "0",
+                "--set", "learning_starts=100", "--set", "net_arch=[64, 64]", "--no-progress",
+                "--set", "deploy_target=cortex-m4", *itertools.chain.from_iterable(("--set", b) for b in budget)]
+
+    run = tmp_path / "mcu"
+    assert train.main(argv(run, "deploy_flash=6K", "deploy_ram=4K")) == 0
+    out = capsys.readouterr()
+    config = yaml_config(run)
+    assert config["actor_sparsity"] == fitted.sparsity and config["deploy_quantize"] == fitted.quantize
+    deploy = json.loads((run / "summary.json").read_text())["deploy"]
+    assert deploy["fits"] and deploy["flash"] <= 6 * 1024 and "deploy (cortex-m4" in out.out
+    code = train.main(argv(tmp_path / "tiny", "deploy_flash=1K"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "the smallest budget that works is --set deploy_flash=" in err[0]
+    assert not (tmp_path / "tiny").exists()
+    code = train.main(argv(tmp_path / "both", "deploy_flash=6K", "actor_sparsity=0.9"))
+    assert code == 2 and "the deploy budget derives actor_sparsity" in capsys.readouterr().err
+
+
+def yaml_config(run):
+    import yaml
+
+    return yaml.safe_load((run / "config.yaml").read_text())["config"]
