@@ -98,12 +98,18 @@ def input_layout(venv: Any) -> tuple[int, int, np.ndarray | None]:
     return n_obs, n_real, order
 
 
-def evaluation_fields(policy: nn.Module, venv: Any, path: Path, timesteps: int) -> dict[str, float]:
-    """Record the input importance of ``policy`` at ``timesteps`` in ``path`` (``features.csv``); with noise
-    features, return the real-feature connection fractions for the evaluation row."""
+def evaluation_fields(policy: nn.Module, venv: Any, path: Path, timesteps: int, logger: Any = None) -> dict[str, float]:
+    """Record the input importance of ``policy`` at ``timesteps`` in ``path`` (``features.csv``) and, with an
+    SB3 ``logger``, as TensorBoard histograms (``features/<net>_strength``, ``features/<net>_connections``);
+    with noise features, return the real-feature connection fractions for the evaluation row."""
     n_obs, n_real, order = input_layout(venv)
     importance = input_importance(policy)
     append_features(path, timesteps, importance, n_obs, n_real, order)
+    if logger is not None:
+        only_tensorboard = ("stdout", "log", "json", "csv")
+        for net, values in importance.items():
+            for key in ("strength", "connections"):
+                logger.record(f"features/{net}_{key}", torch.as_tensor(values[key]), exclude=only_tensorboard)
     if n_real == n_obs:
         return {}
     return {f"{net}_real_input_fraction": real_fraction(v["connections"],

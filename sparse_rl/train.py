@@ -182,7 +182,8 @@ def _train(args: argparse.Namespace, plan: Plan, extra_callbacks: list[BaseCallb
             evaluator.before_evaluation = partial(sync_permutation, eval_env, at=config.permute_at)
         # which input features each network reads: features.csv, and the real fraction on a noisy env
         features_csv = run_dir / FEATURES_FILE
-        evaluator.row_extras.append(lambda model, steps: evaluation_fields(model.policy, eval_env, features_csv, steps))
+        evaluator.row_extras.append(
+            lambda model, steps: evaluation_fields(model.policy, eval_env, features_csv, steps, model.logger))
         evaluator.last_row = last_row
         callbacks.append(evaluator)
     checkpointer = CheckpointCallback(run_dir, config.checkpoint_freq, save_buffer) if config.checkpoint_freq > 0 else None

@@ -186,6 +186,12 @@ def test_a_noisy_run_records_its_inputs_and_the_features_command_ranks_them(tmp_
     # after the permutation (step 300) an input position reads another feature, and the names say which
     assert [r["name"] for r in table[200]["actor"]][:3] == ["obs[0]", "obs[1]", "obs[2]"]
     assert [r["name"] for r in table[400]["actor"]][:3] != ["obs[0]", "obs[1]", "obs[2]"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((run / "tb").rglob("events.out.tfevents*"))), size_guidance={"histograms": 0})
+    events.Reload()
+    assert {"features/actor_strength", "features/critic_connections"} <= set(events.Tags()["histograms"])
+    assert "eval/actor_real_input_fraction" in events.Tags()["scalars"]
     code, out, err = run_cli(features, [run, "--top", "3", "--plot", tmp_path / "f.png"], capsys)
     assert code == 0, err
     assert "3 real and 9 noise" in out and "real-feature connection fraction" in out and out.count("strength ") == 6
