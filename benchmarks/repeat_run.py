@@ -28,12 +28,9 @@ import yaml
 
 from sparse_rl.config import SPARSE_KEYS, config_to_dict, resolve_config
 from sparse_rl.numerics import code_version
+from sparse_rl.sweep.plan import _literal  # a value as --set reads it back
 
 IGNORED = ("wall_clock_s",)
-
-
-def _literal(value: Any) -> str:
-    return value if isinstance(value, str) else repr(value)
 
 
 def train_argv(info: dict[str, Any], run_dir: Path) -> list[str]:

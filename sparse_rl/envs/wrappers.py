@@ -14,6 +14,7 @@ signal, in the spirit of the ANF code's fake features.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -46,8 +47,19 @@ def _flat_box(env: gym.Env, what: str) -> gym.spaces.Box:
 def feature_statistics(env_id: str, env_kwargs: dict[str, Any] | None = None, steps: int = MATCH_STEPS
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation of each observation feature of ``env_id`` over ``steps`` steps of uniformly
-    random actions (env and action seeds 0): what ``matched`` noise copies."""
-    env = gym.make(env_id, **(env_kwargs or {}))
+    random actions (env and action seeds 0): what ``matched`` noise copies. Measured once per process for each
+    env and kwargs (a run's check, training env and evaluation env share it)."""
+    key = tuple(sorted((env_kwargs or {}).items()))
+    try:
+        hash(key)
+    except TypeError:  # kwargs with lists or mappings: measured each time
+        return _feature_statistics.__wrapped__(env_id, key, steps)
+    return _feature_statistics(env_id, key, steps)
+
+
+@functools.lru_cache(maxsize=8)
+def _feature_statistics(env_id: str, kwargs: tuple, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    env = gym.make(env_id, **dict(kwargs))
     try:
         env.action_space.seed(0)
         obs, _ = env.reset(seed=0)
@@ -61,7 +73,9 @@ def feature_statistics(env_id: str, env_kwargs: dict[str, Any] | None = None, st
     finally:
         env.close()
     data = np.asarray(seen, dtype=np.float64)
-    return data.mean(0), np.maximum(data.std(0), 1e-6)
+    mean, std = data.mean(0), np.maximum(data.std(0), 1e-6)
+    mean.flags.writeable = std.flags.writeable = False  # shared through the cache
+    return mean, std
 
 
 class NoiseFeatures(gym.ObservationWrapper):

@@ -215,16 +215,13 @@ def verify_on_target(path: Path, target: str, quantize: str, steps: int, prefix:
 
 
 def parse_bytes(text: str, flag: str) -> int:
-    """``12K``, ``12KB``, ``64k``, ``1M``, ``4096``: bytes (K = 1024)."""
-    import re
+    """``12K``, ``12KB``, ``64k``, ``1M``, ``4096``: bytes (K = 1024); bad input as :class:`ExportError`."""
+    from sparse_rl.export.budget import BudgetError, parse_size
 
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]?)[bB]?\s*", text)
-    if not match:
-        raise ExportError(f"{flag} must be a size such as 12K, 64KB, 1M or 4096, got {text!r}")
-    value = float(match[1]) * {"": 1, "k": 1024, "m": 1024 * 1024}[match[2].lower()]
-    if value <= 0:
-        raise ExportError(f"{flag} must be positive, got {text!r}")
-    return int(value)
+    try:
+        return parse_size(text, flag)
+    except BudgetError as err:
+        raise ExportError(str(err)) from None
 
 
 def check_budget(graph: ActorGraph, flash: int | None, ram: int | None, quantize: str, prefix: str) -> tuple[bool, list[str]]:
