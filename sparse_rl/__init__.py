@@ -11,13 +11,21 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
+    "SparseActorCriticPolicy": "sparse_rl.agents",
+    "SparseCnnDQNPolicy": "sparse_rl.agents",
+    "SparseCrossQPolicy": "sparse_rl.agents",
+    "SparseDQNPolicy": "sparse_rl.agents",
+    "SparseMultiInputSACPolicy": "sparse_rl.agents",
+    "SparseMultiInputTD3Policy": "sparse_rl.agents",
     "SparseSACPolicy": "sparse_rl.agents",
     "SparseTD3Policy": "sparse_rl.agents",
+    "SparseTQCPolicy": "sparse_rl.agents",
     "SparsityConfig": "sparse_rl.agents",
     "sparsity_report": "sparse_rl.agents",
+    "install_aliases": "sparse_rl.agents.aliases",
 }
 
-__all__ = ["SparseSACPolicy", "SparseTD3Policy", "SparsityConfig", "__version__", "sparsity_report"]
+__all__ = [*_LAZY, "__version__"]
 
 
 def __getattr__(name: str) -> Any:

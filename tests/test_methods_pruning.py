@@ -152,9 +152,9 @@ def test_granet_and_gmp_resume_from_their_state():
     net = _net()
     ctrl, _ = _gmp_controller(net)
     ctrl.method._done = True
-    state = ctrl.get_extra_state()
+    state = ctrl.training_state()
     other, _ = _gmp_controller(_net())
-    other.set_extra_state(state)
+    other.load_training_state(state)
     assert other.method._done and not other.method.active(0.5, 0.8)
 
 

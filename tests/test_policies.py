@@ -112,9 +112,9 @@ def test_save_load_restores_masks_state_and_predictions(algo, policy, tmp_path):
             assert torch.equal(a.mask, b.mask) and torch.equal(a.explored, b.explored)
     for name, ctrl in model.policy.topology_controllers().items():
         other = loaded.policy.topology_controllers()[name]
-        assert ctrl.get_extra_state().keys() == other.get_extra_state().keys()
-        for k, v in ctrl.get_extra_state().items():
-            w = other.get_extra_state()[k]
+        assert ctrl.training_state().keys() == other.training_state().keys()
+        for k, v in ctrl.training_state().items():
+            w = other.training_state()[k]
             if k == "initial_masks":
                 assert all(torch.equal(x, y) for x, y in zip(v, w))
             else:
@@ -201,7 +201,7 @@ def test_td3_actor_counts_its_own_steps():
 def test_dense_model_report():
     report = sparsity_report(SAC("MlpPolicy", "Pendulum-v1"))
     assert report["actor"]["density"] == 1.0 and report["critic"]["itop_rate"] == 1.0
-    with pytest.raises(TypeError, match="SAC/TD3"):
+    with pytest.raises(TypeError, match="SAC, TD3, DDPG"):
         sparsity_report(object())
 
 

@@ -172,16 +172,16 @@ def test_controller_state_round_trip_gives_identical_updates():
         if state is not None:
             net.load_state_dict(state["net"])
             opt.load_state_dict(state["opt"])
-            ctrl.load_state_dict(state["ctrl"])
         gen = torch.Generator().manual_seed(0)
         return net, opt, ctrl, gen
 
     net, opt, ctrl, gen = run()
     for _ in range(20):
         train_step(net, opt, gen)
-    saved = {"net": net.state_dict(), "opt": opt.state_dict(), "ctrl": ctrl.state_dict()}
+    saved = {"net": net.state_dict(), "opt": opt.state_dict()}
     saved = copy.deepcopy(saved)
-    assert "_extra_state" in saved["ctrl"]
+    assert "network" in saved["opt"]["sparse_rl_topology"]  # training state rides with the optimizer
+    assert not ctrl.state_dict()  # ... not with the module: a policy's state_dict holds tensors only
     net2, opt2, ctrl2, _ = run(saved)
     assert ctrl2.step == ctrl.step == 20
     gen_a, gen_b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
@@ -229,7 +229,7 @@ def test_accumulated_grow_signal_equals_concatenated_batches():
     reference.zero_grad()
     _loss(reference, torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])).backward()
     generator = torch.Generator()
-    generator.set_state(TopologyController(ref_layers, config, seed=0).get_extra_state()["rng_state"])
+    generator.set_state(TopologyController(ref_layers, config, seed=0).training_state()["rng_state"])
     for layer, mask in zip(ref_layers, seen[0]):
         expected = make_method("rigl").update_layer(layer.weight, layer.mask, 0.3, layer.weight.grad, generator)
         assert torch.equal(expected.mask, mask)
@@ -253,7 +253,7 @@ def test_momentum_grow_signal_is_an_exponential_average():
         grads.append(masked_layers(net)[1].weight.grad.clone())
         opt.step()
     # ema_1 = 0.5 * g1 ; ema_2 = 0.5 * ema_1 + 0.5 * g2
-    torch.testing.assert_close(ctrl.get_extra_state()["method"]["grow_signal"][1], 0.25 * grads[0] + 0.5 * grads[1])
+    torch.testing.assert_close(ctrl.training_state()["method"]["grow_signal"][1], 0.25 * grads[0] + 0.5 * grads[1])
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,7 @@ from sparse_rl.sparse import (
     use_sparse_storage,
     use_sparse_storage_for,
 )
+from sparse_rl.sparse.layers import MaskedConv2d, follow_loaded_mask
 from sparse_rl.sparse.structure import parse_structure
 from sparse_rl.topology import TopologyConfig, TopologyController, sparse_seed
 from sparse_rl.topology.methods import migrate_legacy_options
@@ -131,7 +132,7 @@ class SparsityConfig(TopologyConfig):
                                  f"with {given}: leave that unset")
 
     def network_sparsity(self, network: str) -> float:
-        own = getattr(self, f"{network}_sparsity")
+        own = getattr(self, f"{network}_sparsity", None)
         if own is not None:
             return float(own)
         return float(self.sparsity) if self.sparsity is not None else DEFAULT_SPARSITY
@@ -184,14 +185,31 @@ class SparsePolicyMixin:
     def _first_last(self, name: str, network: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
         raise NotImplementedError
 
+    def _prepare_networks(self) -> None:
+        """Called after SB3 built the networks and optimizers, before their linears become masked: a policy whose
+        network includes a bare ``nn.Linear`` attribute (PPO's ``action_net``) wraps it here."""
+        self._check_method_support()
+
+    def _check_method_support(self) -> None:
+        method = self.sparse_config.topology_config().make_method()
+        needs = [what for what, used in (("scores connections with the algorithm's loss", hasattr(method, "loss_fn")),
+                                         ("rewires dormant units from replay batches", method.rewire_dormant)) if used]
+        if needs and not self.replay_scores:
+            raise ValueError(f"topology {self.sparse_config.topology!r} {' and '.join(needs)}, which "
+                             f"{type(self).__name__} does not support; it works with SAC, TD3 and DDPG")
+
+    #: whether the method hooks that read the algorithm's replay batches and losses work here (SAC, TD3, DDPG)
+    replay_scores: bool = True
+
     def _build(self, lr_schedule: Schedule) -> None:
         super()._build(lr_schedule)  # type: ignore[misc]
+        self._prepare_networks()
         generator = torch.Generator().manual_seed(sparse_seed())
         config = self.sparse_config
         tickets = read_ticket(config.init_from) if config.init_from is not None else {}
         nm = parse_structure(config.structure)
         for name, (network, targets) in self._networks().items():
-            layers = replace_linears(network)
+            layers = [layer for module in _as_list(network) for layer in replace_linears(module)]
             target_layers = [replace_linears(target) for target in targets]
             first, last = self._first_last(name, network)
             dense = [
@@ -220,13 +238,14 @@ class SparsePolicyMixin:
                     config.sparse_init,
                     start_counts=lambda targets, m=method, n=sizes: m.start_nonzeros(targets, n),
                     structure=nm,
+                    what=f"{type(self).__name__} {name}",
                 )
             except ValueError as err:
                 raise ValueError(f"{name}: {err}") from None
             if config.init_from is not None:  # a lottery ticket: its masks and weights, whatever sparsity says
                 load_into(layers, tickets[name], name, config.init_from)
             for target in targets:
-                target.load_state_dict(network.state_dict())
+                target.load_state_dict(network.state_dict())  # type: ignore[union-attr]  # targets: one module
             controller = TopologyController(
                 layers,
                 config.topology_config(),
@@ -234,8 +253,9 @@ class SparsePolicyMixin:
                 targets=target_layers,
                 progress_fn=self._training_progress,
                 method=method,
+                name=name,
             )
-            controller.attach(network.optimizer)
+            controller.attach(self._optimizer_of(name))
             controller.listeners.append(partial(self._record_update, name))
             if controller.method.rewire_dormant:
                 controller.dormant_fn = partial(self._dormant_rows, name)
@@ -262,18 +282,42 @@ class SparsePolicyMixin:
         ``"auto"`` chooses differently by device, and a network whose optimizer has stepped keeps its storage.
         """
         backend = self.sparse_config.backend
-        for name, (network, targets) in self._networks().items():
+        for name, (_network, targets) in self._networks().items():
             controller: TopologyController = getattr(self, f"{name}_topology")
             layers = controller.layers
-            if network.optimizer.state or not layers:
+            optimizer = self._optimizer_of(name)
+            if optimizer.state or not layers:
                 continue
             where = device if device is not None else layers[0].mask.device
-            chosen = [use_sparse_storage(backend, l.out_features, l.in_features, l.nnz, where) for l in layers]
+            chosen = [not isinstance(l, MaskedConv2d)  # convolutions keep dense storage
+                      and use_sparse_storage(backend, l.out_features, l.in_features, l.nnz, where) for l in layers]
             if chosen == [l.storage == "sparse" for l in layers]:
                 continue
             pairs = [(target, masked_layers(target)) for target in targets]
-            layers = use_sparse_storage_for(network, layers, chosen, pairs, network.optimizer)
+            layers = use_sparse_storage_for(self, layers, chosen, pairs, optimizer)  # type: ignore[arg-type]
             controller.set_layers(layers, [masked_layers(target) for target in targets])
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict``; where it changes a mask, the optimizer's slots of that layer follow
+        (kept connections keep theirs, the rest restart at zero) and target networks take the online network's
+        mask, so training goes on from any loaded state."""
+        controllers = self.topology_controllers()
+        before = {name: [l.mask.clone() for l in ctrl.layers] for name, ctrl in controllers.items()}
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)  # type: ignore[misc]
+        for name, ctrl in controllers.items():
+            optimizer = self._optimizer_of(name)
+            for layer, old in zip(ctrl.layers, before[name]):
+                follow_loaded_mask(layer, old, optimizer)
+            ctrl.align_targets()  # a target's topology is its network's (Polyak averaging needs it)
+        return result
+
+    def _optimizer_of(self, name: str) -> torch.optim.Optimizer:
+        """The optimizer that trains network ``name`` (SAC/TD3: the network's own ``optimizer``; PPO and DQN
+        have one for the whole policy)."""
+        network = self._networks()[name][0]
+        if isinstance(network, nn.Module) and hasattr(network, "optimizer"):
+            return network.optimizer
+        return self.optimizer  # type: ignore[attr-defined]
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()  # type: ignore[misc]
@@ -304,6 +348,25 @@ class SparsePolicyMixin:
         logger = self._model().logger
         for key, value in controller.stats().items():
             logger.record(f"sparsity/{name}_{key}", value)
+        for key, value in self.unconnected(name).items():  # a method that cut a unit off says so here
+            logger.record(f"sparsity/{name}_{key}", value)
+
+    def unconnected(self, name: str) -> dict[str, int]:
+        """Units of network ``name`` with no path to its output: ``unconnected_inputs`` (network inputs that no
+        connection reads) and ``unconnected_units`` (hidden units that no connection reads). Both are 0 at
+        initialisation; topology updates (drops, pruning) may cut units off, and the TensorBoard keys
+        ``sparsity/<network>_unconnected_*`` say so at every update."""
+        layers = getattr(self, f"{name}_topology").layers
+        inputs = 0
+        read: dict[int, torch.Tensor] = {}
+        for layer, source in zip(layers, self.layer_inputs(name)):
+            used = layer.mask.reshape(layer.mask.shape[0], layer.mask.shape[1], -1).any(dim=2).any(dim=0)
+            if source is None:
+                inputs += int((~used).sum())
+            else:
+                read[source] = read[source] | used if source in read else used
+        units = sum(int((~r).sum()) for r in read.values())
+        return {"unconnected_inputs": inputs, "unconnected_units": units}
 
     def _dormant_rows(self, name: str, batch_size: int = 256) -> dict[int, tuple[torch.Tensor, list[int]]]:
         """Dormant rows of ``name``'s layers on a replay batch, keyed by controller layer index."""
@@ -380,26 +443,41 @@ def _critic_inputs(critic: nn.Module) -> list[int | None]:
     return inputs
 
 
-class SparseSACPolicy(SparsePolicyMixin, SACPolicy):
-    """SB3 :class:`SACPolicy` with sparse, evolving actor and critic. Sparse kwargs: :class:`SparsityConfig`."""
+def _actor_heads(actor: nn.Module) -> list[nn.Module]:
+    """The linear layers of a SAC-style actor's heads, ``mu`` then ``log_std``, both reading ``latent_pi``
+    (with gSDE ``mu`` may be ``Sequential(Linear, Hardtanh)`` and ``log_std`` a Parameter, not a layer)."""
+    heads: list[nn.Module] = []
+    for head in (actor.mu, actor.log_std):
+        if isinstance(head, nn.Module):
+            heads += [m for m in head.modules() if isinstance(m, nn.Linear)]
+    return heads
+
+
+class SACLikeActorMixin(SparsePolicyMixin):
+    """Wiring of SAC-style policies (SAC, TQC, CrossQ): actor ``latent_pi`` then its heads; critics in
+    ``critic.q_networks``."""
 
     def layer_inputs(self, name: str) -> list[int | None]:
         if name == "critic":
             return _critic_inputs(self.critic)
         n = len(masked_layers(self.actor.latent_pi))  # then the mean and log-std heads, both reading its output
-        heads = [m for m in (self.actor.mu, self.actor.log_std) if isinstance(m, nn.Linear)]
         last = n - 1 if n else None
-        return _chain_inputs(n) + [last] * len(heads)
-
-    def _networks(self) -> dict[str, tuple[nn.Module, list[nn.Module]]]:
-        return {"actor": (self.actor, []), "critic": (self.critic, [self.critic_target])}
+        return _chain_inputs(n) + [last] * len(_actor_heads(self.actor))
 
     def _first_last(self, name: str, network: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
         if name == "critic":
             return _critic_first_last(network)
-        heads = [m for m in (network.mu, network.log_std) if isinstance(m, nn.Linear)]
-        chain = masked_layers(network.latent_pi)
+        heads = _actor_heads(network)
+        chain = masked_layers(network.latent_pi)  # type: ignore[arg-type]
         return ([chain[0]] if chain else heads), heads
+
+
+class SparseSACPolicy(SACLikeActorMixin, SACPolicy):
+    """SB3 :class:`SACPolicy` with sparse, evolving actor and critic. Sparse kwargs: :class:`SparsityConfig`.
+    ``use_sde=True`` (gSDE) works: the state-dependent noise reads the sparse latent."""
+
+    def _networks(self) -> dict[str, tuple[nn.Module, list[nn.Module]]]:
+        return {"actor": (self.actor, []), "critic": (self.critic, [self.critic_target])}
 
 
 class SparseTD3Policy(SparsePolicyMixin, TD3Policy):
@@ -419,6 +497,10 @@ class SparseTD3Policy(SparsePolicyMixin, TD3Policy):
         return _chain_first_last(masked_layers(network.mu))
 
 
+def _as_list(network: nn.Module | list[nn.Module]) -> list[nn.Module]:
+    return network if isinstance(network, list) else [network]
+
+
 def _linear_layers(module: nn.Module) -> list[nn.Linear]:
     return [m for m in module.modules() if isinstance(m, nn.Linear)]
 
@@ -426,20 +508,30 @@ def _linear_layers(module: nn.Module) -> list[nn.Linear]:
 def sparsity_report(model_or_policy: Any, per_layer: bool = False) -> dict[str, Any]:
     """Density, ITOP rate, FLOPs per forward pass and last drop/grow counts of actor and critic.
 
-    Works for sparse policies and, as a baseline, for dense SB3 SAC/TD3 policies (density 1).
+    Works for every sparse policy (networks ``actor`` and ``critic``; DQN's ``q_net``) and, as a baseline, for
+    SB3's dense policies of the same algorithms (density 1).
 
     :param model_or_policy: an SB3 algorithm or its policy.
     :param per_layer: add a ``layers`` list per network.
-    :return: ``{"actor": {...}, "critic": {...}}``.
+    :return: ``{"actor": {...}, "critic": {...}}`` (DQN: ``{"q_net": {...}}``).
     """
     policy = getattr(model_or_policy, "policy", model_or_policy)
     if isinstance(policy, SparsePolicyMixin):
         return {name: ctrl.stats(per_layer=per_layer) for name, ctrl in policy.topology_controllers().items()}
     from sparse_rl.topology import network_stats
 
-    if not (hasattr(policy, "actor") and hasattr(policy, "critic")):
-        raise TypeError(f"sparsity_report expects an SB3 SAC/TD3 model or policy, got {type(model_or_policy).__name__}")
-    return {name: network_stats(_linear_layers(getattr(policy, name)), per_layer) for name in ("actor", "critic")}
+    if hasattr(policy, "actor") and hasattr(policy, "critic"):  # SAC, TD3, DDPG, TQC, CrossQ
+        networks = {name: [getattr(policy, name)] for name in ("actor", "critic")}
+    elif hasattr(policy, "mlp_extractor"):  # PPO, A2C
+        networks = {"actor": [policy.mlp_extractor.policy_net, policy.action_net],
+                    "critic": [policy.mlp_extractor.value_net, policy.value_net]}
+    elif hasattr(policy, "q_net"):  # DQN
+        networks = {"q_net": [policy.q_net]}
+    else:
+        raise TypeError(f"sparsity_report expects an SB3 model or policy of SAC, TD3, DDPG, TQC, CrossQ, PPO, A2C or "
+                        f"DQN, got {type(model_or_policy).__name__}")
+    return {name: network_stats([l for m in modules for l in _linear_layers(m)], per_layer)
+            for name, modules in networks.items()}
 
 
 __all__ = ["SparsePolicyMixin", "SparseSACPolicy", "SparseTD3Policy", "SparsityConfig", "sparsity_report"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sparse_rl.export.runtime import index_dtype
-from sparse_rl.sparse.distributions import layer_nonzeros
+from sparse_rl.sparse.distributions import connected_nonzeros
 
 TARGETS = ("cortex-m4",)
 #: bytes of code per exported layer (its loops), float32 and int8, arm-none-eabi-gcc -O2 for a Cortex-M4F
@@ -74,7 +74,7 @@ def predicted(algo: str, obs_dim: int, act_dim: int, net_arch: Sequence[int], sp
               quantize: str) -> dict[str, int]:
     """The byte model's flash and RAM of the exported actor at ``sparsity``."""
     shapes, exported = actor_shapes(algo, obs_dim, act_dim, net_arch)
-    counts = layer_nonzeros(shapes, 1.0 - sparsity, distribution)
+    counts, _ = connected_nonzeros(shapes, 1.0 - sparsity, distribution)  # as the policy draws them
     return c_bytes([s for s, e in zip(shapes, exported) if e], [n for n, e in zip(counts, exported) if e], act_dim, quantize)
 
 

@@ -9,7 +9,7 @@ from sparse_rl.sparse.distributions import (
     register_distribution,
 )
 from sparse_rl.sparse.kernels import CSRStructure, sparse_linear
-from sparse_rl.sparse.layers import MaskedLinear, SparseLinear, set_linear_backend
+from sparse_rl.sparse.layers import MaskedConv2d, MaskedLinear, SparseLinear, set_linear_backend
 from sparse_rl.sparse.networks import (
     dense_gradient_view,
     keep_dense_optimizer_format,
@@ -23,6 +23,7 @@ from sparse_rl.sparse.networks import (
 __all__ = [
     "BACKENDS",
     "CSRStructure",
+    "MaskedConv2d",
     "MaskedLinear",
     "SparseLinear",
     "available_distributions",

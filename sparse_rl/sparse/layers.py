@@ -1,7 +1,7 @@
 """Masked linear layers: the mask is state, absent weights are exact zeros.
 
 :class:`MaskedLinear` is an :class:`torch.nn.Linear` with two boolean buffers (so both are in
-``state_dict`` and survive save/load):
+``state_dict`` and survive save/load; see "Saved masks" below):
 
 - ``mask``: which connections exist. Absent weights are kept at exactly ``0.0``; the forward pass is the
   plain dense ``F.linear`` on that weight, so it costs no more than a dense layer and autograd yields the
@@ -15,6 +15,12 @@ so compute, optimizer state and target updates all follow the nonzeros. Both cla
 interface (:meth:`MaskedLinear.change_mask`, :meth:`MaskedLinear.set_weights`,
 :meth:`MaskedLinear.dense_grad`) through which topology updates are made, and one ``state_dict`` format
 (dense ``weight`` + ``mask``), so a checkpoint of either loads into either.
+
+Saved masks: in ``state_dict`` both buffers are float tensors of 0.0 and 1.0 (in memory they stay boolean), so code
+that treats every ``state_dict`` entry as a float tensor (``torch.rand_like``, averaging, ``.half()``, SB3's own
+tests) works on a sparse policy. Loading accepts floats and booleans (every model saved before is boolean): a
+connection exists where the saved mask rounds to 1 (``>= 0.5``), and weights where it rounds to 0 load as
+exactly ``0.0``.
 
 The dense compute path is a module-level function (:func:`set_linear_backend`). Applying these layers to a
 network (replacing its linears, drawing masks, switching storage) is :mod:`sparse_rl.sparse.networks`.
@@ -45,6 +51,22 @@ def _dense_backend(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 
 
 _backend: LinearBackend = _dense_backend
+
+#: the topology buffers of a masked layer: boolean in memory, 0.0/1.0 floats in ``state_dict``
+TOPOLOGY_BUFFERS = ("mask", "explored")
+
+
+def _save_topology_as_float(destination: dict, prefix: str, dtype: torch.dtype) -> None:
+    for name in TOPOLOGY_BUFFERS:
+        if prefix + name in destination:
+            destination[prefix + name] = destination[prefix + name].to(dtype)
+
+
+def _load_topology_as_bool(state_dict: dict, prefix: str) -> None:
+    for name in TOPOLOGY_BUFFERS:
+        value = state_dict.get(prefix + name)
+        if isinstance(value, torch.Tensor) and value.dtype != torch.bool:
+            state_dict[prefix + name] = value >= 0.5  # rounded to the nearer of 0 and 1
 
 
 def set_linear_backend(fn: LinearBackend | None) -> None:
@@ -164,9 +186,81 @@ class MaskedLinear(nn.Linear):
         fan_in = self.mask.sum(dim=1, keepdim=True).clamp(min=1).to(self.weight.dtype)
         self.weight.mul_(torch.sqrt(self.in_features / fan_in))
 
+    # ------------------------------------------------------------ state_dict
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        _save_topology_as_float(destination, prefix, torch.float32)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        _load_topology_as_bool(state_dict, prefix)
+        errors_before = len(error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if prefix + "weight" in state_dict and prefix + "mask" in state_dict and len(error_msgs) == errors_before:
+            self.apply_mask()  # absent connections are exactly zero, whatever the file held there
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, density={self.density:.4f}"
 
+
+
+class MaskedConv2d(MaskedLinear):
+    """A 2-D convolution with :class:`MaskedLinear`'s interface: ``weight`` and ``mask`` are
+    ``[out_channels, in_channels / groups, kh, kw]`` and absent weights are exactly zero.
+
+    Topology methods, controllers and ER/ERK (which count the kernel's size, as Evci et al. 2020 do) treat it
+    like any masked layer. ``in_features``/``out_features`` are its fan-in (``in_channels / groups * kh * kw``)
+    and ``out_channels``, so FLOP counts are per output position. Convolutions keep dense storage: ``backend``
+    ``auto`` and ``sparse`` apply to linear layers only. Build one with :meth:`from_conv`.
+    """
+
+    stride: tuple[int, ...]
+    padding: tuple[int, ...] | str
+    dilation: tuple[int, ...]
+    groups: int
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> MaskedConv2d:
+        """Wrap ``conv``, *reusing its Parameter objects* (optimizers that hold them stay valid)."""
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"MaskedConv2d supports padding_mode='zeros', got {conv.padding_mode!r}")
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.in_channels, new.out_channels, new.kernel_size = conv.in_channels, conv.out_channels, conv.kernel_size
+        new.stride, new.padding, new.dilation, new.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+        new.in_features = conv.weight[0].numel()
+        new.out_features = conv.out_channels
+        new.weight = conv.weight
+        new.bias = conv.bias
+        ones = torch.ones_like(conv.weight, dtype=torch.bool)
+        new.register_buffer("mask", ones)
+        new.register_buffer("explored", ones.clone())
+        new.train(conv.training)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    @property
+    def dense_shape(self) -> tuple[int, int]:
+        return (self.out_features, self.in_features)
+
+    @torch.no_grad()
+    def rescale_by_fan_in(self) -> None:
+        fan_in = self.mask.reshape(self.out_channels, -1).sum(dim=1).clamp(min=1).to(self.weight.dtype)
+        self.weight.mul_(torch.sqrt(self.in_features / fan_in).view(-1, 1, 1, 1))
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"density={self.density:.4f}")
 
 
 class SparseLinear(MaskedLinear):
@@ -346,6 +440,7 @@ class SparseLinear(MaskedLinear):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
+        _load_topology_as_bool(state_dict, prefix)
         weight_key, mask_key = prefix + "weight", prefix + "mask"
         if weight_key in state_dict and mask_key in state_dict:
             weight, mask = state_dict.pop(weight_key), state_dict[mask_key]
@@ -364,3 +459,30 @@ class SparseLinear(MaskedLinear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, storage=sparse"
+
+
+@torch.no_grad()
+def follow_loaded_mask(layer: MaskedLinear, old_mask: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    """After ``load_state_dict`` gave ``layer`` a mask other than ``old_mask``, make ``optimizer``'s slots of its
+    weights (Adam's moments, ...) follow, as :meth:`MaskedLinear.change_mask` would: connections present in
+    both keep theirs, the others start at zero (sparse storage: the slots are re-laid out for the new count)."""
+    state = optimizer.state.get(layer.trained_weight)
+    if not state or torch.equal(old_mask, layer.mask):
+        return
+    changed = old_mask != layer.mask
+    if layer.storage == "dense":
+        for slot in state.values():
+            if isinstance(slot, torch.Tensor) and slot.shape == layer.mask.shape:
+                slot.masked_fill_(changed, 0)
+        return
+    old_index = old_mask.reshape(-1).nonzero().squeeze(1)
+    source = torch.full((old_mask.numel(),), -1, dtype=torch.int64, device=old_mask.device)
+    source[old_index] = torch.arange(old_index.numel(), device=old_mask.device)
+    source[changed.reshape(-1)] = -1
+    src = source[layer.mask.reshape(-1).nonzero().squeeze(1)]
+    keep = src >= 0
+    for name, slot in list(state.items()):
+        if isinstance(slot, torch.Tensor) and slot.dim() == 1 and slot.numel() == old_index.numel():
+            new = slot.new_zeros(src.numel())
+            new[keep] = slot[src[keep]]
+            state[name] = new

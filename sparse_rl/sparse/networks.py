@@ -9,14 +9,15 @@ copies along); :func:`keep_dense_optimizer_format` keeps saved optimizer state i
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from sparse_rl.sparse.distributions import layer_nonzeros
-from sparse_rl.sparse.layers import MaskedLinear, SparseLinear
+from sparse_rl.sparse.distributions import connected_nonzeros
+from sparse_rl.sparse.layers import MaskedConv2d, MaskedLinear, SparseLinear
 
 
 def random_mask(shape: torch.Size | tuple[int, ...], nnz: int, generator: torch.Generator) -> torch.Tensor:
@@ -29,8 +30,48 @@ def random_mask(shape: torch.Size | tuple[int, ...], nnz: int, generator: torch.
     return flat.view(*shape)
 
 
+def unconnected_units(mask: torch.Tensor) -> tuple[int, int]:
+    """``(output units without an input, input units without an output)`` of a layer's mask ``[out, in, *kernel]``."""
+    m = mask.reshape(mask.shape[0], mask.shape[1], -1).any(dim=2)
+    return int((~m.any(dim=1)).sum()), int((~m.any(dim=0)).sum())
+
+
+@torch.no_grad()
+def connect_mask(mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` (``[out, in, *kernel]``, boolean) with every input unit (column; a conv's input channel) feeding
+    some output unit, and as many connections.
+
+    A mask that already does is returned as it is (the same object), so a connected draw costs nothing and
+    draws no random numbers. Otherwise each unused input gets a connection (from the output with the fewest; a
+    conv's kernel centre), and as many connections go from the inputs with the most (then from the outputs
+    with the most, sparing outputs with a single connection where possible); lowest index breaks ties.
+    Needs at least ``in`` connections.
+    """
+    out, inp = mask.shape[0], mask.shape[1]
+    nnz = int(mask.sum())
+    if nnz < inp:
+        raise ValueError(f"a layer with {inp} inputs needs at least {inp} connections to use every input, got {nnz}")
+    cube = mask.reshape(out, inp, -1)
+    cols = (~cube.any(dim=2).any(dim=0)).nonzero().flatten().tolist()
+    if not cols:
+        return mask
+    new = cube.clone()
+    centre = new.shape[2] // 2
+    for c in cols:
+        r = int(new.sum(dim=(1, 2)).argmin())
+        new[r, c, centre] = True
+        row_deg, col_deg = new.sum(dim=(1, 2)), new.sum(dim=(0, 2))
+        spare = new & (col_deg >= 2)[None, :, None]  # never the one just made, nor any input's only connection
+        score = (col_deg[None, :, None] * (out + 1) + row_deg[:, None, None]
+                 + (row_deg >= 2)[:, None, None] * (out + 1) * (out + 1)) * 1
+        score = score.expand_as(new)
+        new.view(-1)[int(torch.where(spare, score, -1).reshape(-1).argmax())] = False
+    return new.view(mask.shape)
+
+
 def replace_linears(module: nn.Module) -> list[MaskedLinear]:
-    """Replace every :class:`nn.Linear` inside ``module`` by a :class:`MaskedLinear` sharing its parameters.
+    """Replace every :class:`nn.Linear` inside ``module`` by a :class:`MaskedLinear`, and every
+    :class:`nn.Conv2d` by a :class:`MaskedConv2d`, sharing their parameters.
 
     :return: the new layers in definition order.
     """
@@ -39,9 +80,9 @@ def replace_linears(module: nn.Module) -> list[MaskedLinear]:
     for name, child in list(named.items()):  # pre-order: the order layers are defined in
         if isinstance(child, MaskedLinear):
             layers.append(child)
-        elif isinstance(child, nn.Linear):
+        elif isinstance(child, (nn.Linear, nn.Conv2d)):
             parent_name, _, attr = name.rpartition(".")
-            new = MaskedLinear.from_linear(child)
+            new = MaskedLinear.from_linear(child) if isinstance(child, nn.Linear) else MaskedConv2d.from_conv(child)
             setattr(named[parent_name], attr, new)
             layers.append(new)
     return layers
@@ -61,20 +102,36 @@ def sparsify(
     sparse_init: bool = False,
     start_counts: Callable[[list[int]], list[int]] | None = None,
     structure: tuple[int, int] | None = None,
+    what: str = "network",
 ) -> list[int]:
-    """Give ``layers`` random masks with the global ``density`` shared by ``distribution``.
+    """Give ``layers`` random masks with the global ``density`` shared by ``distribution``, every input and
+    every unit on a path to the output.
+
+    Every sparse layer gets at least :func:`~sparse_rl.sparse.distributions.connected_floor` weights
+    (``max(out, in)``), and a drawn mask that leaves an input unit of a layer without a connection is repaired
+    (:func:`connect_mask`), so every unit feeds the next layer and a gradient reaches every input. A unit
+    without inputs of its own (its bias alone) still reaches the output and is left as drawn: repairing those
+    too would have changed 16 of the 60 initial networks of the campaign's sparse trials, and the campaign's
+    stored runs must stay what this code computes. Where ``density`` is too low for the floors, a warning says
+    so and the lowest density that fits them is used. N:M masks (``structure``) are drawn as they are.
 
     :param start_counts: maps the per-layer nonzero counts of ``density`` to the counts the masks start
         with (a pruning method starts denser than its target).
     :param structure: ``(N, M)``: N:M masks, each sparse layer's density rounded to its nearest ``n/M``
         with ``1 <= n <= N`` (:mod:`sparse_rl.sparse.structure`).
+    :param what: the network's name, for the warning.
     :return: the nonzero count of each layer.
     """
     from sparse_rl.sparse.structure import layer_n, nm_mask
 
     layers = list(layers)
     dense_layers = list(dense_layers) if dense_layers is not None else None
-    counts = layer_nonzeros([tuple(l.weight.shape) for l in layers], density, distribution, dense_layers)
+    shapes = [tuple(l.weight.shape) for l in layers]
+    counts, used = connected_nonzeros(shapes, density, distribution, dense_layers)
+    if used != density:
+        warnings.warn(f"{what}: sparsity {1 - density:g} is too high for layers of shapes {shapes}: some unit would "
+                      f"have no path to the output; using sparsity {1 - used:g}, the highest that connects every "
+                      "unit (widen the network to keep the sparsity)", stacklevel=2)
     if start_counts is not None:
         counts = start_counts(counts)
     declared_dense = dense_layers or [False] * len(layers)
@@ -85,7 +142,7 @@ def sparsify(
             mask = nm_mask(tuple(layer.weight.shape), n, structure[1], generator).to(layer.weight.device)
             counts[i] = int(mask.sum())
         else:
-            mask = random_mask(layer.weight.shape, nnz, generator).to(layer.weight.device)
+            mask = connect_mask(random_mask(layer.weight.shape, nnz, generator)).to(layer.weight.device)
         layer.explored.zero_()
         layer.set_mask(mask)
         if sparse_init:

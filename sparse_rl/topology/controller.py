@@ -19,8 +19,11 @@ nothing to mask; values and optimizer slots are re-laid out for the new structur
 pass the controller tells sparse layers whether growth will read this step's dense gradient
 (:meth:`TopologyController.needs_dense_grad`), so they compute it only then.
 
-The controller's counters and its random-generator state are module *extra state*, so they are in the
-``state_dict`` of whatever module owns the controller and survive save/load.
+The controller's counters, its random-generator state and its method's state are *training state*, like
+Adam's moments: they travel in the ``state_dict`` of the optimizer the controller is attached to (under
+:data:`STATE_KEY`, one entry per controller name), so SB3's ``save``/``load``, ``get_parameters`` and
+checkpoints keep them, while the policy's own ``state_dict`` holds tensors only (weights and masks). Models
+saved before kept them as the controller module's extra state in the policy's ``state_dict``; those still load.
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ from torch import nn
 from sparse_rl.sparse.layers import MaskedLinear
 from sparse_rl.topology.methods import Method, make_method
 from sparse_rl.topology.schedules import get_schedule
+
+#: the key of the controllers' training state in an optimizer's ``state_dict``
+STATE_KEY = "sparse_rl_topology"
+#: where models saved before this layout kept it: the controller module's extra state
+_LEGACY_EXTRA_STATE = "_extra_state"
 
 
 @dataclass
@@ -142,6 +150,8 @@ class TopologyController(nn.Module):
     :param progress_fn: returns the fraction of training done, in [0, 1]; may be set later.
     :param method: the method instance (default: a new one from ``config``); pass the one whose
         :meth:`~sparse_rl.topology.Method.start_nonzeros` chose the layers' starting masks.
+    :param name: the controller's entry in its optimizer's ``state_dict`` (controllers sharing one optimizer,
+        as PPO's policy and value networks do, need different names).
     """
 
     def __init__(
@@ -152,8 +162,11 @@ class TopologyController(nn.Module):
         targets: Sequence[Sequence[MaskedLinear]] = (),
         progress_fn: Callable[[], float] | None = None,
         method: Method | None = None,
+        name: str = "network",
     ) -> None:
         super().__init__()
+        #: this controller's entry in its optimizer's ``state_dict`` (unique among the controllers sharing one)
+        self.name = name
         self.config = config
         self.method: Method = method if method is not None else config.make_method()
         self.method.check_schedule(config.update_interval, config.end_fraction)
@@ -186,7 +199,8 @@ class TopologyController(nn.Module):
         self._arm_dense_grads()
 
     # ----------------------------------------------------------------- state
-    def get_extra_state(self) -> dict[str, Any]:
+    def training_state(self) -> dict[str, Any]:
+        """Counters, random-generator state, method state and initial masks (saved with the optimizer)."""
         return {
             "step": self.step,
             "n_updates": self.n_updates,
@@ -199,7 +213,8 @@ class TopologyController(nn.Module):
             "initial_masks": [m.clone() for m in self.initial_masks],
         }
 
-    def set_extra_state(self, state: dict[str, Any]) -> None:
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`training_state` returned (also the extra state of models saved before)."""
         self.step = int(state["step"])
         self.n_updates = int(state["n_updates"])
         self.last_dropped = int(state["last_dropped"])
@@ -215,9 +230,47 @@ class TopologyController(nn.Module):
             self.initial_masks = [m.to(device, torch.bool).clone() for m in state["initial_masks"]]
         self._arm_dense_grads()
 
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        legacy = state_dict.pop(prefix + _LEGACY_EXTRA_STATE, None)
+        if isinstance(legacy, dict):  # a model saved when this state sat in the policy's state_dict
+            self.load_training_state(legacy)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    def _save_to_optimizer(self, optimizer: torch.optim.Optimizer, state_dict: dict) -> dict:
+        entries = dict(state_dict.get(STATE_KEY, {}))
+        entries[self.name] = self.training_state()
+        return {**state_dict, STATE_KEY: entries}
+
+    def _load_from_optimizer(self, optimizer: torch.optim.Optimizer, state_dict: dict) -> dict:
+        entries = state_dict.get(STATE_KEY)
+        if isinstance(entries, dict) and self.name in entries:
+            self.load_training_state(entries[self.name])
+        return state_dict  # the entry stays for the other controllers of this optimizer; torch ignores it
+
     @property
     def layers(self) -> list[MaskedLinear]:
         return list(self._layers)
+
+    @torch.no_grad()
+    def align_targets(self) -> int:
+        """Give every target layer its online layer's mask where they differ (a ``state_dict`` loaded with
+        other target masks); connections new to a target start at zero there. Returns how many layers changed."""
+        changed_layers = 0
+        for target in self._targets:
+            for layer, copy in zip(self._layers, target):
+                if not torch.equal(layer.mask, copy.mask):
+                    copy.change_mask(layer.mask, copy.mask != layer.mask)
+                    changed_layers += 1
+        return changed_layers
 
     def set_layers(self, layers: Sequence[MaskedLinear], targets: Sequence[Sequence[MaskedLinear]] = ()) -> None:
         """Drive ``layers`` (and ``targets``) in place of the current ones: the same connections after a
@@ -231,9 +284,12 @@ class TopologyController(nn.Module):
 
     # ----------------------------------------------------------------- hooks
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
-        """Drive this controller from ``optimizer``'s steps (call once per optimizer)."""
+        """Drive this controller from ``optimizer``'s steps (call once per optimizer), and keep its training
+        state in the optimizer's ``state_dict``."""
         self._handles.append(optimizer.register_step_pre_hook(self._pre_step))
         self._handles.append(optimizer.register_step_post_hook(self._post_step))
+        self._handles.append(optimizer.register_state_dict_post_hook(self._save_to_optimizer))
+        self._handles.append(optimizer.register_load_state_dict_pre_hook(self._load_from_optimizer))
 
     def detach(self) -> None:
         for handle in self._handles:
