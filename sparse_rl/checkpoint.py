@@ -112,6 +112,9 @@ def _training_state(model: BaseAlgorithm) -> dict[str, Any]:
         "numpy_rng": np.random.get_state(),
         "random_rng": random.getstate(),
         "env": get_env_state(model.get_env()),  # type: ignore[arg-type]
+        # SB3 reseeds the action space when it loads a model; DQN's epsilon-greedy (and every algorithm before
+        # learning_starts) samples from it
+        "action_space_rng": json.dumps(model.action_space.np_random.bit_generator.state),
     }
 
 
@@ -285,3 +288,5 @@ def restore_checkpoint_state(model: BaseAlgorithm, checkpoint: Checkpoint) -> No
     torch.set_rng_state(torch.from_numpy(np.ascontiguousarray(state["torch_rng"])))
     np.random.set_state(state["numpy_rng"])
     random.setstate(state["random_rng"])
+    if "action_space_rng" in state:  # checkpoints written before it was kept resume as they did
+        model.action_space.np_random.bit_generator.state = json.loads(state["action_space_rng"])

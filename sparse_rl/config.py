@@ -130,7 +130,82 @@ class TD3Config(TrainConfig):
     """std of the Gaussian exploration noise, as a fraction of the action range's half-width"""
 
 
-CONFIG_CLASSES: dict[str, type[TrainConfig]] = {"sac": SACConfig, "td3": TD3Config}
+@dataclass
+class DDPGConfig(TrainConfig):
+    """DDPG (SB3's: TD3 without target smoothing, one critic update per actor update)."""
+
+    action_noise_std: float = 0.1
+    """std of the Gaussian exploration noise, as a fraction of the action range's half-width"""
+
+
+@dataclass
+class TQCConfig(SACConfig):
+    """TQC (sb3-contrib): SAC with distributional critics that drop their top quantiles."""
+
+    top_quantiles_to_drop_per_net: int = 2
+    n_quantiles: int = 25
+    n_critics: int = 2
+
+
+@dataclass
+class CrossQConfig(SACConfig):
+    """CrossQ (sb3-contrib): SAC without target networks, batch-renormalised critics."""
+
+    learning_rate: float = 1e-3
+    learning_starts: int = 5000
+    policy_delay: int = 3
+
+
+@dataclass
+class OnPolicyConfig(TrainConfig):
+    """PPO and A2C. The replay keys (``buffer_size``, ``learning_starts``, ``tau``, ``train_freq``,
+    ``gradient_steps``, ``n_step_delay``, ``dynamic_buffer``, ``buffer_*``) do not apply."""
+
+    n_steps: int = 2048
+    """env steps per env and rollout (SB3's ``n_steps``; off-policy configs use the name for n-step targets)"""
+    gae_lambda: float = 0.95
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+
+
+@dataclass
+class PPOConfig(OnPolicyConfig):
+    batch_size: int = 64
+    n_epochs: int = 10
+    clip_range: float = 0.2
+
+
+@dataclass
+class A2CConfig(OnPolicyConfig):
+    n_steps: int = 5
+    learning_rate: float = 7e-4
+    gae_lambda: float = 1.0
+    use_rms_prop: bool = True
+
+
+@dataclass
+class DQNConfig(TrainConfig):
+    """DQN; on image observations (MinAtar) the Q-network reads them through ``MinAtarCNN``."""
+
+    learning_rate: float = 1e-4
+    learning_starts: int = 100
+    batch_size: int = 32
+    tau: float = 1.0
+    train_freq: int = 4
+    target_update_interval: int = 10_000
+    exploration_fraction: float = 0.1
+    exploration_initial_eps: float = 1.0
+    exploration_final_eps: float = 0.05
+
+
+CONFIG_CLASSES: dict[str, type[TrainConfig]] = {
+    "sac": SACConfig, "td3": TD3Config, "ddpg": DDPGConfig, "tqc": TQCConfig, "crossq": CrossQConfig,
+    "ppo": PPOConfig, "a2c": A2CConfig, "dqn": DQNConfig,
+}
+#: the algorithms our replay buffers (n-step targets, the dynamic buffer) work with
+REPLAY_OPTION_ALGOS = ("sac", "td3")
+ON_POLICY = ("ppo", "a2c")
 SPARSE_KEYS = [f.name for f in fields(SparsityConfig)]
 
 
@@ -229,7 +304,15 @@ def resolve_config(algo: str, env_id: str, preset: str = "sparse_rl", overrides:
                 values[field_name] = check_value(cls, field_name, mapping)
             else:
                 values[key] = check_value(cls, key, value)
-    return _build(cls, values)
+    config = _build(cls, values)
+    if not config.dense and algo not in ("sac", "td3", "ddpg"):
+        from sparse_rl.agents.policies import replay_method_problem
+        from sparse_rl.models import ALGO_CLASSES
+
+        problem = replay_method_problem(config.topology_config(), ALGO_CLASSES[algo][2])
+        if problem:
+            raise ConfigError(problem)
+    return config
 
 
 def _build(cls: type[TrainConfig], values: dict[str, Any]) -> TrainConfig:
@@ -270,9 +353,11 @@ def validate(config: TrainConfig) -> None:
         ok = ent > 0 if isinstance(ent, float) else ent == "auto" or _auto_with_init(ent)
         if not ok:
             raise ConfigError(f"ent_coef must be a positive number, 'auto' or 'auto_<initial value>', got {ent!r}")
+    if isinstance(config, (TD3Config, CrossQConfig)) and config.policy_delay < 1:
+        raise ConfigError(f"policy_delay must be >= 1, got {config.policy_delay!r}")
+    if isinstance(config, DDPGConfig) and config.action_noise_std < 0:
+        raise ConfigError(f"action_noise_std must be >= 0, got {config.action_noise_std!r}")
     if isinstance(config, TD3Config):
-        if config.policy_delay < 1:
-            raise ConfigError(f"policy_delay must be >= 1, got {config.policy_delay!r}")
         for key in ("target_policy_noise", "target_noise_clip", "action_noise_std"):
             if getattr(config, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(config, key)!r}")
@@ -296,6 +381,25 @@ def validate(config: TrainConfig) -> None:
                 parse_size(getattr(config, key), key)
     except BudgetError as err:
         raise ConfigError(str(err)) from None
+    if isinstance(config, OnPolicyConfig):
+        for key in ("n_steps", "gae_lambda", "vf_coef", "max_grad_norm"):
+            if not getattr(config, key) > 0 and not (key == "gae_lambda" and getattr(config, key) == 0):
+                raise ConfigError(f"{key} must be positive, got {getattr(config, key)!r}")
+        given = [k for k in ("dynamic_buffer", "n_step_delay") if getattr(config, k)]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: replay options do not apply to on-policy PPO/A2C (no replay buffer); "
+                              "they work with sac and td3")
+        return
+    if not isinstance(config, (SACConfig, TD3Config)) or isinstance(config, (TQCConfig, CrossQConfig)):
+        given = [k for k in ("dynamic_buffer", "n_step_delay") if getattr(config, k)]
+        given += ["n_steps"] if config.n_steps > 1 else []
+        if given:
+            raise ConfigError(f"{', '.join(given)}: n-step targets and the dynamic buffer work with sac and td3, "
+                              f"not with {type(config).__name__.removesuffix('Config').lower()}")
+    if isinstance(config, DQNConfig):
+        for key in ("exploration_fraction", "exploration_initial_eps", "exploration_final_eps"):
+            if not 0 <= getattr(config, key) <= 1:
+                raise ConfigError(f"{key} must be in [0, 1], got {getattr(config, key)!r}")
     # the replay buffer's options are checked by the buffer classes themselves, here before anything runs
     try:
         NStepSoftReplayBuffer.check_options(n_steps=config.n_steps, n_step_delay=config.n_step_delay)

@@ -63,7 +63,9 @@ def evaluate(model: BaseAlgorithm, env: VecEnv, episodes: int) -> dict[str, Any]
     returns, _ = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=True, return_episode_rewards=True)
     row: dict[str, Any] = {"episodes": episodes, **return_stats(returns)}
     report = sparsity_report(model)
-    for net in ("actor", "critic"):
+    if "q_net" in report:  # DQN's Q-network fills the critic columns
+        report = {"critic": report["q_net"]}
+    for net in report:
         row[f"{net}_density"] = report[net]["density"]
         row[f"{net}_itop_rate"] = report[net]["itop_rate"]
         row[f"{net}_flops"] = report[net]["flops"]
@@ -72,7 +74,7 @@ def evaluate(model: BaseAlgorithm, env: VecEnv, episodes: int) -> dict[str, Any]
     distance = getattr(model.policy, "topology_distance", None)
     if distance is not None:  # sparse policies: how far the topology has travelled from its start (NNSTD)
         for net, d in distance().items():
-            row[f"{net}_nnstd_init"] = d["total"]
+            row[f"{'critic' if net == 'q_net' else net}_nnstd_init"] = d["total"]
     return row
 
 

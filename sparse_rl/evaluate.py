@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  return   {row['return_mean']:.1f} ± {row['return_std']:.1f} "
             f"(95% CI {row['return_ci95_low']:.1f} .. {row['return_ci95_high']:.1f})"
         )
-        for net in ("actor", "critic"):
+        for net in [n for n in ("actor", "critic") if f"{n}_density" in row]:  # DQN: its Q-network, as critic
             print(
                 f"  {net:<7}  density {row[f'{net}_density']:.4f}  ITOP {row[f'{net}_itop_rate']:.4f}  "
                 f"FLOPs/forward {row[f'{net}_flops']} (dense {row[f'{net}_dense_flops']})"

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from sparse_rl.sparse.layers import MaskedConv2d
+
 FEATURES_FILE = "features.csv"
 FIELDS = ["timesteps", "net", "feature", "name", "strength", "connections"]
 
@@ -47,17 +49,35 @@ def _layer_importance(layer: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
     return (weight.abs() * present).sum(0).numpy().astype(np.float64), present.sum(0).numpy().astype(np.int64)
 
 
+def input_layers(policy: nn.Module) -> dict[str, list[nn.Module]]:
+    """The layers reading the observation, per network: SAC/TD3/DDPG/TQC/CrossQ actor and critic (one per
+    Q-network), PPO/A2C policy and value networks (``actor``, ``critic``), DQN's ``q_net``. ``{}`` for a policy
+    whose first layers are convolutions (image observations)."""
+    if hasattr(policy, "actor") and hasattr(policy, "critic"):
+        actor = policy.actor  # type: ignore[attr-defined]
+        layers = {"actor": [_first_linear(getattr(actor, "latent_pi", None) or getattr(actor, "mu", None) or actor)],
+                  "critic": [_first_linear(q) for q in policy.critic.q_networks]}  # type: ignore[attr-defined]
+    elif hasattr(policy, "mlp_extractor"):  # PPO, A2C: an empty extractor net leaves the head as the first layer
+        extractor = policy.mlp_extractor  # type: ignore[attr-defined]
+        layers = {name: [next((m for m in net.modules() if isinstance(m, nn.Linear)), head)]
+                  for name, net, head in (("actor", extractor.policy_net, policy.action_net),  # type: ignore[attr-defined]
+                                          ("critic", extractor.value_net, policy.value_net))}  # type: ignore[attr-defined]
+    elif hasattr(policy, "q_net"):  # DQN
+        layers = {"q_net": [next(m for m in policy.q_net.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))]}  # type: ignore[attr-defined]
+    else:
+        raise ValueError(f"{type(policy).__name__}: not an SB3 policy this knows the input layers of")
+    if any(not isinstance(layer, nn.Linear) or isinstance(layer, MaskedConv2d) for ls in layers.values() for layer in ls):
+        return {}
+    return layers
+
+
 def input_importance(policy: nn.Module) -> dict[str, dict[str, np.ndarray]]:
-    """``{"actor": {"strength", "connections"}, "critic": {...}}`` of an SB3 SAC/TD3 policy (sparse or dense),
-    one entry per input feature of the network's first layer."""
-    actor = policy.actor  # type: ignore[attr-defined]
-    first = _first_linear(getattr(actor, "latent_pi", None) or getattr(actor, "mu", None) or actor)
+    """``{network: {"strength", "connections"}}`` of an SB3 policy (sparse or dense; networks as
+    :func:`input_layers` names them), one entry per input feature of the network's first layer(s)."""
     out: dict[str, dict[str, np.ndarray]] = {}
-    strength, connections = _layer_importance(first)
-    out["actor"] = {"strength": strength, "connections": connections}
-    critic = policy.critic  # type: ignore[attr-defined]
-    parts = [_layer_importance(_first_linear(q)) for q in critic.q_networks]
-    out["critic"] = {"strength": sum(p[0] for p in parts), "connections": sum(p[1] for p in parts)}
+    for name, layers in input_layers(policy).items():
+        parts = [_layer_importance(layer) for layer in layers]
+        out[name] = {"strength": sum(p[0] for p in parts), "connections": sum(p[1] for p in parts)}
     return out
 
 

@@ -1,8 +1,9 @@
 """SB3 models from a run's config, and back from its files: build, bind, load, check, summarise.
 
-:func:`build_model` turns a :class:`~sparse_rl.config.TrainConfig` into SAC/TD3 with the sparse policy (or
-SB3's dense ``MlpPolicy``) and our replay buffers; :func:`load_run_model` and :func:`load_model_file` read
-them back; :func:`summary` is what ``summary.json`` says of a finished one.
+:func:`build_model` turns a :class:`~sparse_rl.config.TrainConfig` into an SB3 model (SAC, TD3, DDPG,
+TQC, CrossQ, PPO, A2C, DQN) with the sparse policy (or SB3's dense one) and our replay buffers;
+:func:`load_run_model` and :func:`load_model_file` read them back; :func:`summary` is what ``summary.json``
+says of a finished one.
 """
 
 from __future__ import annotations
@@ -16,23 +17,75 @@ import numpy as np
 import stable_baselines3
 import torch
 from gymnasium import spaces
-from stable_baselines3 import SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.vec_env import VecEnv
 
 import sparse_rl
-from sparse_rl.agents import SparsePolicyMixin, SparseSACPolicy, SparseTD3Policy, sparsity_report
+from sparse_rl.agents import SparsePolicyMixin, sparsity_report
 from sparse_rl.agents.replay import DynamicReplayBuffer, NStepSoftReplayBuffer
 from sparse_rl.checkpoint import MODEL_FILE, CheckpointError, latest_checkpoint
-from sparse_rl.config import DYNAMIC_BUFFER_KEYS, SPARSE_KEYS, TrainConfig
+from sparse_rl.config import DYNAMIC_BUFFER_KEYS, REPLAY_OPTION_ALGOS, SPARSE_KEYS, TrainConfig
 from sparse_rl.envs import EnvError, probe_env
 from sparse_rl.numerics import code_version, machine_numerics
 from sparse_rl.run_directory import RunError, read_run
 
-ALGOS: dict[str, tuple[type[BaseAlgorithm], type]] = {"sac": (SAC, SparseSACPolicy), "td3": (TD3, SparseTD3Policy)}
-#: TrainConfig fields passed unchanged to SAC/TD3
+#: per algorithm: (module, SB3 class, sparse policy class in sparse_rl.agents)
+ALGO_CLASSES: dict[str, tuple[str, str, str]] = {
+    "sac": ("stable_baselines3", "SAC", "SparseSACPolicy"),
+    "td3": ("stable_baselines3", "TD3", "SparseTD3Policy"),
+    "ddpg": ("stable_baselines3", "DDPG", "SparseTD3Policy"),
+    "tqc": ("sb3_contrib", "TQC", "SparseTQCPolicy"),
+    "crossq": ("sb3_contrib", "CrossQ", "SparseCrossQPolicy"),
+    "ppo": ("stable_baselines3", "PPO", "SparseActorCriticPolicy"),
+    "a2c": ("stable_baselines3", "A2C", "SparseActorCriticPolicy"),
+    "dqn": ("stable_baselines3", "DQN", "SparseDQNPolicy"),
+}
+#: TrainConfig fields passed unchanged to the off-policy algorithms
 SB3_KEYS = ("learning_rate", "buffer_size", "learning_starts", "batch_size", "tau", "gamma", "train_freq", "gradient_steps")
+#: per algorithm, the config fields passed to its constructor
+ALGO_KEYS: dict[str, tuple[str, ...]] = {
+    "sac": (*SB3_KEYS, "ent_coef"),
+    "td3": (*SB3_KEYS, "policy_delay", "target_policy_noise", "target_noise_clip"),
+    "ddpg": SB3_KEYS,
+    "tqc": (*SB3_KEYS, "ent_coef", "top_quantiles_to_drop_per_net"),
+    "crossq": tuple(k for k in (*SB3_KEYS, "ent_coef", "policy_delay") if k != "tau"),
+    "ppo": ("learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "clip_range", "ent_coef",
+            "vf_coef", "max_grad_norm"),
+    "a2c": ("learning_rate", "n_steps", "gamma", "gae_lambda", "ent_coef", "vf_coef", "max_grad_norm", "use_rms_prop"),
+    "dqn": (*SB3_KEYS, "target_update_interval", "exploration_fraction", "exploration_initial_eps",
+            "exploration_final_eps"),
+}
+#: the algorithms that act in a continuous (Box) action space only, and those that need a discrete one
+CONTINUOUS_ONLY = ("sac", "td3", "ddpg", "tqc", "crossq")
+DISCRETE_ONLY = ("dqn",)
+
+
+def algo_classes(algo: str) -> tuple[type[BaseAlgorithm], type]:
+    """``(SB3 algorithm class, sparse policy class)`` of ``algo`` (sb3-contrib's on first use)."""
+    import importlib
+
+    module, name, policy = ALGO_CLASSES[algo]
+    try:
+        algo_cls = getattr(importlib.import_module(module), name)
+    except ImportError:
+        raise RunError(f"--algo {algo} needs sb3-contrib: pip install 'sparse_rl[contrib]'") from None
+    import sparse_rl.agents
+
+    return algo_cls, getattr(sparse_rl.agents, policy)
+
+
+class _Algos(dict):
+    """``ALGOS[algo]``: ``(algorithm class, sparse policy class)``, imported on first use."""
+
+    def __missing__(self, algo: str) -> tuple[type[BaseAlgorithm], type]:
+        if algo not in ALGO_CLASSES:
+            raise KeyError(algo)
+        self[algo] = algo_classes(algo)
+        return self[algo]
+
+
+ALGOS: dict[str, tuple[type[BaseAlgorithm], type]] = _Algos()
 
 
 def check_device(device: str) -> str:
@@ -60,20 +113,29 @@ def check_device(device: str) -> str:
 
 def check_env_for(algo: str, env_id: str, env_kwargs: dict[str, Any] | None = None,
                   wrappers: dict[str, Any] | None = None) -> tuple[spaces.Space, spaces.Space]:
-    """Make the env once (with its ``wrappers``) and check its spaces against ``algo``: SAC/TD3 need a ``Box``
-    action space. Returns its observation and action spaces.
+    """Make the env once (with its ``wrappers``) and check its spaces against ``algo``: SAC, TD3, DDPG, TQC
+    and CrossQ need a ``Box`` action space, DQN a ``Discrete`` one. Returns its observation and action spaces.
 
     :raises EnvError: naming the env, its spaces and what the algorithm needs.
     """
     obs_space, action_space = probe_env(env_id, env_kwargs, wrappers)
-    if not isinstance(action_space, spaces.Box):
+    if algo in CONTINUOUS_ONLY and not isinstance(action_space, spaces.Box):
         raise EnvError(
             f"{env_id!r} has a {action_space} action space; {algo.upper()} needs a continuous (Box) action space "
-            "(e.g. Pendulum, HalfCheetah, Hopper)"
+            "(e.g. Pendulum, HalfCheetah, Hopper); for discrete actions use --algo dqn, ppo or a2c"
         )
+    if algo in DISCRETE_ONLY and not isinstance(action_space, spaces.Discrete):
+        raise EnvError(f"{env_id!r} has a {action_space} action space; DQN needs a Discrete one (e.g. CartPole, "
+                       "MinAtar/Breakout-v1); for continuous actions use --algo sac, td3, ddpg, tqc, crossq, ppo or a2c")
+    if not isinstance(action_space, (spaces.Box, spaces.Discrete)):
+        raise EnvError(f"{env_id!r} has a {action_space} action space; sparse_rl's CLI takes Box or Discrete ones")
     if isinstance(obs_space, (spaces.Dict, spaces.Tuple)):
         kind = type(obs_space).__name__
-        raise EnvError(f"{env_id!r} has a {kind} observation space; sparse_rl's policies take flat (Box) observations")
+        raise EnvError(f"{env_id!r} has a {kind} observation space; the CLI takes flat (Box) observations (dict ones "
+                       "train through the API: SparseMultiInputSACPolicy with HerReplayBuffer)")
+    if len(obs_space.shape or ()) not in (1, 3) or (len(obs_space.shape) == 3 and algo != "dqn"):
+        raise EnvError(f"{env_id!r} has observations of shape {obs_space.shape}; the CLI takes vectors, and images "
+                       "(MinAtar's 10x10xC) with --algo dqn")
     return obs_space, action_space
 
 
@@ -90,28 +152,34 @@ def run_label(algo: str, config: TrainConfig) -> str:
 def build_model(
     algo: str, config: TrainConfig, env: VecEnv, seed: int, device: str = "cpu", tensorboard_log: str | None = None
 ) -> BaseAlgorithm:
-    """An SB3 SAC/TD3 model with the sparse policy (or SB3's dense ``MlpPolicy`` when ``config.dense``)."""
+    """An SB3 model of ``algo`` with the sparse policy (or SB3's dense one when ``config.dense``)."""
     algo_cls, sparse_policy = ALGOS[algo]
     policy_kwargs: dict[str, Any] = {"net_arch": list(config.net_arch)}
     if config.weight_decay:
         policy_kwargs["optimizer_kwargs"] = {"weight_decay": config.weight_decay}
+    image = len(env.observation_space.shape or ()) == 3
     if config.dense:
-        policy: Any = "MlpPolicy"
+        policy: Any = "CnnPolicy" if image else "MlpPolicy"
     else:
         policy = sparse_policy
+        if image:
+            from sparse_rl.agents import SparseCnnDQNPolicy
+
+            policy = SparseCnnDQNPolicy
         policy_kwargs.update({k: getattr(config, k) for k in SPARSE_KEYS})
-    kwargs: dict[str, Any] = {key: getattr(config, key) for key in SB3_KEYS}
-    if config.dynamic_buffer or config.n_steps > 1:
+    if image:  # MinAtar's 10x10 frames: its own small convolution, not NatureCNN's
+        from sparse_rl.agents.extractors import MinAtarCNN
+
+        policy_kwargs["features_extractor_class"] = MinAtarCNN
+    if algo == "tqc":
+        policy_kwargs.update(n_quantiles=config.n_quantiles, n_critics=config.n_critics)  # type: ignore[attr-defined]
+    kwargs: dict[str, Any] = {key: getattr(config, key) for key in ALGO_KEYS[algo]}
+    if algo in REPLAY_OPTION_ALGOS and (config.dynamic_buffer or config.n_steps > 1):
         kwargs["replay_buffer_class"] = DynamicReplayBuffer if config.dynamic_buffer else NStepSoftReplayBuffer
         kwargs["replay_buffer_kwargs"] = dict(n_steps=config.n_steps, n_step_delay=config.n_step_delay, gamma=config.gamma)
         if config.dynamic_buffer:
             kwargs["replay_buffer_kwargs"].update({key: getattr(config, f"buffer_{key}") for key in DYNAMIC_BUFFER_KEYS})
-    if algo == "sac":
-        kwargs["ent_coef"] = config.ent_coef  # type: ignore[attr-defined]
-    else:
-        kwargs["policy_delay"] = config.policy_delay  # type: ignore[attr-defined]
-        kwargs["target_policy_noise"] = config.target_policy_noise  # type: ignore[attr-defined]
-        kwargs["target_noise_clip"] = config.target_noise_clip  # type: ignore[attr-defined]
+    if algo in ("td3", "ddpg"):
         space = env.action_space
         half_range = (space.high - space.low) / 2  # type: ignore[attr-defined]
         kwargs["action_noise"] = NormalActionNoise(np.zeros_like(half_range), config.action_noise_std * half_range)  # type: ignore[attr-defined]
@@ -140,25 +208,44 @@ def bind(model: BaseAlgorithm) -> BaseAlgorithm:
     return model
 
 
-def load_model_file(path: Path, env: VecEnv | None = None, device: str = "cpu") -> BaseAlgorithm:
-    """A SAC/TD3 model from an SB3 ``.zip`` (the algorithm read from the policy class it holds)."""
-    from stable_baselines3.common.save_util import load_from_zip_file
+def _algo_of_policy(policy_class: Any, data: dict[str, Any]) -> str | None:
+    """Which of our algorithms saved a model whose policy class is ``policy_class``."""
+    from stable_baselines3.common.policies import ActorCriticPolicy
+    from stable_baselines3.dqn.policies import DQNPolicy
     from stable_baselines3.sac.policies import SACPolicy
     from stable_baselines3.td3.policies import TD3Policy
+
+    if not isinstance(policy_class, type):
+        return None
+    bases = {c.__module__.split(".")[0] + ":" + c.__name__ for c in policy_class.__mro__}
+    for name, algo in (("sb3_contrib:TQCPolicy", "tqc"), ("sb3_contrib:CrossQPolicy", "crossq")):
+        if name in bases:
+            return algo
+    if issubclass(policy_class, SACPolicy):
+        return "sac"
+    if issubclass(policy_class, TD3Policy):
+        return "td3"  # DDPG is TD3 with other settings: TD3.load reads either
+    if issubclass(policy_class, ActorCriticPolicy):
+        return "ppo" if "clip_range" in data else "a2c"
+    if issubclass(policy_class, DQNPolicy):
+        return "dqn"
+    return None
+
+
+def load_model_file(path: Path, env: VecEnv | None = None, device: str = "cpu") -> BaseAlgorithm:
+    """A model from an SB3 ``.zip`` (the algorithm read from the policy class it holds)."""
+    from stable_baselines3.common.save_util import load_from_zip_file
 
     try:
         data, _, _ = load_from_zip_file(path, load_data=True, device=device)
     except Exception as err:
         raise RunError(f"{str(path)!r} is not a readable SB3 model zip: {type(err).__name__}: {err}") from None
     policy_class = (data or {}).get("policy_class")
-    algo_cls: type[BaseAlgorithm] | None = None
-    if isinstance(policy_class, type) and issubclass(policy_class, SACPolicy):
-        algo_cls = SAC
-    elif isinstance(policy_class, type) and issubclass(policy_class, TD3Policy):
-        algo_cls = TD3
-    if algo_cls is None:
+    algo = _algo_of_policy(policy_class, data or {})
+    if algo is None:
         kind = getattr(policy_class, "__name__", policy_class)
-        raise RunError(f"{str(path)!r} holds a {kind} model; only SAC/TD3 are supported")
+        raise RunError(f"{str(path)!r} holds a {kind} model; supported: {', '.join(ALGO_CLASSES)}")
+    algo_cls = ALGOS[algo][0]
     try:
         return bind(algo_cls.load(path, env=env, device=device, force_reset=False))
     except Exception as err:

@@ -131,7 +131,7 @@ def _fit_budget(algo: str, config: TrainConfig, obs_space: Any, action_space: An
 
 def _plan_new_run(args: argparse.Namespace) -> Plan:
     if not args.algo:
-        raise ConfigError("--algo is required (sac or td3) unless --resume is given")
+        raise ConfigError(f"--algo is required ({', '.join(CONFIG_CLASSES)}) unless --resume is given")
     if args.algo not in CONFIG_CLASSES:
         raise ConfigError(f"unknown algo {args.algo!r}; known: {', '.join(CONFIG_CLASSES)}")
     if not args.env:

@@ -1,4 +1,6 @@
-"""``python -m sparse_rl.train``: train a sparse (or dense) SAC/TD3 agent into a run directory.
+"""``python -m sparse_rl.train``: train a sparse (or dense) SB3 agent into a run directory.
+
+Algorithms: SAC, TD3, DDPG, TQC, CrossQ (sb3-contrib), PPO, A2C, DQN (MinAtar's image observations too).
 
     python -m sparse_rl.train --algo sac --env HalfCheetah
     python -m sparse_rl.train --algo td3 --env Hopper-v5 --sparsity 0.95 --topology set --seed 3 \\
@@ -80,7 +82,8 @@ EXIT_BAD_INPUT = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sparse_rl.train", description="Train a sparse SAC/TD3 agent.")
+    p = argparse.ArgumentParser(prog="python -m sparse_rl.train",
+                                description="Train a sparse SB3 agent (sac, td3, ddpg, tqc, crossq, ppo, a2c, dqn).")
     p.add_argument("--algo", choices=None, help=f"one of {', '.join(CONFIG_CLASSES)}")
     p.add_argument("--env", help="env id or short name (HalfCheetah, Hopper, ..., Pendulum)")
     p.add_argument("--preset", help="preset in configs/<algo>.yml (default: sparse_rl)")

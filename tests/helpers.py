@@ -21,6 +21,9 @@ def assert_same_policy(a, b) -> None:
     assert sd_a.keys() == sd_b.keys()
     for key, value in sd_a.items():
         assert same_state(value, sd_b[key]), key
+    controllers = getattr(a.policy, "topology_controllers", dict)()
+    for name, ctrl in controllers.items():  # the training state rides with the optimizer, not the state_dict
+        assert same_state(ctrl.training_state(), b.policy.topology_controllers()[name].training_state()), name
 
 
 def small_net():

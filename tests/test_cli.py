@@ -138,7 +138,7 @@ def test_resume_equals_uninterrupted(algo, topology, backend, tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, needle",
     [
-        (["--algo", "ppo", "--env", "Pendulum"], "unknown algo 'ppo'"),
+        (["--algo", "trpo", "--env", "Pendulum"], "unknown algo 'trpo'"),
         (["--algo", "sac", "--env", "HalfCheeta"], "did you mean 'HalfCheetah'"),
         (["--algo", "sac", "--env", "Pendulum", "--preset", "rigll"], "unknown preset 'rigll'"),
         (["--algo", "sac", "--env", "Pendulum", "--set", "learning_rat=1e-3"], "did you mean 'learning_rate'"),
@@ -238,7 +238,7 @@ def test_plot_finds_the_runs_under_a_directory_and_refuses_one_without(tmp_path,
 def test_every_preset_loads_and_validates_for_every_env(algo):
     presets = available_presets(algo)
     assert {"dense", "sparse_rl", "static", "set", "rigl"} <= set(presets)
-    assert ("graesser2022" if algo == "sac" else "ds_td3") in presets
+    assert {"sac": "graesser2022", "td3": "ds_td3"}.get(algo, "gmp") in presets
     for preset in presets:
         for env_id in set(SHORT_NAMES.values()):
             resolve_config(algo, env_id, preset)

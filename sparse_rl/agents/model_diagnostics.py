@@ -65,8 +65,13 @@ def actor_loss(model: Any, data: ReplayBufferSamples) -> torch.Tensor:
 
 def model_diagnostics(model: Any, batch_size: int = 256, tau: float = 0.1, snr_batches: int = 8) -> dict[str, float]:
     """``actor_dormant``, ``critic_dormant`` (fractions of hidden neurons with ReDo score <= tau) and
-    ``critic_grad_snr``; empty while the replay buffer holds fewer than ``batch_size`` transitions."""
+    ``critic_grad_snr`` of SAC, TD3 and DDPG; empty while the replay buffer holds fewer than ``batch_size``
+    transitions, and for the other algorithms (their losses differ)."""
+    from stable_baselines3 import SAC, TD3
+
     buffer = getattr(model, "replay_buffer", None)
+    if type(model) not in (SAC, TD3) and type(model).__name__ != "DDPG":  # the losses below are SAC's and TD3's
+        return {}
     if buffer is None or buffer.size() * buffer.n_envs < batch_size:
         return {}
     policy = model.policy

@@ -45,6 +45,7 @@ from sparse_rl.sparse import (
     use_sparse_storage_for,
 )
 from sparse_rl.sparse.layers import MaskedConv2d, follow_loaded_mask
+from sparse_rl.sparse.networks import masked_class
 from sparse_rl.sparse.structure import parse_structure
 from sparse_rl.topology import TopologyConfig, TopologyController, sparse_seed
 from sparse_rl.topology.methods import migrate_legacy_options
@@ -144,6 +145,17 @@ class SparsityConfig(TopologyConfig):
 SPARSE_KWARGS = frozenset(f.name for f in fields(SparsityConfig))
 
 
+def replay_method_problem(config: TopologyConfig, where: str) -> str | None:
+    """Why ``config``'s method cannot run in ``where`` (a policy without SAC/TD3's replay losses), or ``None``."""
+    method = config.make_method()
+    needs = [what for what, used in (("scores connections with the algorithm's loss", hasattr(method, "loss_fn")),
+                                     ("rewires dormant units from replay batches", method.rewire_dormant)) if used]
+    if not needs:
+        return None
+    return (f"topology {config.topology!r} {' and '.join(needs)}, which {where} does not support; it works with "
+            "SAC, TD3 and DDPG")
+
+
 def _check_parent_kwargs(policy_name: str, parent: type, kwargs: dict[str, Any]) -> None:
     allowed = set(inspect.signature(parent.__init__).parameters) - {"self", "observation_space", "action_space", "lr_schedule"}
     allowed |= SPARSE_KWARGS
@@ -191,12 +203,10 @@ class SparsePolicyMixin:
         self._check_method_support()
 
     def _check_method_support(self) -> None:
-        method = self.sparse_config.topology_config().make_method()
-        needs = [what for what, used in (("scores connections with the algorithm's loss", hasattr(method, "loss_fn")),
-                                         ("rewires dormant units from replay batches", method.rewire_dormant)) if used]
-        if needs and not self.replay_scores:
-            raise ValueError(f"topology {self.sparse_config.topology!r} {' and '.join(needs)}, which "
-                             f"{type(self).__name__} does not support; it works with SAC, TD3 and DDPG")
+        if not self.replay_scores:
+            problem = replay_method_problem(self.sparse_config.topology_config(), type(self).__name__)
+            if problem:
+                raise ValueError(problem)
 
     #: whether the method hooks that read the algorithm's replay batches and losses work here (SAC, TD3, DDPG)
     replay_scores: bool = True
@@ -263,6 +273,10 @@ class SparsePolicyMixin:
                 controller.method.loss_fn = partial(self._replay_losses, name)
             self.add_module(f"{name}_topology", controller)  # type: ignore[attr-defined]
         self._fit_storage()  # the controllers were built on dense storage: one place chooses it
+        for network, targets in self._networks().values():  # network.save()/type(network).load() stay sparse
+            for module in [*_as_list(network), *targets]:
+                if not isinstance(module, MaskedLinear) and type(module).load_state_dict is nn.Module.load_state_dict:
+                    module.__class__ = masked_class(type(module))
 
     def to(self, *args: Any, **kwargs: Any) -> Any:
         """``nn.Module.to``, then (``backend="auto"``) the storage that is fastest on the new device.

@@ -31,6 +31,24 @@ class EnvError(ValueError):
     """An environment cannot be made as asked (unknown id, missing dependency, bad kwargs, wrong spaces)."""
 
 
+def register_optional_envs(name: str) -> None:
+    """Register the Gymnasium envs of optional packages that ``name`` belongs to: MinAtar (``MinAtar/...``,
+    the ``[minatar]`` extra) and gymnasium-robotics (``PointMaze_UMaze-v3``, ... the ``[robotics]`` extra)."""
+    if name.startswith("MinAtar/"):
+        try:
+            import minatar.gym
+        except ImportError:
+            raise EnvError(f"{name!r} needs MinAtar: pip install 'sparse_rl[minatar]'") from None
+        minatar.gym.register_envs()
+        return
+    if any(part in name for part in ("Maze", "Fetch", "Hand", "Adroit", "Franka")):
+        try:
+            import gymnasium_robotics
+        except ImportError:
+            return  # an unknown id after all: named with close matches below
+        gym.register_envs(gymnasium_robotics)
+
+
 def resolve_env_id(name: str) -> str:
     """Map a short name (``HalfCheetah``) to its Gymnasium id; registered ids pass through.
 
@@ -38,6 +56,8 @@ def resolve_env_id(name: str) -> str:
     """
     if name in SHORT_NAMES:
         return SHORT_NAMES[name]
+    if name not in gym.registry:
+        register_optional_envs(name)
     if name in gym.registry:
         return name
     candidates = list(SHORT_NAMES) + list(gym.registry)

@@ -1,6 +1,6 @@
 """Snapshot and restore the state of SB3 ``DummyVecEnv`` training envs, so ``--resume`` continues the
 very episode that was running: MuJoCo physics (``mj_getState`` with the integration state, warm-start
-included), the state of classic-control envs, the env's random generator, the counters of ``TimeLimit``
+included), the state of classic-control envs and MinAtar games, the env's random generator, the counters of ``TimeLimit``
 and SB3's ``Monitor``, and the state of our own wrappers (``get_wrapper_state``). Envs it cannot capture
 raise ``TypeError`` (no silent fallback).
 """
@@ -15,6 +15,8 @@ import numpy as np
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
+#: MinAtar game attributes that never change (the rest is the game's state)
+_MINATAR_FIXED = ("random", "channels", "action_map")
 _MONITOR_FIELDS = ("rewards", "needs_reset", "episode_returns", "episode_lengths", "episode_times", "total_steps")
 
 
@@ -38,6 +40,14 @@ def _core_state(core: gym.Env) -> dict[str, Any]:
         state["state"] = copy.deepcopy(core.state)
         if hasattr(core, "last_u"):
             state["last_u"] = copy.deepcopy(core.last_u)
+    elif hasattr(core, "game") and type(core.game).__module__.startswith("minatar"):
+        game = core.game  # MinAtar: the game's own attributes, and its numpy RandomState (shared with game.env)
+        state["minatar"] = {
+            "last_action": game.last_action,
+            "random": game.random.get_state(),
+            "env_random": game.env.random.get_state(),
+            "env": {k: copy.deepcopy(v) for k, v in vars(game.env).items() if k not in _MINATAR_FIXED},
+        }
     else:
         raise TypeError(f"cannot snapshot the state of {type(core).__name__}")
     return state
@@ -50,6 +60,14 @@ def _set_core_state(core: gym.Env, state: dict[str, Any]) -> None:
 
         mujoco.mj_setState(core.model, core.data, state["mujoco"], mujoco.mjtState.mjSTATE_INTEGRATION)
         mujoco.mj_forward(core.model, core.data)
+    elif "minatar" in state:
+        game, saved = core.game, state["minatar"]
+        game.last_action = saved["last_action"]
+        game.random.set_state(saved["random"])
+        game.env.random.set_state(saved["env_random"])
+        for k, v in saved["env"].items():
+            setattr(game.env, k, copy.deepcopy(v.tolist() if isinstance(v, np.ndarray) and
+                                               not isinstance(getattr(game.env, k, None), np.ndarray) else v))
     else:
         core.state = copy.deepcopy(state["state"])
         if "last_u" in state:

@@ -12,6 +12,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -86,6 +87,33 @@ def replace_linears(module: nn.Module) -> list[MaskedLinear]:
             setattr(named[parent_name], attr, new)
             layers.append(new)
     return layers
+
+
+_MASKED_CLASSES: dict[type, type] = {}
+
+
+def _load_masked_state_dict(self: nn.Module, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+    if any(str(k).endswith(".mask") for k in state_dict) and not masked_layers(self):
+        replace_linears(self)  # a fresh copy built with plain layers: give it the saved file's masked ones
+    return nn.Module.load_state_dict(self, state_dict, strict=strict, assign=assign)
+
+
+def masked_class(cls: type) -> type:
+    """A subclass of the network class ``cls`` (e.g. SB3's SAC ``Actor``) whose ``load_state_dict`` turns its
+    plain linears into masked ones when the state it loads holds masks, so ``network.save(path)`` and
+    ``type(network).load(path)`` (SB3's ``BasePolicy`` API, which rebuilds the class from its constructor
+    arguments) bring a sparse network back sparse. Made once per class and kept in this module, so instances
+    pickle by reference."""
+    if cls in _MASKED_CLASSES.values():
+        return cls
+    if cls not in _MASKED_CLASSES:
+        name = f"Masked{cls.__name__}"
+        new = type(name, (cls,), {"load_state_dict": _load_masked_state_dict, "__module__": __name__,
+                                  "__doc__": f"{cls.__name__} whose ``load_state_dict`` restores masked layers."})
+        new.__qualname__ = name
+        globals().setdefault(name, new)
+        _MASKED_CLASSES[cls] = new
+    return _MASKED_CLASSES[cls]
 
 
 def masked_layers(module: nn.Module) -> list[MaskedLinear]:

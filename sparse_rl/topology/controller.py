@@ -437,7 +437,11 @@ class TopologyController(nn.Module):
         ``inputs`` describes the wiring (per layer, the layer it reads, ``None`` for the network input)."""
         from sparse_rl.topology.nnstd import nnstd
 
-        return nnstd(self.initial_masks, [l.mask for l in self._layers], inputs)
+        flat = [m.reshape(m.shape[0], -1) for m in self.initial_masks]  # a conv's rows: its output channels
+        now = [l.mask.reshape(l.mask.shape[0], -1) for l in self._layers]
+        # a layer reading a conv's flattened output (channels x positions) matches its inputs as raw inputs
+        wiring = [src if src is None or flat[src].shape[0] == flat[k].shape[1] else None for k, src in enumerate(inputs)]
+        return nnstd(flat, now, wiring)
 
     def stats(self, per_layer: bool = False) -> dict[str, Any]:
         """Density, ITOP rate, FLOPs and the last update's counts."""

@@ -1,0 +1,68 @@
+"""The CLI beyond SAC/TD3: every algorithm trains, evaluates and resumes exactly; impossible pairs are refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import assert_same_policy
+from test_cli import Crash, run_cli
+
+from sparse_rl import evaluate, train
+from sparse_rl.models import load_run_model
+
+#: (algo, env, extra flags): tiny budgets, topology updates every 10 optimizer steps
+CASES = {
+    "ddpg": ("Pendulum", ["--set", "learning_starts=100"]),
+    "tqc": ("Pendulum", ["--set", "learning_starts=100"]),
+    "crossq": ("Pendulum", ["--set", "learning_starts=100"]),
+    "ppo": ("CartPole-v1", ["--set", "n_envs=1", "--set", "n_steps=64", "--set", "n_epochs=2", "--set", "batch_size=32"]),
+    "a2c": ("CartPole-v1", ["--set", "n_envs=1"]),
+    "dqn": ("CartPole-v1", ["--set", "learning_starts=100", "--set", "train_freq=1", "--set", "gradient_steps=1"]),
+    "dqn-minatar": ("MinAtar/Breakout-v1", ["--set", "learning_starts=100", "--set", "train_freq=1",
+                                            "--set", "buffer_size=2000"]),
+}
+
+
+def _argv(case: str, steps: int) -> list[str]:
+    env, extra = CASES[case]
+    return ["--algo", case.split("-")[0], "--env", env, *extra, "--n-timesteps", str(steps), "--set", "update_interval=10",
+            "--set", "net_arch=[32,32]" if "minatar" not in case else "net_arch=[32]", "--no-progress"]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_algorithm_trains_evaluates_and_resumes_exactly(case, tmp_path, capsys):
+    argv = [*_argv(case, 400), "--set", "checkpoint_freq=200", "--save-replay-buffer", "--eval-freq", "200",
+            "--eval-episodes", "1"]
+    code, _, err = run_cli(train, [*argv, "--run-dir", tmp_path / "a"], capsys)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    nets = summary["sparsity"]
+    assert set(nets) == ({"q_net"} if case.startswith("dqn") else {"actor", "critic"})
+    assert all(abs(n["density"] - 0.1) < 0.02 for n in nets.values()) and "critic_density" in summary["final_eval"]
+    with pytest.raises(KeyboardInterrupt):
+        train.train(train.build_parser().parse_args([str(a) for a in [*argv, "--run-dir", tmp_path / "b"]]),
+                    extra_callbacks=[Crash(300)])
+    code, _, err = run_cli(train, ["--resume", tmp_path / "b", "--no-progress"], capsys)
+    assert code == 0, err
+    a, b = load_run_model(tmp_path / "a"), load_run_model(tmp_path / "b")
+    assert a.num_timesteps == b.num_timesteps
+    assert_same_policy(a, b)
+    code, _, err = run_cli(evaluate, [tmp_path / "a", "--episodes", "1"], capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--algo", "dqn", "--env", "Pendulum"], "DQN needs a Discrete one"),
+    (["--algo", "tqc", "--env", "CartPole-v1"], "TQC needs a continuous (Box) action space"),
+    (["--algo", "ppo", "--env", "Pendulum", "--set", "dynamic_buffer=true"], "do not apply to on-policy PPO/A2C"),
+    (["--algo", "dqn", "--env", "CartPole-v1", "--set", "n_steps=3"], "work with sac and td3, not with dqn"),
+    (["--algo", "ppo", "--env", "Pendulum", "--topology", "grasp"], "SparseActorCriticPolicy does not support"),
+    (["--algo", "crossq", "--env", "Pendulum", "--topology", "grasp"], "SparseCrossQPolicy does not support"),
+])
+def test_impossible_algorithm_pairs_exit_2_with_one_clear_line(argv, needle, tmp_path, capsys):
+    code, _, err = run_cli(train, [*argv, "--run-dir", tmp_path / "run"], capsys)
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
+    assert not (tmp_path / "run").exists()
