@@ -6,7 +6,8 @@ Downloads SB3's source distribution (the version installed here) from the packag
 directory, and runs its tests with ``benchmarks/sb3_suite/sparse_plugin.py``, which points every algorithm's
 ``policy_aliases`` at our classes (``sparse_rl.install_aliases``): ``SAC("MlpPolicy", env)`` in those tests
 builds a ``SparseSACPolicy`` at the default 90% sparsity. Only tests whose id names one of ``--algos`` run.
-Prints pytest's summary line and each failure; exits with pytest's status.
+Prints pytest's summary line and each failure; exits with pytest's status. SB3's callback tests need its
+``[extra]`` packages tqdm and rich (``pip install tqdm rich``).
 """
 
 from __future__ import annotations

@@ -498,3 +498,43 @@ def yaml_config(run):
     import yaml
 
     return yaml.safe_load((run / "config.yaml").read_text())["config"]
+
+
+@pytest.mark.parametrize("algo", ["ddpg", "tqc", "crossq", "ppo"])
+def test_the_sb3_family_exports_with_parity_in_every_format(algo, tmp_path):
+    """DDPG, TQC, CrossQ (batch renormalisation folded into the next layer) and PPO (the mean, clipped to the
+    bounds): the numpy graph, the sparse file, ONNX and C all act as torch does."""
+    import onnxruntime as ort
+    from sb3_contrib import TQC, CrossQ
+    from stable_baselines3 import DDPG
+
+    from sparse_rl import SparseActorCriticPolicy, SparseCrossQPolicy, SparseTQCPolicy
+
+    cls, policy = {"ddpg": (DDPG, SparseTD3Policy), "tqc": (TQC, SparseTQCPolicy), "crossq": (CrossQ, SparseCrossQPolicy),
+                   "ppo": (PPO, SparseActorCriticPolicy)}[algo]
+    kwargs = dict(n_steps=128, batch_size=64) if algo == "ppo" else dict(learning_starts=100, batch_size=64)
+    model = cls(policy, "Pendulum-v1", seed=0, device="cpu", policy_kwargs=dict(net_arch=[64, 64], update_interval=20),
+                **kwargs)
+    model.learn(300)
+    obs = observations(model)
+    expected = torch_actions(model, obs)
+    tol = FLOAT_TOL * action_range(model)
+    graph = extract_actor(model)
+    assert np.abs(graph.forward(obs) - expected).max() <= tol and graph.stats()["density"] < 0.2
+    cli.export(graph, "sparse", tmp_path / "p.npz")
+    assert np.abs(SparsePolicy.load(tmp_path / "p.npz").act(obs) - expected).max() <= tol
+    cli.export(graph, "onnx", tmp_path / "p.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "p.onnx"), providers=["CPUExecutionProvider"])
+    assert np.abs(sess.run(None, {"obs": obs})[0] - expected).max() <= tol
+    cli.export(graph, "c", tmp_path / "c")
+    c = CPolicy(tmp_path / "c", "sparse_rl_policy", graph.obs_dim, graph.act_dim, extra_flags=["-Werror"])
+    assert np.abs(c.act(obs) - expected).max() <= tol
+
+
+def test_discrete_policies_are_refused_with_a_reason():
+    from stable_baselines3 import DQN
+
+    from sparse_rl import SparseDQNPolicy
+
+    with pytest.raises(ExportError, match="only continuous-action policies"):
+        extract_actor(DQN(SparseDQNPolicy, "CartPole-v1", device="cpu"))

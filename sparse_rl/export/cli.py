@@ -8,8 +8,8 @@
     python -m sparse_rl.export runs/cheetah --verify-on qemu-cortex-m4 [--quantize int8]  # C on an emulated M4
     python -m sparse_rl.export runs/cheetah --target cortex-m4 --flash 12K --ram 4K [--quantize int8]  # fits?
 
-The input is a run directory or an SB3 ``.zip`` of a SAC/TD3 model. Outputs are built in a temporary
-location beside the target and renamed into place, so a failure leaves nothing partial behind.
+The input is a run directory or an SB3 ``.zip`` of a SAC, TD3, DDPG, TQC, CrossQ or continuous PPO/A2C model.
+Outputs are built in a temporary location beside the target and renamed into place, so a failure leaves nothing partial behind.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ FORMATS = ("sparse", "onnx", "c")
 
 
 def load_model(path: Path) -> Any:
-    """An SB3 SAC/TD3 model from a run directory or a ``.zip``."""
+    """An SB3 model from a run directory or a ``.zip``."""
     from sparse_rl.models import load_model_file, load_run_model
     from sparse_rl.run_directory import RunError
 
@@ -253,7 +253,8 @@ def check_budget(graph: ActorGraph, flash: int | None, ram: int | None, quantize
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sparse_rl.export", description="Export a trained SAC/TD3 actor.")
+    p = argparse.ArgumentParser(prog="python -m sparse_rl.export",
+                                description="Export a trained actor (SAC, TD3, DDPG, TQC, CrossQ, PPO, A2C).")
     p.add_argument("path", type=Path, help="run directory or SB3 .zip")
     p.add_argument("--format", choices=FORMATS, help="sparse (.npz), onnx, or c (directory with policy.h/policy.c)")
     p.add_argument("--out", type=Path, help="output file (sparse, onnx) or directory (c)")

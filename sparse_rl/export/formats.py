@@ -121,6 +121,11 @@ def onnx_bytes(graph: ActorGraph, opset: int = 17) -> bytes:
     if graph.squash == "tanh":
         nodes.append(helper.make_node("Tanh", [x], ["squashed"]))
         x = "squashed"
+    elif graph.squash == "clip":
+        inits += [numpy_helper.from_array(np.array(-1.0, np.float32), "minus_one"),
+                  numpy_helper.from_array(np.array(1.0, np.float32), "plus_one")]
+        nodes.append(helper.make_node("Clip", [x, "minus_one", "plus_one"], ["squashed"]))
+        x = "squashed"
     half = (0.5 * (graph.action_high - graph.action_low)).astype(np.float32)
     inits += [
         numpy_helper.from_array(np.ones_like(half), "one"),
@@ -256,7 +261,8 @@ def c_sources(
             init, finish = f"l{i}_bias[r]", ""
         act = {"relu": "acc = acc > 0.0f ? acc : 0.0f;", "tanh": "acc = tanhf(acc);", "identity": ""}[layer.activation]
         if last:
-            squash = "acc = tanhf(acc);" if graph.squash == "tanh" else ""
+            squash = {"tanh": "acc = tanhf(acc);", "clip": "acc = acc < -1.0f ? -1.0f : (acc > 1.0f ? 1.0f : acc);",
+                      "none": ""}[graph.squash]
             store = f"{dst}[r] = action_low[r] + (acc + 1.0f) * action_half_range[r];"
         else:
             squash, store = "", f"{dst}[r] = acc;"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from sparse_rl.export.runtime import index_dtype
@@ -84,7 +85,7 @@ class Layer:
 @dataclass
 class ActorGraph:
     layers: list[Layer]
-    squash: str  # "tanh" (SAC) or "none" (TD3 ends in a Tanh layer)
+    squash: str  # "tanh" (SAC), "none" (TD3 ends in a Tanh layer) or "clip" (PPO/A2C: the mean, clipped to the bounds)
     action_low: np.ndarray
     action_high: np.ndarray
     algo: str
@@ -122,6 +123,8 @@ class ActorGraph:
             x = np.maximum(x, 0) if layer.activation == "relu" else np.tanh(x) if layer.activation == "tanh" else x
         if self.squash == "tanh":
             x = np.tanh(x)
+        elif self.squash == "clip":
+            x = np.clip(x, -1.0, 1.0)
         return self.action_low + (x + 1) * 0.5 * (self.action_high - self.action_low)
 
     def stats(self) -> dict[str, Any]:
@@ -148,31 +151,85 @@ def _sequential_layers(modules: list[nn.Module], what: str) -> list[Layer]:
     return layers
 
 
+def _fold_batch_renorm(modules: list[nn.Module], what: str) -> list[nn.Module]:
+    """CrossQ's ``BatchRenorm1d`` in evaluation mode is an affine map of its input, folded here into the linear
+    layer after it (its columns scaled, its bias shifted): the same sparsity, the same function."""
+    out: list[nn.Module] = []
+    pending: tuple[np.ndarray, np.ndarray] | None = None
+    for m in modules:
+        if type(m).__name__ in ("BatchRenorm1d", "BatchNorm1d"):
+            renorm = hasattr(m, "ra_mean")  # sb3-contrib's BatchRenorm1d names its statistics and scale so
+            mean = (m.ra_mean if renorm else m.running_mean).detach().cpu().double().numpy()
+            var = (m.ra_var if renorm else m.running_var).detach().cpu().double().numpy()
+            scale = 1.0 / np.sqrt(var + m.eps)
+            shift = -mean * scale
+            gamma = m.scale if renorm else m.weight
+            if getattr(m, "affine", True) and gamma is not None:
+                w, b = gamma.detach().cpu().double().numpy(), m.bias.detach().cpu().double().numpy()
+                scale, shift = scale * w, shift * w + b
+            pending = (scale.astype(np.float64), shift.astype(np.float64))
+            continue
+        if pending is not None:
+            if not isinstance(m, nn.Linear):
+                raise ExportError(f"{what}: a batch normalisation is followed by {type(m).__name__}, not a linear layer")
+            folded = nn.Linear(m.in_features, m.out_features)
+            weight = m.weight.detach().cpu().double().numpy()
+            bias = m.bias.detach().cpu().double().numpy() if m.bias is not None else np.zeros(m.out_features)
+            folded.weight.data = torch.as_tensor(weight * pending[0][None, :], dtype=torch.float32)
+            folded.bias.data = torch.as_tensor(bias + weight @ pending[1], dtype=torch.float32)
+            m, pending = folded, None
+        out.append(m)
+    return out
+
+
 def extract_actor(model: Any) -> ActorGraph:
-    """The deterministic actor of an SB3 SAC or TD3 model (sparse or dense); the layers of a policy trained
-    with ``structure="N:M"`` that follow it are marked for the N:M layout, and observation features the
-    first layer no longer reads are dropped (:func:`drop_unused_inputs`)."""
+    """The deterministic actor of an SB3 SAC, TD3, DDPG, TQC, CrossQ (batch renormalisation folded), or
+    continuous-action PPO/A2C model (its Gaussian's mean, clipped to the action bounds as SB3's ``predict``
+    does), sparse or dense; the layers of a policy trained with ``structure="N:M"`` that follow it are marked
+    for the N:M layout, and observation features the first layer no longer reads are dropped
+    (:func:`drop_unused_inputs`). DQN and discrete-action policies (an argmax) are refused."""
+    from gymnasium import spaces
+    from stable_baselines3.common.policies import ActorCriticPolicy
     from stable_baselines3.common.torch_layers import FlattenExtractor
-    from stable_baselines3.sac.policies import SACPolicy
     from stable_baselines3.td3.policies import TD3Policy
 
     policy = getattr(model, "policy", model)
+    space = policy.action_space
+    if not isinstance(space, spaces.Box):
+        raise ExportError(f"only continuous-action policies can be exported (an argmax over {space} is not supported "
+                          f"yet), got {type(policy).__name__}")
     actor = getattr(policy, "actor", None)
-    if not isinstance(policy, (SACPolicy, TD3Policy)) or actor is None:
-        raise ExportError(f"only SB3 SAC/TD3 policies can be exported, got {type(policy).__name__}")
-    if not isinstance(actor.features_extractor, FlattenExtractor):
+    extractor = actor.features_extractor if actor is not None else policy.pi_features_extractor
+    if not isinstance(extractor, FlattenExtractor):
         raise ExportError(
-            f"unsupported policy: features extractor {type(actor.features_extractor).__name__} (only FlattenExtractor, "
+            f"unsupported policy: features extractor {type(extractor).__name__} (only FlattenExtractor, "
             "i.e. MlpPolicy-style vector observations, can be exported)"
         )
-    if isinstance(policy, SACPolicy):
-        if getattr(actor, "use_sde", False):
-            raise ExportError("unsupported policy: SAC with gSDE (use_sde=True)")
-        layers = _sequential_layers([*actor.latent_pi, actor.mu], "SAC actor")
-        squash, algo = "tanh", "sac"
-    else:
+    if isinstance(policy, ActorCriticPolicy):
+        if getattr(policy, "use_sde", False):
+            raise ExportError("unsupported policy: PPO/A2C with gSDE (use_sde=True)")
+        if getattr(policy, "squash_output", False):
+            raise ExportError("unsupported policy: PPO/A2C with squash_output=True")
+        layers = _sequential_layers([*policy.mlp_extractor.policy_net, policy.action_net], "PPO/A2C policy network")
+        # SB3 clips the mean to the bounds; in the graph's [-1, 1] units: rescale the last layer, then clip
+        low, high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
+        last = layers[-1]
+        factor = 2.0 / (high - low)
+        last.weight = (last.weight.astype(np.float64) * factor[:, None]).astype(np.float32)
+        last.bias = ((last.bias.astype(np.float64) - low) * factor - 1.0).astype(np.float32)
+        squash, algo = "clip", "ppo"
+    elif isinstance(policy, TD3Policy):
         layers = _sequential_layers(list(actor.mu), "TD3 actor")
         squash, algo = "none", "td3"
+    elif actor is not None and hasattr(actor, "latent_pi"):  # SAC, TQC, CrossQ
+        if getattr(actor, "use_sde", False):
+            raise ExportError("unsupported policy: SAC with gSDE (use_sde=True)")
+        modules = _fold_batch_renorm([*actor.latent_pi, actor.mu], "SAC actor")
+        layers = _sequential_layers(modules, "SAC actor")
+        squash, algo = "tanh", "sac"
+    else:
+        raise ExportError(f"only SB3 SAC, TD3, DDPG, TQC, CrossQ, PPO and A2C policies can be exported, "
+                          f"got {type(policy).__name__}")
     structure = getattr(getattr(policy, "sparse_config", None), "structure", "unstructured")
     if structure != "unstructured":
         from sparse_rl.sparse.structure import parse_structure
@@ -180,7 +237,6 @@ def extract_actor(model: Any) -> ActorGraph:
         nm = parse_structure(structure)
         for layer in layers:
             layer.group = nm[1] if nm else None
-    space = policy.action_space
     graph = ActorGraph(layers, squash, np.asarray(space.low, dtype=np.float32), np.asarray(space.high, dtype=np.float32),
                        algo)
     return drop_unused_inputs(graph)

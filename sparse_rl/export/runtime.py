@@ -212,7 +212,7 @@ class SparsePolicy:
             if bound is None or bound.shape != (act_dim,):
                 raise PolicyFileError(f"{str(path)!r}: meta {key} must be a list of {act_dim} numbers, got {meta.get(key)!r}")
             bounds.append(bound)
-        squash = check.choice(meta, "squash", ("tanh", "none"))
+        squash = check.choice(meta, "squash", ("tanh", "clip", "none"))
         if "input_index" in meta:  # the features of the env's observation the policy reads
             env_dim, index = meta.get("env_obs_dim"), meta.get("input_index")
             n_in = weights[0].shape[1] if weights else 0
@@ -235,4 +235,6 @@ class SparsePolicy:
             x = _activate(x @ w.T + b, act)
         if self.squash == "tanh":
             x = np.tanh(x)
+        elif self.squash == "clip":
+            x = np.clip(x, np.float32(-1), np.float32(1))
         return self.action_low + (x + np.float32(1)) * (np.float32(0.5) * (self.action_high - self.action_low))
