@@ -313,8 +313,9 @@ class SparsePolicyMixin:
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         """``nn.Module.load_state_dict``; where it changes a mask, the optimizer's slots of that layer follow
-        (kept connections keep theirs, the rest restart at zero) and target networks take the online network's
-        mask, so training goes on from any loaded state."""
+        (kept connections keep theirs, the rest restart at zero), and target networks take the online network's
+        masks before the next optimizer step (Polyak averaging needs them; until then the loaded state stays as
+        loaded), so training goes on from any loaded state."""
         controllers = self.topology_controllers()
         before = {name: [l.mask.clone() for l in ctrl.layers] for name, ctrl in controllers.items()}
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)  # type: ignore[misc]
@@ -322,7 +323,7 @@ class SparsePolicyMixin:
             optimizer = self._optimizer_of(name)
             for layer, old in zip(ctrl.layers, before[name]):
                 follow_loaded_mask(layer, old, optimizer)
-            ctrl.align_targets()  # a target's topology is its network's (Polyak averaging needs it)
+            ctrl.targets_stale = True  # a target's topology is its network's: aligned before the next step
         return result
 
     def _optimizer_of(self, name: str) -> torch.optim.Optimizer:

@@ -93,8 +93,8 @@ _MASKED_CLASSES: dict[type, type] = {}
 
 
 def _load_masked_state_dict(self: nn.Module, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
-    if any(str(k).endswith(".mask") for k in state_dict) and not masked_layers(self):
-        replace_linears(self)  # a fresh copy built with plain layers: give it the saved file's masked ones
+    if any(str(k).endswith(".mask") for k in state_dict):
+        replace_linears(self)  # a copy rebuilt with plain layers gets masked ones (masked ones are kept as they are)
     return nn.Module.load_state_dict(self, state_dict, strict=strict, assign=assign)
 
 

@@ -183,6 +183,8 @@ class TopologyController(nn.Module):
         #: for ``rewire_dormant``: returns ``{layer index: (dormant rows bool (out,), consumer layer indices)}``
         self.dormant_fn: Callable[[], dict[int, tuple[torch.Tensor, list[int]]]] | None = None
         self.last_rewired = 0
+        #: set when a loaded state_dict may have given targets other masks: aligned at the next step
+        self.targets_stale = False
         self.step = 0
         self.n_updates = 0
         self.last_dropped = 0
@@ -325,6 +327,9 @@ class TopologyController(nn.Module):
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self.progress_fn is None or self.step == 0:
             self.progress()  # fail at the first step, not at the first update, when progress is unknown
+        if self.targets_stale:
+            self.align_targets()
+            self.targets_stale = False
         self.step += 1
         self._due = self.is_update_step(self.step)
         if self.needs_dense_grad(self.step):
