@@ -15,6 +15,7 @@ _LAZY = {
     "SparseCnnDQNPolicy": "sparse_rl.agents",
     "SparseCrossQPolicy": "sparse_rl.agents",
     "SparseDQNPolicy": "sparse_rl.agents",
+    "SparseMultiInputActorCriticPolicy": "sparse_rl.agents",
     "SparseMultiInputSACPolicy": "sparse_rl.agents",
     "SparseMultiInputTD3Policy": "sparse_rl.agents",
     "SparseSACPolicy": "sparse_rl.agents",

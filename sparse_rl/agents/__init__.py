@@ -6,6 +6,7 @@ from sparse_rl.agents.family import (
     SparseActorCriticPolicy,
     SparseCnnDQNPolicy,
     SparseDQNPolicy,
+    SparseMultiInputActorCriticPolicy,
     SparseMultiInputSACPolicy,
     SparseMultiInputTD3Policy,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "SparseCnnDQNPolicy",
     "SparseCrossQPolicy",
     "SparseDQNPolicy",
+    "SparseMultiInputActorCriticPolicy",
     "SparseMultiInputSACPolicy",
     "SparseMultiInputTD3Policy",
     "SparsePolicyMixin",

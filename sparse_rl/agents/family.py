@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.policies import ActorCriticPolicy, MultiInputActorCriticPolicy
 from stable_baselines3.dqn.policies import CnnPolicy as DQNCnnPolicy
 from stable_baselines3.dqn.policies import DQNPolicy
 from stable_baselines3.sac.policies import MultiInputPolicy as SACMultiInputPolicy
@@ -72,6 +72,10 @@ class SparseActorCriticPolicy(SparsePolicyMixin, ActorCriticPolicy):
         return _chain_inputs(sum(len(masked_layers(module)) for module in network))
 
 
+class SparseMultiInputActorCriticPolicy(SparseActorCriticPolicy, MultiInputActorCriticPolicy):
+    """SB3's ``MultiInputActorCriticPolicy`` (PPO, A2C on dict observations), sparse."""
+
+
 class SparseDQNPolicy(SparsePolicyMixin, DQNPolicy):
     """SB3's :class:`DQNPolicy` with a sparse, evolving Q-network (``q_net``; its target ``q_net_target``
     follows its masks)."""
@@ -96,6 +100,7 @@ __all__ = [
     "SparseActorCriticPolicy",
     "SparseCnnDQNPolicy",
     "SparseDQNPolicy",
+    "SparseMultiInputActorCriticPolicy",
     "SparseMultiInputSACPolicy",
     "SparseMultiInputTD3Policy",
 ]
