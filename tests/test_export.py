@@ -5,7 +5,7 @@ import sys
 import gymnasium as gym
 import numpy as np
 import pytest
-from stable_baselines3 import PPO, SAC, TD3
+from stable_baselines3 import DQN, PPO, SAC, TD3
 from torch import nn
 
 from sparse_rl import SparseSACPolicy, SparseTD3Policy
@@ -205,14 +205,14 @@ def test_bad_input(tmp_path, capsys):
         ([tmp_path / "missing", "--format", "c", "--out", out], "does not exist"),
         ([tmp_path / "garbage.zip", "--format", "c", "--out", out], "not a readable SB3 model zip"),
         ([tmp_path / "norun", "--format", "c", "--out", out], "has no config.yaml"),
-        ([tmp_path / "ppo.zip", "--format", "c", "--out", out], "only SAC/TD3"),
-        ([tmp_path / "ppo.zip", "--verify-on", "qemu-cortex-m4"], "--verify-on needs a run directory"),
+        ([tmp_path / "dqn.zip", "--format", "c", "--out", out], "only continuous-action policies"),
+        ([tmp_path / "dqn.zip", "--verify-on", "qemu-cortex-m4"], "--verify-on needs a run directory"),
         ([tmp_path / "norun", "--verify-on", "qemu-cortex-m4", "--quantize", "int4"], "--quantize must be one of"),
         ([tmp_path / "norun", "--verify-on", "qemu-cortex-m4", "--steps", "0"], "--steps must be positive"),
     ]
     (tmp_path / "garbage.zip").write_bytes(b"PK\x03\x04 definitely not a zip")
     (tmp_path / "norun").mkdir()
-    PPO("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=32).save(tmp_path / "ppo.zip")
+    DQN("MlpPolicy", "CartPole-v1").save(tmp_path / "dqn.zip")  # an argmax: not exportable (continuous PPO is)
     for argv, needle in cases:
         code, lines = run_cli(argv, capsys)
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (argv, lines)
