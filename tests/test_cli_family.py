@@ -13,9 +13,9 @@ from sparse_rl.models import load_run_model
 
 #: (algo, env, extra flags): tiny budgets, topology updates every 10 optimizer steps
 CASES = {
-    "ddpg": ("Pendulum", ["--set", "learning_starts=100"]),
-    "tqc": ("Pendulum", ["--set", "learning_starts=100"]),
-    "crossq": ("Pendulum", ["--set", "learning_starts=100"]),
+    "ddpg": ("Pendulum", ["--set", "learning_starts=100", "--set", "batch_size=32"]),
+    "tqc": ("Pendulum", ["--set", "learning_starts=100", "--set", "batch_size=32"]),
+    "crossq": ("Pendulum", ["--set", "learning_starts=100", "--set", "batch_size=32"]),
     "ppo": ("CartPole-v1", ["--set", "n_envs=1", "--set", "n_steps=64", "--set", "n_epochs=2", "--set", "batch_size=32"]),
     "a2c": ("CartPole-v1", ["--set", "n_envs=1"]),
     "dqn": ("CartPole-v1", ["--set", "learning_starts=100", "--set", "train_freq=1", "--set", "gradient_steps=1"]),
@@ -27,12 +27,13 @@ CASES = {
 def _argv(case: str, steps: int) -> list[str]:
     env, extra = CASES[case]
     return ["--algo", case.split("-")[0], "--env", env, *extra, "--n-timesteps", str(steps), "--set", "update_interval=10",
+            "--set", "backend=sparse",  # CSR where it applies, and no per-machine timing of new layer shapes
             "--set", "net_arch=[32,32]" if "minatar" not in case else "net_arch=[32]", "--no-progress"]
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_each_algorithm_trains_evaluates_and_resumes_exactly(case, tmp_path, capsys):
-    argv = [*_argv(case, 400), "--set", "checkpoint_freq=200", "--save-replay-buffer", "--eval-freq", "200",
+    argv = [*_argv(case, 300), "--set", "checkpoint_freq=150", "--save-replay-buffer", "--eval-freq", "150",
             "--eval-episodes", "1"]
     code, _, err = run_cli(train, [*argv, "--run-dir", tmp_path / "a"], capsys)
     assert code == 0, err
@@ -42,7 +43,7 @@ def test_each_algorithm_trains_evaluates_and_resumes_exactly(case, tmp_path, cap
     assert all(abs(n["density"] - 0.1) < 0.02 for n in nets.values()) and "critic_density" in summary["final_eval"]
     with pytest.raises(KeyboardInterrupt):
         train.train(train.build_parser().parse_args([str(a) for a in [*argv, "--run-dir", tmp_path / "b"]]),
-                    extra_callbacks=[Crash(300)])
+                    extra_callbacks=[Crash(220)])
     code, _, err = run_cli(train, ["--resume", tmp_path / "b", "--no-progress"], capsys)
     assert code == 0, err
     a, b = load_run_model(tmp_path / "a"), load_run_model(tmp_path / "b")

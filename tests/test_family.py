@@ -54,7 +54,7 @@ CASES = {
 }
 
 
-def _build(case: str, backend: str = "auto", **policy_kwargs):
+def _build(case: str, backend: str = "sparse", **policy_kwargs):
     algo, policy, env, kwargs = CASES[case]
     extra: dict = {"net_arch": [64, 64]}
     if env == "minatar":
@@ -131,9 +131,9 @@ def test_ppo_networks_share_one_optimizer_each_with_its_own_topology():
 def test_dict_observations_with_her_on_a_goal_conditioned_mujoco_task(algo, policy, tmp_path):
     env = gym.make(_point_maze(), max_episode_steps=50)
     model = algo(policy, env, replay_buffer_class=HerReplayBuffer, replay_buffer_kwargs=dict(n_sampled_goal=4),
-                 learning_starts=100, batch_size=32, seed=0, device="cpu",
-                 policy_kwargs=dict(net_arch=[64, 64], update_interval=10, drop_schedule="constant"))
-    model.learn(300)
+                 learning_starts=50, batch_size=32, seed=0, device="cpu",
+                 policy_kwargs=dict(net_arch=[32, 32], update_interval=10, drop_schedule="constant", backend="sparse"))
+    model.learn(150)
     _check_invariants(model)
     assert all(abs(s["density"] - 0.1) < 0.01 for s in sparsity_report(model).values())
     obs = {k: v[None] for k, v in env.observation_space.sample().items()}

@@ -12,7 +12,7 @@ from sparse_rl import SparseActorCriticPolicy, sparsity_report
 HYPERPARAMS = """\
 CartPole-v1:
   n_envs: 2
-  n_timesteps: 1024
+  n_timesteps: 512
   policy: 'sparse_rl.SparseActorCriticPolicy'
   n_steps: 64
   batch_size: 64
@@ -27,7 +27,7 @@ def test_rl_zoo3_trains_and_enjoys_a_sparse_policy_named_in_its_yaml(tmp_path):
              "-f", "logs", "--seed", "0", "--device", "cpu"]
     done = subprocess.run(train, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    enjoy = [sys.executable, "-m", "rl_zoo3.enjoy", "--algo", "ppo", "--env", "CartPole-v1", "-f", "logs", "-n", "100",
+    enjoy = [sys.executable, "-m", "rl_zoo3.enjoy", "--algo", "ppo", "--env", "CartPole-v1", "-f", "logs", "-n", "50",
              "--no-render", "--device", "cpu"]
     done = subprocess.run(enjoy, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0 and "Mean reward" in done.stdout, done.stderr[-2000:]
