@@ -390,7 +390,7 @@ def validate(config: TrainConfig) -> None:
             raise ConfigError(f"{', '.join(given)}: replay options do not apply to on-policy PPO/A2C (no replay buffer); "
                               "they work with sac and td3")
         return
-    if not isinstance(config, (SACConfig, TD3Config)) or isinstance(config, (TQCConfig, CrossQConfig)):
+    if type(config) not in (SACConfig, TD3Config):  # REPLAY_OPTION_ALGOS' configs
         given = [k for k in ("dynamic_buffer", "n_step_delay") if getattr(config, k)]
         given += ["n_steps"] if config.n_steps > 1 else []
         if given:

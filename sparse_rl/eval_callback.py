@@ -62,9 +62,8 @@ def evaluate(model: BaseAlgorithm, env: VecEnv, episodes: int) -> dict[str, Any]
     once the replay buffer has data, dormant-neuron fractions and the critic's gradient SNR."""
     returns, _ = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=True, return_episode_rewards=True)
     row: dict[str, Any] = {"episodes": episodes, **return_stats(returns)}
-    report = sparsity_report(model)
-    if "q_net" in report:  # DQN's Q-network fills the critic columns
-        report = {"critic": report["q_net"]}
+    column = {"q_net": "critic"}  # DQN's Q-network fills the critic columns
+    report = {column.get(net, net): stats for net, stats in sparsity_report(model).items()}
     for net in report:
         row[f"{net}_density"] = report[net]["density"]
         row[f"{net}_itop_rate"] = report[net]["itop_rate"]
@@ -74,7 +73,7 @@ def evaluate(model: BaseAlgorithm, env: VecEnv, episodes: int) -> dict[str, Any]
     distance = getattr(model.policy, "topology_distance", None)
     if distance is not None:  # sparse policies: how far the topology has travelled from its start (NNSTD)
         for net, d in distance().items():
-            row[f"{'critic' if net == 'q_net' else net}_nnstd_init"] = d["total"]
+            row[f"{column.get(net, net)}_nnstd_init"] = d["total"]
     return row
 
 

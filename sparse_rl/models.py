@@ -75,19 +75,6 @@ def algo_classes(algo: str) -> tuple[type[BaseAlgorithm], type]:
     return algo_cls, getattr(sparse_rl.agents, policy)
 
 
-class _Algos(dict):
-    """``ALGOS[algo]``: ``(algorithm class, sparse policy class)``, imported on first use."""
-
-    def __missing__(self, algo: str) -> tuple[type[BaseAlgorithm], type]:
-        if algo not in ALGO_CLASSES:
-            raise KeyError(algo)
-        self[algo] = algo_classes(algo)
-        return self[algo]
-
-
-ALGOS: dict[str, tuple[type[BaseAlgorithm], type]] = _Algos()
-
-
 def check_device(device: str) -> str:
     """``device`` if torch can train on it here (``cpu``, ``cuda``, ``cuda:<i>``, ``mps`` or SB3's ``auto``)."""
     allowed = "allowed: cpu, cuda, cuda:<index>, mps, auto"
@@ -153,7 +140,7 @@ def build_model(
     algo: str, config: TrainConfig, env: VecEnv, seed: int, device: str = "cpu", tensorboard_log: str | None = None
 ) -> BaseAlgorithm:
     """An SB3 model of ``algo`` with the sparse policy (or SB3's dense one when ``config.dense``)."""
-    algo_cls, sparse_policy = ALGOS[algo]
+    algo_cls, sparse_policy = algo_classes(algo)
     policy_kwargs: dict[str, Any] = {"net_arch": list(config.net_arch)}
     if config.weight_decay:
         policy_kwargs["optimizer_kwargs"] = {"weight_decay": config.weight_decay}
@@ -245,7 +232,7 @@ def load_model_file(path: Path, env: VecEnv | None = None, device: str = "cpu") 
     if algo is None:
         kind = getattr(policy_class, "__name__", policy_class)
         raise RunError(f"{str(path)!r} holds a {kind} model; supported: {', '.join(ALGO_CLASSES)}")
-    algo_cls = ALGOS[algo][0]
+    algo_cls = algo_classes(algo)[0]
     try:
         return bind(algo_cls.load(path, env=env, device=device, force_reset=False))
     except Exception as err:
@@ -264,7 +251,7 @@ def load_run_model(run_dir: Path, env: VecEnv | None = None, device: str = "cpu"
         if checkpoint is None:
             raise RunError(f"run {str(run_dir)!r} has no model yet (no {MODEL_FILE} nor checkpoint)")
         path = checkpoint.model_path
-    algo_cls = ALGOS[info["algo"]][0]
+    algo_cls = algo_classes(info["algo"])[0]
     try:
         return bind(algo_cls.load(path, env=env, device=device, force_reset=False))
     except Exception as err:

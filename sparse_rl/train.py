@@ -60,7 +60,7 @@ from sparse_rl.envs import EnvError, make_env
 from sparse_rl.envs.wrappers import sync_permutation
 from sparse_rl.eval_callback import SparseEvalCallback
 from sparse_rl.features import FEATURES_FILE, evaluation_fields, rewind_features
-from sparse_rl.models import ALGOS, bind, build_model, summary
+from sparse_rl.models import algo_classes, bind, build_model, summary
 from sparse_rl.numerics import NumericsError, check_pinned, pinned_environment
 from sparse_rl.plot import plot_runs
 from sparse_rl.run_directory import (
@@ -151,7 +151,7 @@ def _train(args: argparse.Namespace, plan: Plan, extra_callbacks: list[BaseCallb
             model = build_model(algo, config, env, seed, device=args.device, tensorboard_log=tb)
         else:
             print(f"resuming {run_dir} from {checkpoint.describe()}", file=sys.stderr)
-            model = bind(ALGOS[algo][0].load(checkpoint.model_path, env=env, device=args.device, force_reset=False))
+            model = bind(algo_classes(algo)[0].load(checkpoint.model_path, env=env, device=args.device, force_reset=False))
             model.tensorboard_log = tb
             restore_checkpoint_state(model, checkpoint)
             if not checkpoint.has_replay_buffer and model.num_timesteps < config.n_timesteps:

@@ -65,9 +65,8 @@ def _set_core_state(core: gym.Env, state: dict[str, Any]) -> None:
         game.last_action = saved["last_action"]
         game.random.set_state(saved["random"])
         game.env.random.set_state(saved["env_random"])
-        for k, v in saved["env"].items():
-            setattr(game.env, k, copy.deepcopy(v.tolist() if isinstance(v, np.ndarray) and
-                                               not isinstance(getattr(game.env, k, None), np.ndarray) else v))
+        for k, v in saved["env"].items():  # checkpoint data keeps lists as lists and arrays as arrays
+            setattr(game.env, k, copy.deepcopy(v))
     else:
         core.state = copy.deepcopy(state["state"])
         if "last_u" in state:

@@ -64,8 +64,7 @@ def connect_mask(mask: torch.Tensor) -> torch.Tensor:
         row_deg, col_deg = new.sum(dim=(1, 2)), new.sum(dim=(0, 2))
         spare = new & (col_deg >= 2)[None, :, None]  # never the one just made, nor any input's only connection
         score = (col_deg[None, :, None] * (out + 1) + row_deg[:, None, None]
-                 + (row_deg >= 2)[:, None, None] * (out + 1) * (out + 1)) * 1
-        score = score.expand_as(new)
+                 + (row_deg >= 2)[:, None, None] * (out + 1) * (out + 1)).expand_as(new)
         new.view(-1)[int(torch.where(spare, score, -1).reshape(-1).argmax())] = False
     return new.view(mask.shape)
 
