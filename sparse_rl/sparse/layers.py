@@ -359,21 +359,13 @@ class SparseLinear(MaskedLinear):
         like them are re-laid out for the new structure (kept connections keep theirs, the rest start at 0)."""
         mask = mask.to(device=self.mask.device, dtype=torch.bool).clone()
         old = self.structure()
-        source = torch.full((self.mask.numel(),), -1, dtype=torch.int64, device=mask.device)
-        source[old.index] = torch.arange(old.nnz, device=mask.device)
-        if changed is not None:
-            source[changed.reshape(-1).to(mask.device)] = -1
         self.mask.copy_(mask)
         self.explored.logical_or_(mask)
         new = self.structure()
-        src = source[new.index]
-        keep = src >= 0
-        src_kept = src[keep]
+        keep, src_kept = _relayout_map(old.index, new.index, mask.numel(), changed)
 
         def relayout(t: torch.Tensor) -> torch.Tensor:
-            out = t.new_zeros(new.nnz)
-            out[keep] = t[src_kept]
-            return out
+            return _relayout(t, keep, src_kept)
 
         slots = optimizer.state.get(self.values, {}) if optimizer is not None else {}
         for name, slot in list(slots.items()):
@@ -461,6 +453,25 @@ class SparseLinear(MaskedLinear):
         return f"{super().extra_repr()}, storage=sparse"
 
 
+def _relayout_map(old_index: torch.Tensor, new_index: torch.Tensor, numel: int,
+                  changed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values stored at the flat positions ``old_index``, re-laid out at ``new_index``: ``(keep, source)``, where
+    ``keep`` marks the new values that come from an old one (kept, not ``changed``) and ``source`` says which."""
+    source = torch.full((numel,), -1, dtype=torch.int64, device=old_index.device)
+    source[old_index] = torch.arange(old_index.numel(), device=old_index.device)
+    if changed is not None:
+        source[changed.reshape(-1).to(old_index.device)] = -1
+    src = source[new_index]
+    keep = src >= 0
+    return keep, src[keep]
+
+
+def _relayout(t: torch.Tensor, keep: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    out = t.new_zeros(keep.numel())
+    out[keep] = t[source]
+    return out
+
+
 @torch.no_grad()
 def follow_loaded_mask(layer: MaskedLinear, old_mask: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
     """After ``load_state_dict`` gave ``layer`` a mask other than ``old_mask``, make ``optimizer``'s slots of its
@@ -476,13 +487,7 @@ def follow_loaded_mask(layer: MaskedLinear, old_mask: torch.Tensor, optimizer: t
                 slot.masked_fill_(changed, 0)
         return
     old_index = old_mask.reshape(-1).nonzero().squeeze(1)
-    source = torch.full((old_mask.numel(),), -1, dtype=torch.int64, device=old_mask.device)
-    source[old_index] = torch.arange(old_index.numel(), device=old_mask.device)
-    source[changed.reshape(-1)] = -1
-    src = source[layer.mask.reshape(-1).nonzero().squeeze(1)]
-    keep = src >= 0
+    keep, src_kept = _relayout_map(old_index, layer.structure().index, old_mask.numel(), changed)
     for name, slot in list(state.items()):
         if isinstance(slot, torch.Tensor) and slot.dim() == 1 and slot.numel() == old_index.numel():
-            new = slot.new_zeros(src.numel())
-            new[keep] = slot[src[keep]]
-            state[name] = new
+            state[name] = _relayout(slot, keep, src_kept)
