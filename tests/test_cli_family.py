@@ -51,6 +51,15 @@ def test_each_algorithm_trains_evaluates_and_resumes_exactly(case, tmp_path, cap
     assert_same_policy(a, b)
     code, _, err = run_cli(evaluate, [tmp_path / "a", "--episodes", "1"], capsys)
     assert code == 0, err
+    if case in ("dqn", "dqn-minatar", "ppo"):  # a discrete policy exports its argmax, and it runs on a Cortex-M4
+        from sparse_rl.export import cli as export_cli
+        from sparse_rl.export.qemu import missing_tools
+
+        code, _, err = run_cli(export_cli, [tmp_path / "a", "--format", "c", "--out", tmp_path / "c"], capsys)
+        assert code == 0 and "int sparse_rl_policy_act(const float *obs);" in (tmp_path / "c" / "policy.h").read_text()
+        if not missing_tools():
+            code, out, err = run_cli(export_cli, [tmp_path / "a", "--verify-on", "qemu-cortex-m4", "--steps", "40"], capsys)
+            assert code == 0 and "within the bound" in out, (out, err)
 
 
 @pytest.mark.parametrize("argv, needle", [

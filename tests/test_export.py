@@ -205,14 +205,14 @@ def test_bad_input(tmp_path, capsys):
         ([tmp_path / "missing", "--format", "c", "--out", out], "does not exist"),
         ([tmp_path / "garbage.zip", "--format", "c", "--out", out], "not a readable SB3 model zip"),
         ([tmp_path / "norun", "--format", "c", "--out", out], "has no config.yaml"),
-        ([tmp_path / "dqn.zip", "--format", "c", "--out", out], "only continuous-action policies"),
-        ([tmp_path / "dqn.zip", "--verify-on", "qemu-cortex-m4"], "--verify-on needs a run directory"),
+        ([tmp_path / "sde.zip", "--format", "c", "--out", out], "unsupported policy: SAC with gSDE"),
+        ([tmp_path / "sde.zip", "--verify-on", "qemu-cortex-m4"], "--verify-on needs a run directory"),
         ([tmp_path / "norun", "--verify-on", "qemu-cortex-m4", "--quantize", "int4"], "--quantize must be one of"),
         ([tmp_path / "norun", "--verify-on", "qemu-cortex-m4", "--steps", "0"], "--steps must be positive"),
     ]
     (tmp_path / "garbage.zip").write_bytes(b"PK\x03\x04 definitely not a zip")
     (tmp_path / "norun").mkdir()
-    DQN("MlpPolicy", "CartPole-v1").save(tmp_path / "dqn.zip")  # an argmax: not exportable (continuous PPO is)
+    SAC("MlpPolicy", "Pendulum-v1", use_sde=True).save(tmp_path / "sde.zip")
     for argv, needle in cases:
         code, lines = run_cli(argv, capsys)
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (argv, lines)
@@ -531,10 +531,97 @@ def test_the_sb3_family_exports_with_parity_in_every_format(algo, tmp_path):
     assert np.abs(c.act(obs) - expected).max() <= tol
 
 
-def test_discrete_policies_are_refused_with_a_reason():
-    from stable_baselines3 import DQN
+def _discrete_model(case):
+    """A briefly trained sparse DQN (vector observations, or MinAtar's convolution) or discrete PPO, or an
+    untrained sparse DQN ``CnnPolicy`` (NatureCNN on 3x40x44 uint8 images, SB3's /255 folded into the export)."""
+    import gymnasium as gym
 
-    from sparse_rl import SparseDQNPolicy
+    from sparse_rl import SparseActorCriticPolicy, SparseCnnDQNPolicy, SparseDQNPolicy
+    from sparse_rl.agents.extractors import MinAtarCNN
+    from sparse_rl.envs import make_env
 
-    with pytest.raises(ExportError, match="only continuous-action policies"):
-        extract_actor(DQN(SparseDQNPolicy, "CartPole-v1", device="cpu"))
+    rng = np.random.default_rng(0)
+    if case == "nature":
+        import torch
+
+        from sparse_rl.sparse.networks import masked_layers
+
+        torch.manual_seed(0)
+        space = gym.spaces.Box(0, 255, (3, 40, 44), np.uint8)
+        policy = SparseCnnDQNPolicy(space, gym.spaces.Discrete(5), lambda _: 1e-3,
+                                    features_extractor_kwargs=dict(features_dim=64))
+        # at 90% sparsity SB3's init leaves the three convolutions' output almost constant: He-scaled weights
+        # on each mask, so that the Q-values (and their argmax) depend on the image
+        with torch.no_grad():
+            for layer in masked_layers(policy.q_net):
+                fan_in = layer.mask.reshape(layer.mask.shape[0], -1).sum(1).float().mean()
+                layer.weight.copy_(torch.randn_like(layer.weight) * (2 / fan_in).sqrt() * layer.mask)
+        return policy, rng.integers(0, 256, (200, 3, 40, 44)).astype(np.uint8)
+    if case == "minatar":
+        env = make_env("MinAtar/Breakout-v1", n_envs=1, seed=0)
+        model = DQN(SparseCnnDQNPolicy, env, seed=2, learning_starts=100, buffer_size=500, device="cpu",
+                    policy_kwargs=dict(features_extractor_class=MinAtarCNN, net_arch=[64], backend="sparse"))
+        model.learn(200)
+        return model.policy, rng.uniform(size=(200, 10, 10, 4)) > 0.7
+    algo = DQN if case == "dqn" else PPO
+    kwargs = dict(learning_starts=100) if case == "dqn" else dict(n_steps=128, batch_size=64)
+    model = algo(SparseDQNPolicy if case == "dqn" else SparseActorCriticPolicy, "CartPole-v1", seed=3, device="cpu",
+                 policy_kwargs=dict(net_arch=[64, 64], backend="sparse"), **kwargs)
+    model.learn(300)
+    return model.policy, rng.uniform(-10, 10, (500, 4)).astype(np.float32)
+
+
+def _torch_scores(policy, obs):
+    import torch
+
+    with torch.no_grad():
+        x = policy.obs_to_tensor(obs)[0]
+        if hasattr(policy, "q_net"):
+            return policy.q_net(x).numpy()
+        return policy.get_distribution(x).distribution.logits.numpy()
+
+
+@pytest.mark.parametrize("case", ["dqn", "ppo", "minatar", "nature"])
+def test_discrete_policies_export_their_argmax_in_every_format(case, tmp_path):
+    """DQN's argmax of Q and discrete PPO's most likely action, with vector observations and with MinAtar's and
+    SB3's NatureCNN convolutions (kept sparse, taps stored as input offsets): the graph computes torch's
+    scores, and the sparse file, ONNX and C (float32) pick torch's action; int8 C picks it on at least 95%."""
+    import onnxruntime as ort
+
+    policy, obs = _discrete_model(case)
+    expected = policy.predict(obs, deterministic=True)[0]
+    flat = obs.reshape(len(obs), -1).astype(np.float32)
+    graph = extract_actor(policy)
+    assert graph.discrete and graph.act_dim == policy.action_space.n and graph.stats()["density"] < 0.2
+    assert len(set(expected.tolist())) > 1  # the scores are not flat: the argmax is a real check
+    scores = _torch_scores(policy, obs)  # torch's Categorical normalises logits: compare differences to the first
+    mine = graph.scores(flat)
+    assert np.abs((mine - mine[:, :1]) - (scores - scores[:, :1])).max() <= 1e-5 * max(1.0, np.abs(scores).max())
+    assert np.array_equal(graph.forward(flat), expected)
+    cli.export(graph, "sparse", tmp_path / "p.npz")
+    assert np.array_equal(SparsePolicy.load(tmp_path / "p.npz").act(flat), expected)
+    cli.export(graph, "onnx", tmp_path / "p.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "p.onnx"), providers=["CPUExecutionProvider"])
+    assert np.array_equal(sess.run(None, {"obs": flat})[0], expected)
+    for quantize in ("none", "int8"):
+        cli.export(graph, "c", tmp_path / quantize, quantize=quantize)
+        assert "int sparse_rl_policy_act(const float *obs);" in (tmp_path / quantize / "policy.h").read_text()
+        c = CPolicy(tmp_path / quantize, "sparse_rl_policy", graph.obs_dim, graph.act_dim, extra_flags=["-Werror"],
+                    discrete=True)
+        differ = np.mean(c.act(flat) != expected)
+        assert differ <= cli.VERIFY_DISCRETE_TOL[quantize], (quantize, differ)
+    assert any("argmax of" in line for line in cli.report(graph)) if case == "dqn" else True
+
+
+def test_unsupported_discrete_and_observation_spaces_are_refused_with_a_reason():
+    import gymnasium as gym
+    from stable_baselines3.common.policies import MultiInputActorCriticPolicy
+
+    from sparse_rl import SparseActorCriticPolicy
+
+    multi = SparseActorCriticPolicy(gym.spaces.Box(-1, 1, (4,)), gym.spaces.MultiDiscrete([2, 3]), lambda _: 1e-3)
+    with pytest.raises(ExportError, match="only Box .continuous. and Discrete action spaces"):
+        extract_actor(multi)
+    spaces = gym.spaces.Dict({"a": gym.spaces.Box(-1, 1, (2,)), "b": gym.spaces.Box(-1, 1, (3,))})
+    with pytest.raises(ExportError, match="only Box observations"):
+        extract_actor(MultiInputActorCriticPolicy(spaces, gym.spaces.Discrete(2), lambda _: 1e-3))

@@ -8,7 +8,8 @@
     python -m sparse_rl.export runs/cheetah --verify-on qemu-cortex-m4 [--quantize int8]  # C on an emulated M4
     python -m sparse_rl.export runs/cheetah --target cortex-m4 --flash 12K --ram 4K [--quantize int8]  # fits?
 
-The input is a run directory or an SB3 ``.zip`` of a SAC, TD3, DDPG, TQC, CrossQ or continuous PPO/A2C model.
+The input is a run directory or an SB3 ``.zip`` of a SAC, TD3, DDPG, TQC, CrossQ, PPO, A2C or DQN model (vector
+observations, or NatureCNN/MinAtarCNN images); a discrete policy exports its argmax (an action index).
 Outputs are built in a temporary location beside the target and renamed into place, so a failure leaves nothing partial behind.
 """
 
@@ -108,7 +109,8 @@ def c_weight_bytes(graph: ActorGraph, quantize: str = "none", dense: bool = Fals
 
 
 def int8_error(graph: ActorGraph, n: int = 1000, seed: int = 0) -> dict[str, float]:
-    """Error of the int8 export against float32, as fractions of the widest action range."""
+    """Error of the int8 export against float32, as fractions of the widest action range; a discrete policy:
+    the fraction of observations whose action differs (``max`` and ``mean`` both)."""
     import numpy as np
 
     from sparse_rl.export import formats
@@ -118,7 +120,11 @@ def int8_error(graph: ActorGraph, n: int = 1000, seed: int = 0) -> dict[str, flo
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "p8.npz"
         path.write_bytes(formats.sparse_file_bytes(graph, "int8"))
-        diff = np.abs(SparsePolicy.load(path).act(obs) - graph.forward(obs))
+        actions = SparsePolicy.load(path).act(obs)
+    if graph.discrete:
+        differ = float(np.mean(actions != graph.forward(obs)))
+        return {"max": differ, "mean": differ}
+    diff = np.abs(actions - graph.forward(obs))
     span = float(np.max(graph.action_high - graph.action_low))
     return {"max": float(diff.max()) / span, "mean": float(diff.mean()) / span}
 
@@ -128,8 +134,10 @@ def report(graph: ActorGraph) -> list[str]:
     from sparse_rl.export.compile import arm_toolchain, cortex_m4_size
 
     s = graph.stats()
+    what = "Q-network" if graph.algo == "dqn" else "policy" if graph.discrete else "actor"
     lines = [
-        f"actor ({graph.algo}): {graph.obs_dim} -> {' -> '.join(str(l.shape[0]) for l in graph.layers)}, "
+        f"{what} ({graph.algo}): {graph.obs_dim} -> {' -> '.join(str(l.n_out) for l in graph.layers)}"
+        f"{f' -> argmax of {graph.act_dim}' if graph.discrete else ''}, "
         f"nonzeros {s['nonzeros']} of {s['weights']} (density {s['density']:.4f}), MACs {s['macs']} (dense {s['dense_macs']})",
         *([f"inputs read: {graph.obs_dim} of the env's {graph.env_obs_dim} observation features "
            f"({', '.join(str(int(i)) for i in graph.input_index)}); the C function takes these, in this order, the "
@@ -149,11 +157,13 @@ def report(graph: ActorGraph) -> list[str]:
     }
     lines += [f"| {k} | {v} | {v / dense_bytes:.3f} |" for k, v in sizes.items()]
     err = int8_error(graph)
-    lines += [
-        "",
-        f"int8 vs float32 over 1000 observations uniform in [-1, 1]: max abs error {err['max']:.4f}, "
-        f"mean {err['mean']:.5f} (fractions of the action range)",
-    ]
+    lines.append("")
+    if graph.discrete:
+        lines.append(f"int8 vs float32 over 1000 observations uniform in [-1, 1]: the action differs on "
+                     f"{err['mean']:.1%} of them")
+    else:
+        lines.append(f"int8 vs float32 over 1000 observations uniform in [-1, 1]: max abs error {err['max']:.4f}, "
+                     f"mean {err['mean']:.5f} (fractions of the action range)")
     if arm_toolchain() is None:
         lines += ["", "Cortex-M4 sizes: arm-none-eabi-gcc not found (apt-get install gcc-arm-none-eabi)"]
         return lines
@@ -176,6 +186,25 @@ def report(graph: ActorGraph) -> list[str]:
 #: the exported C against torch on a real trajectory: float32 exactly but for rounding, int8 within the bounds
 #: docs/embedded.md documents (fractions of the widest action range)
 VERIFY_TOL = {"none": {"max": 1e-5, "mean": 1e-5}, "int8": {"max": 0.15, "mean": 0.01}}
+#: a discrete policy's C against torch, the fraction of observations whose action differs: float32 never,
+#: except on a near tie (:data:`NEAR_TIE`); int8 on at most 5%
+VERIFY_DISCRETE_TOL = {"none": 0.0, "int8": 0.05}
+#: two best outputs closer than this (relative to the larger's magnitude, at least 1) are a tie float32
+#: rounding may break either way
+NEAR_TIE = 1e-5
+
+
+def discrete_disagreement(graph: ActorGraph, obs: Any, actions: Any, expected: Any) -> tuple[float, float]:
+    """``(differ, beyond ties)``: the fractions of observations on which ``actions`` differ from ``expected``, all
+    of them and those whose two best outputs (the float64 reference's) are not a near tie."""
+    import numpy as np
+
+    scores = np.atleast_2d(graph.scores(obs))
+    top = np.sort(scores, axis=-1)[:, -2:]
+    tie = (top[:, -1] - top[:, 0]) <= NEAR_TIE * np.maximum(1.0, np.abs(top[:, -1])) if top.shape[1] > 1 else \
+        np.zeros(len(scores), dtype=bool)
+    differ = np.asarray(actions).reshape(-1) != np.asarray(expected).reshape(-1)
+    return float(differ.mean()), float((differ & ~tie).mean())
 
 
 def verify_on_target(path: Path, target: str, quantize: str, steps: int, prefix: str) -> tuple[bool, list[str]]:
@@ -202,14 +231,22 @@ def verify_on_target(path: Path, target: str, quantize: str, steps: int, prefix:
         actions = run_on_qemu(graph, obs, quantize, prefix)
     except TargetError as err:
         raise ExportError(str(err)) from None
-    expected = model.predict(obs, deterministic=True)[0]
+    expected = model.predict(obs.reshape(-1, *model.observation_space.shape), deterministic=True)[0]
+    kind = "int8" if quantize == "int8" else "float32"
+    head = (f"{kind} C on QEMU's mps2-an386 (Cortex-M4F, hard float) against torch, {len(obs)} observations of a "
+            f"{info['env']} trajectory")
+    if graph.discrete:
+        differ, beyond = discrete_disagreement(graph, obs, actions, expected)
+        bound = VERIFY_DISCRETE_TOL[quantize]
+        ok = (beyond if quantize == "none" else differ) <= bound
+        rule = "none beyond near ties" if quantize == "none" else f"at most {bound:.0%}"
+        return ok, [f"{head}: the action differs on {differ:.1%} ({beyond:.1%} beyond near ties; bound: {rule}): "
+                    f"{'within' if ok else 'OUTSIDE'} the bound"]
     span = float(np.max(graph.action_high - graph.action_low))
     diff = np.abs(actions - expected) / span
     tol = VERIFY_TOL[quantize]
     ok = bool(diff.max() <= tol["max"] and diff.mean() <= tol["mean"])
-    kind = "int8" if quantize == "int8" else "float32"
-    lines = [f"{kind} C on QEMU's mps2-an386 (Cortex-M4F, hard float) against torch, {len(obs)} observations of a "
-             f"{info['env']} trajectory: max error {diff.max():.3g}, mean {diff.mean():.3g} of the action range "
+    lines = [f"{head}: max error {diff.max():.3g}, mean {diff.mean():.3g} of the action range "
              f"(bounds {tol['max']:g}, {tol['mean']:g}): {'within' if ok else 'OUTSIDE'} the bounds"]
     return ok, lines
 
@@ -254,7 +291,7 @@ def check_budget(graph: ActorGraph, flash: int | None, ram: int | None, quantize
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sparse_rl.export",
-                                description="Export a trained actor (SAC, TD3, DDPG, TQC, CrossQ, PPO, A2C).")
+                                description="Export a trained policy (SAC, TD3, DDPG, TQC, CrossQ, PPO, A2C, DQN).")
     p.add_argument("path", type=Path, help="run directory or SB3 .zip")
     p.add_argument("--format", choices=FORMATS, help="sparse (.npz), onnx, or c (directory with policy.h/policy.c)")
     p.add_argument("--out", type=Path, help="output file (sparse, onnx) or directory (c)")

@@ -22,9 +22,11 @@ def _run(cmd: list[str]) -> str:
 
 
 class CPolicy:
-    """The generated C compiled by the host ``gcc`` into a shared library, called through ctypes."""
+    """The generated C compiled by the host ``gcc`` into a shared library, called through ctypes; ``discrete``:
+    the function returns an action index (``int <prefix>_act(const float *obs)``)."""
 
-    def __init__(self, c_dir: Path, prefix: str, obs_dim: int, act_dim: int, extra_flags: list[str] | None = None):
+    def __init__(self, c_dir: Path, prefix: str, obs_dim: int, act_dim: int, extra_flags: list[str] | None = None,
+                 discrete: bool = False):
         self._tmp = tempfile.TemporaryDirectory()
         lib = Path(self._tmp.name) / "libpolicy.so"
         self.warnings = _run(
@@ -32,15 +34,17 @@ class CPolicy:
         )
         self._lib = ctypes.CDLL(str(lib))
         self._fn = getattr(self._lib, f"{prefix}_act")
-        self._fn.restype = None
-        self._fn.argtypes = [ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_float)]
-        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self._fn.restype = ctypes.c_int if discrete else None
+        self._fn.argtypes = [ctypes.POINTER(ctypes.c_float)] + ([] if discrete else [ctypes.POINTER(ctypes.c_float)])
+        self.obs_dim, self.act_dim, self.discrete = obs_dim, act_dim, discrete
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         obs = np.ascontiguousarray(obs, dtype=np.float32)
         batch = obs.reshape(-1, self.obs_dim)
-        out = np.empty((len(batch), self.act_dim), dtype=np.float32)
         fptr = ctypes.POINTER(ctypes.c_float)
+        if self.discrete:
+            return np.array([self._fn(row.ctypes.data_as(fptr)) for row in batch], dtype=np.int64).reshape(obs.shape[:-1])
+        out = np.empty((len(batch), self.act_dim), dtype=np.float32)
         for i in range(len(batch)):
             self._fn(batch[i].ctypes.data_as(fptr), out[i].ctypes.data_as(fptr))
         return out.reshape((*obs.shape[:-1], self.act_dim))

@@ -13,7 +13,7 @@ import re
 import numpy as np
 
 from sparse_rl.export.graph import ActorGraph, ExportError, Layer, int8_bias, pack_bits, quantize_rows
-from sparse_rl.export.runtime import FORMAT_NAME, FORMAT_VERSION, offset_bits
+from sparse_rl.export.runtime import FORMAT_NAME, FORMAT_VERSION, index_dtype, offset_bits
 
 QUANTIZE = ("none", "int8")
 
@@ -26,7 +26,11 @@ def sparse_file_bytes(graph: ActorGraph, quantize: str = "none") -> bytes:
     layers_meta = []
     for i, layer in enumerate(graph.layers):
         out, inp = layer.shape
-        entry = {"in": inp, "out": out, "nnz": layer.nnz, "activation": layer.activation}
+        entry: dict = {"in": inp, "out": out, "nnz": layer.nnz, "activation": layer.activation}
+        if layer.conv is not None:  # rows: output channels; columns: kernel taps (see the runtime's docstring)
+            c = layer.conv
+            entry.update(kind="conv", in_shape=list(c.in_shape), layout=c.layout, kernel=list(c.kernel),
+                         stride=list(c.stride))
         if layer.nm() is not None:  # N:M: n values per group of M, each with a log2(M)-bit offset
             values, offsets, n, m = layer.nm_arrays()
             arrays[f"l{i}_offsets"] = pack_bits(offsets, offset_bits(m))
@@ -51,9 +55,10 @@ def sparse_file_bytes(graph: ActorGraph, quantize: str = "none") -> bytes:
             arrays[f"l{i}_values"] = values
             arrays[f"l{i}_bias"] = layer.bias.astype(np.float32)
         layers_meta.append(entry)
+    needs_v2 = graph.discrete or any(layer.conv is not None for layer in graph.layers)
     meta = {
         "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
+        "version": FORMAT_VERSION if needs_v2 else 1,
         "algo": graph.algo,
         "obs_dim": graph.obs_dim,
         "act_dim": graph.act_dim,
@@ -61,8 +66,7 @@ def sparse_file_bytes(graph: ActorGraph, quantize: str = "none") -> bytes:
            if graph.input_index is not None else {}),
         "dtype": "int8" if quantize == "int8" else "float32",
         "squash": graph.squash,
-        "action_low": graph.action_low.tolist(),
-        "action_high": graph.action_high.tolist(),
+        **({} if graph.discrete else {"action_low": graph.action_low.tolist(), "action_high": graph.action_high.tolist()}),
         "layers": layers_meta,
     }
     arrays["meta"] = np.frombuffer(json.dumps(meta, separators=(",", ":")).encode(), dtype=np.uint8)
@@ -96,12 +100,13 @@ def sparse_payload_bytes(graph: ActorGraph, quantize: str = "none") -> int:
 
 # ----------------------------------------------------------------------------------- ONNX
 def onnx_bytes(graph: ActorGraph, opset: int = 17) -> bytes:
-    """A single-file ONNX model ``obs (batch, env_obs_dim) float32 -> action (batch, act_dim)``: it takes the
-    env's whole observation, also where unused inputs were dropped (a Gather picks the used ones).
+    """A single-file ONNX model ``obs (batch, env_obs_dim) float32 -> action (batch, act_dim)`` float32, or for
+    a discrete policy ``-> action (batch,)`` int64 (the index): it takes the env's whole observation, flat (an
+    image flattened in the layout the policy reads it), also where unused inputs were dropped (a Gather
+    picks the used ones).
 
     Weights are stored as dense initializers (ONNX Runtime has no fast sparse GEMM on CPU).
     """
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     nodes, inits = [], []
@@ -111,13 +116,33 @@ def onnx_bytes(graph: ActorGraph, opset: int = 17) -> bytes:
         nodes.append(helper.make_node("Gather", ["obs", "input_index"], ["obs_used"], axis=1))
         x = "obs_used"
     for i, layer in enumerate(graph.layers):
-        inits += [numpy_helper.from_array(layer.weight.T.copy(), f"W{i}"), numpy_helper.from_array(layer.bias, f"b{i}")]
-        nodes.append(helper.make_node("MatMul", [x, f"W{i}"], [f"mm{i}"]))
-        nodes.append(helper.make_node("Add", [f"mm{i}", f"b{i}"], [f"z{i}"]))
+        if layer.conv is not None:  # flat -> (batch, c, h, w) -> Conv -> flat, channels first
+            c = layer.conv
+            ch, h, w = c.in_shape
+            nhwc = c.layout == "hwc"
+            inits.append(numpy_helper.from_array(np.array([-1, *((h, w, ch) if nhwc else (ch, h, w))], np.int64),
+                                                 f"shape{i}"))
+            nodes.append(helper.make_node("Reshape", [x, f"shape{i}"], [f"img{i}"]))
+            x = f"img{i}"
+            if nhwc:
+                nodes.append(helper.make_node("Transpose", [x], [f"nchw{i}"], perm=[0, 3, 1, 2]))
+                x = f"nchw{i}"
+            kernel = layer.weight.reshape(layer.shape[0], ch, *c.kernel)
+            inits += [numpy_helper.from_array(kernel.copy(), f"W{i}"), numpy_helper.from_array(layer.bias, f"b{i}")]
+            nodes.append(helper.make_node("Conv", [x, f"W{i}", f"b{i}"], [f"conv{i}"], kernel_shape=list(c.kernel),
+                                          strides=list(c.stride)))
+            nodes.append(helper.make_node("Flatten", [f"conv{i}"], [f"z{i}"], axis=1))
+        else:
+            inits += [numpy_helper.from_array(layer.weight.T.copy(), f"W{i}"), numpy_helper.from_array(layer.bias, f"b{i}")]
+            nodes.append(helper.make_node("MatMul", [x, f"W{i}"], [f"mm{i}"]))
+            nodes.append(helper.make_node("Add", [f"mm{i}", f"b{i}"], [f"z{i}"]))
         x = f"z{i}"
         if layer.activation != "identity":
             nodes.append(helper.make_node({"relu": "Relu", "tanh": "Tanh"}[layer.activation], [x], [f"a{i}"]))
             x = f"a{i}"
+    if graph.discrete:
+        nodes.append(helper.make_node("ArgMax", [x], ["action"], axis=1, keepdims=0))
+        return _onnx_model(nodes, inits, graph, TensorProto.INT64, ["batch"], opset)
     if graph.squash == "tanh":
         nodes.append(helper.make_node("Tanh", [x], ["squashed"]))
         x = "squashed"
@@ -137,11 +162,18 @@ def onnx_bytes(graph: ActorGraph, opset: int = 17) -> bytes:
         helper.make_node("Mul", ["shifted", "half_range"], ["scaled"]),
         helper.make_node("Add", ["scaled", "low"], ["action"]),
     ]
+    return _onnx_model(nodes, inits, graph, TensorProto.FLOAT, ["batch", graph.act_dim], opset)
+
+
+def _onnx_model(nodes: list, inits: list, graph: ActorGraph, action_type: int, action_shape: list, opset: int) -> bytes:
+    import onnx
+    from onnx import TensorProto, helper
+
     g = helper.make_graph(
         nodes,
         "sparse_rl_actor",
         [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["batch", graph.env_obs_dim])],
-        [helper.make_tensor_value_info("action", TensorProto.FLOAT, ["batch", graph.act_dim])],
+        [helper.make_tensor_value_info("action", action_type, action_shape)],
         inits,
     )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="sparse_rl")
@@ -199,33 +231,49 @@ def c_sources(
     _check_quantize(quantize)
     prefix = check_prefix(prefix)
     up = prefix.upper()
-    width = max(layer.shape[0] for layer in graph.layers[:-1]) if len(graph.layers) > 1 else 1
+    if graph.layers[-1].conv is not None:
+        raise ExportError("a policy whose last layer is a convolution cannot be exported to C")
+    scratch_layers = graph.layers if graph.discrete else graph.layers[:-1]  # an argmax reads the last layer's outputs
+    width = max((layer.n_out for layer in scratch_layers), default=1)
     decl: list[str] = []
     body: list[str] = []
-    half = 0.5 * (graph.action_high - graph.action_low)
-    decl.append(f"static const float action_low[{graph.act_dim}] = {{{_c_floats(graph.action_low)}}};")
-    decl.append(f"static const float action_half_range[{graph.act_dim}] = {{{_c_floats(half)}}};")
+    if not graph.discrete:
+        half = 0.5 * (graph.action_high - graph.action_low)
+        decl.append(f"static const float action_low[{graph.act_dim}] = {{{_c_floats(graph.action_low)}}};")
+        decl.append(f"static const float action_half_range[{graph.act_dim}] = {{{_c_floats(half)}}};")
     decl.append(f"static float scratch[2][{width}];")
     nm_loops: set[str] = set()  # the kinds of N:M loop written ("chunk", "stream"), for the variables they need
+    convs = any(layer.conv is not None for layer in graph.layers)
     for i, layer in enumerate(graph.layers):
         out, inp = layer.shape
         src = "obs" if i == 0 else f"scratch[{(i - 1) % 2}]"
         last = i == len(graph.layers) - 1
-        dst = "action" if last else f"scratch[{i % 2}]"
-        decl.append(f"\n/* layer {i}: {inp} -> {out}, {layer.activation}, {layer.nnz} of {inp * out} weights */")
+        dst = "action" if last and not graph.discrete else f"scratch[{i % 2}]"
+        conv = layer.conv
+        what = "" if conv is None else (f"conv {conv.kernel[0]}x{conv.kernel[1]} stride {conv.stride[0]}x{conv.stride[1]} "
+                                         f"on {'x'.join(map(str, conv.in_shape))} ({conv.layout}), ")
+        decl.append(f"\n/* layer {i}: {layer.n_in} -> {layer.n_out}, {what}{layer.activation}, {layer.nnz} of {inp * out} "
+                    "weights */")
         bias = int8_bias(layer.bias) if quantize == "int8" else layer.bias
         decl.append(f"static const float l{i}_bias[{out}] = {{{_c_floats(bias)}}};")
         if quantize == "int8":
             q, scale = quantize_rows(layer.weight)
             decl.append(f"static const float l{i}_scale[{out}] = {{{_c_floats(scale)}}};")
         pre = ""
+        x = src if conv is None else "in"  # a convolution reads its window through ``in``
         if dense:
             w = q if quantize == "int8" else layer.weight
             ctype = "signed char" if quantize == "int8" else "float"
             decl.append(f"static const {ctype} l{i}_w[{inp * out}] = {{{(_c_ints if quantize == 'int8' else _c_floats)(w)}}};")
-            term = f"l{i}_w[r * {inp} + k] * {src}[k]"
+            read = f"{x}[k]"
+            if conv is not None:
+                taps = conv.taps()
+                decl.append(f"static const {_C_INDEX[index_dtype(int(taps.max())).itemsize]} l{i}_tap[{inp}] = "
+                            f"{{{_c_ints(taps)}}};")
+                read = f"in[l{i}_tap[k]]"
+            term = f"l{i}_w[r * {inp} + k] * {read}"
             if quantize == "int8":
-                term = f"(float)l{i}_w[r * {inp} + k] * {src}[k]"
+                term = f"(float)l{i}_w[r * {inp} + k] * {read}"
             loop = f"for (k = 0; k < {inp}; ++k) acc += {term};"
         elif layer.nm() is not None:
             values, offsets, n, m = layer.nm_arrays()
@@ -243,6 +291,9 @@ def c_sources(
             nm_loops.add(kind)
         else:
             indptr, indices, values = layer.csr()
+            if conv is not None:  # a convolution's column indices become offsets into the input from its window
+                indices = conv.taps()[indices.astype(np.int64)]
+                indices = indices.astype(index_dtype(int(indices.max()) if len(indices) else 0))
             decl.append(f"static const {_C_INDEX[indptr.itemsize]} l{i}_ptr[{out + 1}] = {{{_c_ints(indptr)}}};")
             decl.append(
                 f"static const {_C_INDEX[indices.itemsize]} l{i}_idx[{max(len(indices), 1)}] = {{{_c_ints(indices)}}};"
@@ -250,24 +301,37 @@ def c_sources(
             if quantize == "int8":
                 rows, cols = np.nonzero(layer.weight)
                 decl.append(f"static const signed char l{i}_val[{max(len(values), 1)}] = {{{_c_ints(q[rows, cols])}}};")
-                term = f"(float)l{i}_val[k] * {src}[l{i}_idx[k]]"
+                term = f"(float)l{i}_val[k] * {x}[l{i}_idx[k]]"
             else:
                 decl.append(f"static const float l{i}_val[{max(len(values), 1)}] = {{{_c_floats(values)}}};")
-                term = f"l{i}_val[k] * {src}[l{i}_idx[k]]"
+                term = f"l{i}_val[k] * {x}[l{i}_idx[k]]"
             loop = f"for (k = (long)l{i}_ptr[r]; k < (long)l{i}_ptr[r + 1]; ++k) acc += {term};"
         if quantize == "int8":
             init, finish = "0.0f", f"acc = acc * l{i}_scale[r] + l{i}_bias[r];"
         else:
             init, finish = f"l{i}_bias[r]", ""
         act = {"relu": "acc = acc > 0.0f ? acc : 0.0f;", "tanh": "acc = tanhf(acc);", "identity": ""}[layer.activation]
-        if last:
+        if last and not graph.discrete:
             squash = {"tanh": "acc = tanhf(acc);", "clip": "acc = acc < -1.0f ? -1.0f : (acc > 1.0f ? 1.0f : acc);",
                       "none": ""}[graph.squash]
             store = f"{dst}[r] = action_low[r] + (acc + 1.0f) * action_half_range[r];"
         else:
             squash, store = "", f"{dst}[r] = acc;"
-        stmts = " ".join(s for s in (finish, act, squash, store) if s)
         body.append(f"    /* layer {i} */")
+        if conv is not None:
+            oh, ow = conv.out_hw
+            c, _, w_ = conv.in_shape
+            row, col = (w_ * c, c) if conv.layout == "hwc" else (w_, 1)  # elements between rows, columns
+            store = f"{dst}[r * {oh * ow} + oy * {ow} + ox] = acc;"
+            stmts = " ".join(s for s in (finish, act, store) if s)
+            body += [f"    for (r = 0; r < {out}; ++r) for (oy = 0; oy < {oh}; ++oy) for (ox = 0; ox < {ow}; ++ox) {{",
+                     f"        in = {src} + oy * {conv.stride[0] * row} + ox * {conv.stride[1] * col};",
+                     f"        acc = {init};",
+                     f"        {loop}",
+                     f"        {stmts}",
+                     "    }"]
+            continue
+        stmts = " ".join(s for s in (finish, act, squash, store) if s)
         if pre:
             body.append(f"    {pre}")
         body.append(f"    for (r = 0; r < {out}; ++r) {{")
@@ -275,6 +339,12 @@ def c_sources(
         body.append(f"        {loop}")
         body.append(f"        {stmts}")
         body.append("    }")
+    if graph.discrete:
+        scores = f"scratch[{(len(graph.layers) - 1) % 2}]"
+        body += ["    /* the action: the index of the largest output (the first one on a tie, as torch's argmax) */",
+                 "    best = 0;",
+                 f"    for (r = 1; r < {graph.act_dim}; ++r) if ({scores}[r] > {scores}[best]) best = r;",
+                 "    return (int)best;"]
     layout = "dense" if dense else "sparse N:M and CSR" if nm_loops else "sparse CSR"
     kind = layout + (", int8 weights" if quantize == "int8" else ", float32")
     inputs = ""
@@ -283,20 +353,30 @@ def c_sources(
         inputs = (f"\n/* The policy reads {graph.obs_dim} of the env's {graph.env_obs_dim} observation features: obs[j] is "
                   f"the env's\n   observation feature {up}_INPUT_INDEX[j]; the others had no connection left. */\n"
                   f"#define {up}_ENV_OBS_DIM {graph.env_obs_dim}\n#define {up}_INPUT_INDEX {{{index}}}\n")
-    header = f"""/* Generated by sparse_rl.export ({graph.algo.upper()} actor, {kind}). Do not edit. */
+    if graph.discrete:
+        dims = f"#define {up}_OBS_DIM {graph.obs_dim}\n#define {up}_N_ACTIONS {graph.act_dim}"
+        signature = f"int {prefix}_act(const float *obs)"
+        doc = (f"/* Deterministic action for one raw observation (obs[{up}_OBS_DIM], unnormalised, as the policy receives "
+               f"it{', images flattened' if convs else ''}):\n   the index of the action, 0 to {up}_N_ACTIONS - 1. "
+               "Not reentrant (static scratch). */")
+    else:
+        dims = f"#define {up}_OBS_DIM {graph.obs_dim}\n#define {up}_ACT_DIM {graph.act_dim}"
+        signature = f"void {prefix}_act(const float *obs, float *action)"
+        doc = (f"/* Deterministic action for one raw observation (obs[{up}_OBS_DIM], unnormalised, as the env returns it);\n"
+               f"   writes action[{up}_ACT_DIM], already within the env's action bounds. Not reentrant (static scratch). */")
+    what = "Q-network" if graph.algo == "dqn" else "policy" if graph.discrete else "actor"
+    header = f"""/* Generated by sparse_rl.export ({graph.algo.upper()} {what}, {kind}). Do not edit. */
 #ifndef {up}_H
 #define {up}_H
 
-#define {up}_OBS_DIM {graph.obs_dim}
-#define {up}_ACT_DIM {graph.act_dim}
+{dims}
 {inputs}
 #ifdef __cplusplus
 extern "C" {{
 #endif
 
-/* Deterministic action for one raw observation (obs[{up}_OBS_DIM], unnormalised, as the env returns it);
-   writes action[{up}_ACT_DIM], already within the env's action bounds. Not reentrant (static scratch). */
-void {prefix}_act(const float *obs, float *action);
+{doc}
+{signature};
 
 #ifdef __cplusplus
 }}
@@ -312,10 +392,13 @@ void {prefix}_act(const float *obs, float *action);
             "",
             *decl,
             "",
-            f"void {prefix}_act(const float *obs, float *action)",
+            signature,
             "{",
             "    long r, k;",
-            *(["    long g;", "    const unsigned char *p;", "    const float *in;"] if nm_loops else []),
+            *(["    long g;", "    const unsigned char *p;"] if nm_loops else []),
+            *(["    const float *in;"] if nm_loops or convs else []),
+            *(["    long oy, ox;"] if convs else []),
+            *(["    long best;"] if graph.discrete else []),
             *(["    unsigned long w;"] if "chunk" in nm_loops else []),
             *(["    long s;", "    unsigned off, buf, have;"] if "stream" in nm_loops else []),
             "    float acc;",

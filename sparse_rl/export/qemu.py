@@ -85,11 +85,22 @@ def _has_rdimon() -> bool:
     return out.returncode == 0 and Path(out.stdout.strip()).is_file()
 
 
-def _harness(observations: np.ndarray, prefix: str) -> str:
+def _harness(observations: np.ndarray, prefix: str, discrete: bool = False) -> str:
     n, dim = observations.shape
     rows = ",\n".join("    {" + ", ".join(f"{float(v)!r}f" if np.isfinite(v) else "0.0f" for v in row) + "}"
                       for row in observations.astype(np.float32))
     up = prefix.upper()
+    if discrete:
+        act = f"""    int i;
+    for (i = 0; i < {n}; ++i) printf("%d\\n", {prefix}_act(observations[i]));"""
+    else:
+        act = f"""    float action[{up}_ACT_DIM];
+    int i, j;
+    for (i = 0; i < {n}; ++i) {{
+        {prefix}_act(observations[i], action);
+        for (j = 0; j < {up}_ACT_DIM; ++j) printf(j ? " %.9g" : "%.9g", (double)action[j]);
+        printf("\\n");
+    }}"""
     return f"""/* Acts on {n} recorded observations and prints every action (semihosting). */
 #include <stdio.h>
 #include "policy.h"
@@ -100,13 +111,7 @@ static const float observations[{n}][{dim}] = {{
 
 int main(void)
 {{
-    float action[{up}_ACT_DIM];
-    int i, j;
-    for (i = 0; i < {n}; ++i) {{
-        {prefix}_act(observations[i], action);
-        for (j = 0; j < {up}_ACT_DIM; ++j) printf(j ? " %.9g" : "%.9g", (double)action[j]);
-        printf("\\n");
-    }}
+{act}
     printf("done %d\\n", i);
     return 0;
 }}
@@ -116,7 +121,7 @@ int main(void)
 def run_on_qemu(graph: ActorGraph, observations: np.ndarray, quantize: str = "none", prefix: str = "sparse_rl_policy",
                 timeout: float = 300.0) -> np.ndarray:
     """The exported C's actions for ``observations`` (env observations, ``(n, env_obs_dim)``), computed on an
-    emulated Cortex-M4F; ``(n, act_dim)`` float32.
+    emulated Cortex-M4F; ``(n, act_dim)`` float32 (a discrete policy: ``(n,)`` action indices).
 
     :raises TargetError: a tool is missing (naming the Debian package), or the program failed or timed out.
     """
@@ -130,7 +135,7 @@ def run_on_qemu(graph: ActorGraph, observations: np.ndarray, quantize: str = "no
         work = Path(tmp)
         for name, text in formats.c_sources(graph, prefix=prefix, quantize=quantize).items():
             (work / name).write_text(text)
-        (work / "main.c").write_text(_harness(obs, prefix))
+        (work / "main.c").write_text(_harness(obs, prefix, graph.discrete))
         (work / "startup.c").write_text(_STARTUP)
         (work / "mps2.ld").write_text(_LINKER)
         elf = work / "policy.elf"
@@ -148,13 +153,18 @@ def run_on_qemu(graph: ActorGraph, observations: np.ndarray, quantize: str = "no
     lines = ran.stdout.strip().splitlines()
     if ran.returncode != 0 or not lines or lines[-1] != f"done {len(obs)}":
         raise TargetError(f"the program failed on QEMU's {BOARD} (exit {ran.returncode}):\n{ran.stdout[-2000:]}{ran.stderr}")
+    if graph.discrete:
+        return np.array([int(line) for line in lines[:-1]], dtype=np.int64)
     return np.array([[float(v) for v in line.split()] for line in lines[:-1]], dtype=np.float32)
 
 
 def record_observations(model, env_id: str, steps: int, seed: int = 0, env_kwargs: dict | None = None,
                         wrappers: dict | None = None) -> np.ndarray:
     """``steps`` observations of a real trajectory of ``model``'s deterministic policy on its env (resets
-    included), the inputs the deployed policy would see."""
+    included), the inputs the deployed policy would see, flat: ``(steps, observation size)`` (images as the
+    policy reads them, channels first where SB3 transposes them)."""
+    from stable_baselines3.common.preprocessing import maybe_transpose
+
     from sparse_rl.envs import make_env
 
     env = make_env(env_id, n_envs=1, seed=seed, env_kwargs=env_kwargs, wrappers=wrappers)
@@ -162,7 +172,7 @@ def record_observations(model, env_id: str, steps: int, seed: int = 0, env_kwarg
         obs = env.reset()
         seen = []
         for _ in range(steps):
-            seen.append(obs[0].copy())
+            seen.append(np.asarray(maybe_transpose(obs, model.observation_space))[0].reshape(-1))
             action, _ = model.predict(obs, deterministic=True)
             obs, _, _, _ = env.step(action)
     finally:

@@ -14,6 +14,13 @@ little-endian bit stream (uint8, one spare byte at the end). Input column = grou
 ``meta`` holds the format name and version, dims, per-layer activations, the output squashing and the
 action bounds.
 
+Version 2 adds two things. A layer whose meta says ``"kind": "conv"`` is a convolution without padding:
+its rows are output channels and its columns the kernel taps ``(in_channel, ky, kx)`` in that order; meta
+gives ``in_shape`` ``[channels, height, width]``, ``layout`` (``chw`` or ``hwc``: how that input lies in the
+flat array), ``kernel`` and ``stride``; it writes ``out * out_height * out_width`` values, channels first.
+``"squash": "argmax"`` marks a discrete policy: the action is the index of the last layer's largest output
+(DQN's Q-values, PPO's logits), and there are no action bounds.
+
     from sparse_rl.export.runtime import SparsePolicy
     policy = SparsePolicy.load("cheetah.npz")
     action = policy.act(obs)        # raw observation -> action within the env's bounds
@@ -29,8 +36,57 @@ from pathlib import Path
 import numpy as np
 
 FORMAT_NAME = "sparse_rl.policy"
-FORMAT_VERSION = 1
+#: version 1: linear layers and continuous actions; version 2 adds convolutions and discrete (argmax) actions,
+#: and is written only where a policy has them (so files version 1 can express are still written as version 1)
+FORMAT_VERSION = 2
+FORMAT_VERSIONS = (1, 2)
 ACTIVATIONS = ("relu", "tanh", "identity")
+SQUASHES = ("tanh", "clip", "none", "argmax")
+#: how a convolution's input lies in the flat array it reads: channels first (SB3's image layout) or last
+#: (MinAtar's observations, which the MinAtar network permutes itself)
+CONV_LAYOUTS = ("chw", "hwc")
+
+
+def conv_output_hw(in_shape: tuple[int, int, int], kernel: tuple[int, int], stride: tuple[int, int]) -> tuple[int, int]:
+    """Output height and width of a convolution without padding."""
+    _, h, w = in_shape
+    return (h - kernel[0]) // stride[0] + 1, (w - kernel[1]) // stride[1] + 1
+
+
+def _element_strides(in_shape: tuple[int, int, int], layout: str) -> tuple[int, int, int]:
+    c, h, w = in_shape
+    return (h * w, w, 1) if layout == "chw" else (1, w * c, c)
+
+
+def conv_taps(in_shape: tuple[int, int, int], layout: str, kernel: tuple[int, int]) -> np.ndarray:
+    """The flat-input offset of every kernel tap ``(in_channel, ky, kx)``, in the order of the weight's columns
+    (``weight.reshape(out_channels, -1)``), relative to the top-left of the window."""
+    sc, sy, sx = _element_strides(in_shape, layout)
+    ic, ky, kx = np.meshgrid(np.arange(in_shape[0]), np.arange(kernel[0]), np.arange(kernel[1]), indexing="ij")
+    return (ic * sc + ky * sy + kx * sx).reshape(-1).astype(np.int64)
+
+
+def conv_bases(in_shape: tuple[int, int, int], layout: str, kernel: tuple[int, int], stride: tuple[int, int]) -> np.ndarray:
+    """The flat-input offset of every output position's window (row-major over the output)."""
+    _, sy, sx = _element_strides(in_shape, layout)
+    oh, ow = conv_output_hw(in_shape, kernel, stride)
+    oy, ox = np.meshgrid(np.arange(oh), np.arange(ow), indexing="ij")
+    return (oy * stride[0] * sy + ox * stride[1] * sx).reshape(-1).astype(np.int64)
+
+
+def conv_apply(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, in_shape: tuple[int, int, int], layout: str,
+               kernel: tuple[int, int], stride: tuple[int, int]) -> np.ndarray:
+    """A convolution without padding of a batch of flat inputs ``(batch, c*h*w)`` (``layout``) with ``weight``
+    ``(out_channels, c*kh*kw)``: ``(batch, out_channels*oh*ow)``, channels first, in ``x``'s dtype."""
+    taps, bases = conv_taps(in_shape, layout, kernel), conv_bases(in_shape, layout, kernel, stride)
+    w = weight.astype(x.dtype)
+    out = np.empty((len(x), w.shape[0], len(bases)), dtype=x.dtype)
+    chunk = max(1, (1 << 23) // max(len(bases) * len(taps), 1))
+    for s in range(0, len(x), chunk):
+        cols = x[s:s + chunk][:, bases[:, None] + taps[None, :]]  # (batch, positions, taps)
+        out[s:s + chunk] = (cols @ w.T).transpose(0, 2, 1)
+    out += bias.astype(x.dtype)[None, :, None]
+    return out.reshape(len(x), -1)
 
 
 def index_dtype(max_value: int) -> np.dtype:
@@ -133,6 +189,23 @@ def _scaled_values_and_bias(
     return values, check.array(f"l{i}_bias", "f", (out,), where).astype(np.float32)
 
 
+def _conv_meta(check: _Checker, layer: dict, fan_in: int, where: str) -> tuple:
+    """A convolution's ``(in_shape, layout, kernel, stride)`` from its meta, checked against its fan-in."""
+    check.choice(layer, "kind", ("linear", "conv"), where)
+    ints = {}
+    for key, n in (("in_shape", 3), ("kernel", 2), ("stride", 2)):
+        value = layer.get(key)
+        if not (isinstance(value, list) and len(value) == n and all(isinstance(v, int) and v > 0 for v in value)):
+            raise check.fail(f"{where}: {key} must be a list of {n} positive ints, got {value!r}")
+        ints[key] = tuple(value)
+    layout = check.choice(layer, "layout", CONV_LAYOUTS, where)
+    (c, h, w), (kh, kw) = ints["in_shape"], ints["kernel"]
+    if kh > h or kw > w or c * kh * kw != fan_in:
+        raise check.fail(f"{where}: a {kh}x{kw} kernel on a {c}x{h}x{w} input does not have {fan_in} taps or "
+                         "does not fit")
+    return ints["in_shape"], layout, ints["kernel"], ints["stride"]
+
+
 @dataclass
 class SparsePolicy:
     """A loaded policy; layers are expanded to dense float32 matrices for numpy's matmul."""
@@ -144,6 +217,8 @@ class SparsePolicy:
     action_low: np.ndarray
     action_high: np.ndarray
     meta: dict
+    #: per layer, a convolution's ``(in_shape, layout, kernel, stride)`` (``None``: a linear layer)
+    convs: list | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> SparsePolicy:
@@ -164,28 +239,32 @@ class SparsePolicy:
             meta = json.loads(bytes(data["meta"]).decode())
         except (UnicodeDecodeError, ValueError) as err:
             raise PolicyFileError(f"{str(path)!r}: meta is not JSON: {err}") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME or meta.get("version") != FORMAT_VERSION:
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME or meta.get("version") not in FORMAT_VERSIONS:
             got = meta.get("format") if isinstance(meta, dict) else meta
             version = meta.get("version") if isinstance(meta, dict) else None
             raise PolicyFileError(f"{str(path)!r}: unsupported format {got!r} v{version!r}")
         check = _Checker(str(path), data)
         layers = check.meta_list(meta, "layers")
         quantized = check.choice(meta, "dtype", ("float32", "int8")) == "int8"
-        weights, biases, activations = [], [], []
+        weights, biases, activations, convs = [], [], [], []
         width = check.positive_int(meta, "obs_dim", "meta")
         for i, layer in enumerate(layers):
             where = f"layer {i}"
             out, inp = check.positive_int(layer, "out", where), check.positive_int(layer, "in", where)
-            if inp != width:
-                raise PolicyFileError(f"{str(path)!r}: {where} takes {inp} inputs but receives {width}")
+            conv = _conv_meta(check, layer, inp, where) if layer.get("kind", "linear") != "linear" else None
+            reads = int(np.prod(conv[0])) if conv else inp
+            if reads != width:
+                raise PolicyFileError(f"{str(path)!r}: {where} takes {reads} inputs but receives {width}")
             activations.append(check.choice(layer, "activation", ACTIVATIONS, where))
+            convs.append(conv)
+            writes = out * int(np.prod(conv_output_hw(conv[0], conv[2], conv[3]))) if conv else out
             if layer.get("layout", "csr") == "nm":
                 w, bias = _nm_layer(check, layer, i, out, inp, quantized, where)
                 weights.append(w)
                 biases.append(bias)
-                width = out
+                width = writes
                 continue
-            if "layout" in layer:
+            if "layout" in layer and not conv:
                 check.choice(layer, "layout", ("csr", "nm"), where)
             indptr = check.array(f"l{i}_indptr", "u", (out + 1,), where)
             nnz = int(indptr[-1]) if len(indptr) else 0
@@ -202,17 +281,17 @@ class SparsePolicy:
             w[rows, indices.astype(np.int64)] = values
             weights.append(w)
             biases.append(bias)
-            width = out
+            width = writes
         act_dim = check.positive_int(meta, "act_dim", "meta")
         if width != act_dim:
             raise PolicyFileError(f"{str(path)!r}: the last layer has {width} outputs but act_dim is {act_dim}")
-        bounds = []
-        for key in ("action_low", "action_high"):
+        squash = check.choice(meta, "squash", SQUASHES)
+        bounds = [np.zeros(0, np.float32), np.zeros(0, np.float32)] if squash == "argmax" else []
+        for key in ("action_low", "action_high") if squash != "argmax" else ():
             bound = np.asarray(meta.get(key), dtype=np.float32) if isinstance(meta.get(key), list) else None
             if bound is None or bound.shape != (act_dim,):
                 raise PolicyFileError(f"{str(path)!r}: meta {key} must be a list of {act_dim} numbers, got {meta.get(key)!r}")
             bounds.append(bound)
-        squash = check.choice(meta, "squash", ("tanh", "clip", "none"))
         if "input_index" in meta:  # the features of the env's observation the policy reads
             env_dim, index = meta.get("env_obs_dim"), meta.get("input_index")
             n_in = weights[0].shape[1] if weights else 0
@@ -222,17 +301,23 @@ class SparsePolicy:
             if not ok:
                 raise PolicyFileError(f"{str(path)!r}: meta input_index must list {n_in} increasing positions below "
                                       f"env_obs_dim, got {index!r} (env_obs_dim {env_dim!r})")
-        return cls(weights, biases, activations, squash, bounds[0], bounds[1], meta)
+        return cls(weights, biases, activations, squash, bounds[0], bounds[1], meta, convs)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
-        """Actions for one observation or a batch: the env's whole observation ``(env_obs_dim,)``, or, where the
-        export dropped unused inputs, the features it reads ``(obs_dim,)`` (``meta["input_index"]``); float32."""
+        """Actions for one observation or a batch: the env's whole observation ``(env_obs_dim,)`` (an image
+        flattened), or, where the export dropped unused inputs, the features it reads ``(obs_dim,)``
+        (``meta["input_index"]``); float32 actions, or int64 action indices for a discrete policy."""
         x = np.asarray(obs, dtype=np.float32)
         index = self.meta.get("input_index")
         if index is not None and x.shape[-1] == self.meta["env_obs_dim"]:
             x = x[..., np.asarray(index)]
-        for w, b, act in zip(self.weights, self.biases, self.activations):
-            x = _activate(x @ w.T + b, act)
+        batch_shape = x.shape[:-1]
+        x = x.reshape(-1, x.shape[-1])
+        for w, b, act, conv in zip(self.weights, self.biases, self.activations, self.convs or itertools.repeat(None)):
+            x = _activate(conv_apply(x, w, b, *conv) if conv else x @ w.T + b, act)
+        x = x.reshape(*batch_shape, x.shape[-1])
+        if self.squash == "argmax":
+            return np.argmax(x, axis=-1)
         if self.squash == "tanh":
             x = np.tanh(x)
         elif self.squash == "clip":
