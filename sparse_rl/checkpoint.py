@@ -35,7 +35,9 @@ from typing import Any
 import numpy as np
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.vec_env import VecNormalize
 
+from sparse_rl.envs.normalize import normalization_state, set_normalization_state
 from sparse_rl.envs.state import get_env_state, set_env_state
 
 CHECKPOINT_DIR = "checkpoints"
@@ -106,16 +108,30 @@ def from_data(data: Any, arrays: dict[str, np.ndarray]) -> Any:
 
 
 def _training_state(model: BaseAlgorithm) -> dict[str, Any]:
+    venv = model.get_env()
+    normalized = venv if isinstance(venv, VecNormalize) else None
     return {
         "timesteps": int(model.num_timesteps),
         "torch_rng": torch.get_rng_state().numpy(),
         "numpy_rng": np.random.get_state(),
         "random_rng": random.getstate(),
-        "env": get_env_state(model.get_env()),  # type: ignore[arg-type]
+        "env": get_env_state(normalized.venv if normalized is not None else venv),  # type: ignore[arg-type]
         # SB3 reseeds the action space when it loads a model; DQN's epsilon-greedy (and every algorithm before
         # learning_starts) samples from it
         "action_space_rng": json.dumps(model.action_space.np_random.bit_generator.state),
+        # VecNormalize's running statistics (sparse_rl.envs.normalize), for runs that normalise
+        **({"normalize": normalization_state(normalized)} if normalized is not None else {}),
     }
+
+
+def read_checkpoint_state(checkpoint: Checkpoint) -> dict[str, Any]:
+    """The training state saved with ``checkpoint`` (RNG states, env state, normalisation statistics)."""
+    try:
+        with np.load(checkpoint.path / STATE_ARRAYS, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+        return from_data(json.loads((checkpoint.path / STATE_JSON).read_text()), arrays)
+    except (OSError, ValueError, KeyError) as err:
+        raise CheckpointError(f"corrupt checkpoint state in {str(checkpoint.path)!r}: {err}") from None
 
 
 # ----------------------------------------------------------------------------------------- the set
@@ -273,18 +289,20 @@ def restore_checkpoint_state(model: BaseAlgorithm, checkpoint: Checkpoint) -> No
     ``model``, which was loaded from ``checkpoint.model_path``."""
     if checkpoint.has_replay_buffer:
         model.load_replay_buffer(checkpoint.path / REPLAY_BUFFER_FILE)  # type: ignore[attr-defined]
-    try:
-        with np.load(checkpoint.path / STATE_ARRAYS, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-        state = from_data(json.loads((checkpoint.path / STATE_JSON).read_text()), arrays)
-    except (OSError, ValueError, KeyError) as err:
-        raise CheckpointError(f"corrupt checkpoint state in {str(checkpoint.path)!r}: {err}") from None
+    state = read_checkpoint_state(checkpoint)
     if state["timesteps"] != model.num_timesteps or state["timesteps"] != checkpoint.timesteps:
         raise CheckpointError(
             f"checkpoint {str(checkpoint.path)!r} is inconsistent: its state is at {state['timesteps']} steps, "
             f"its model at {model.num_timesteps}"
         )
-    set_env_state(model.get_env(), state["env"])  # type: ignore[arg-type]
+    venv = model.get_env()
+    if isinstance(venv, VecNormalize) != ("normalize" in state):
+        raise CheckpointError(f"{str(checkpoint.path)!r} was saved {'with' if 'normalize' in state else 'without'} "
+                              "normalised observations, and the run's env is not")
+    if isinstance(venv, VecNormalize):
+        set_normalization_state(venv, state["normalize"])
+        venv = venv.venv
+    set_env_state(venv, state["env"])  # type: ignore[arg-type]
     torch.set_rng_state(torch.from_numpy(np.ascontiguousarray(state["torch_rng"])))
     np.random.set_state(state["numpy_rng"])
     random.setstate(state["random_rng"])

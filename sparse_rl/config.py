@@ -64,6 +64,11 @@ class TrainConfig(SparsityConfig):
     eval_episodes: int = 10
     checkpoint_freq: int = 50_000
     """env steps between checkpoints (0: final only)"""
+    normalize: bool = False
+    """normalise observations and rewards with running statistics (SB3's ``VecNormalize``, rl-zoo3's
+    ``normalize: true``); evaluation and export apply the observation statistics"""
+    norm_reward: bool = True
+    """with ``normalize``: also scale training rewards (by the running std of the return at ``gamma``)"""
     cpu_kernels: str = "native"
     """``native``: MKL's code path for this CPU; ``avx2``: its AVX2 path on every x86-64 CPU, so the run
     repeats bit for bit on any machine with AVX2 (:mod:`sparse_rl.numerics`)"""
@@ -167,6 +172,12 @@ class OnPolicyConfig(TrainConfig):
     ent_coef: float = 0.0
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
+    activation: str = "tanh"
+    """hidden activation of both networks: ``tanh`` (SB3's default) or ``relu``"""
+    ortho_init: bool = True
+    """SB3's orthogonal initialisation (before the masks are drawn)"""
+    log_std_init: float = 0.0
+    """initial log standard deviation of the Gaussian policy (continuous actions)"""
 
 
 @dataclass
@@ -205,6 +216,8 @@ CONFIG_CLASSES: dict[str, type[TrainConfig]] = {
 }
 #: the algorithms our replay buffers (n-step targets, the dynamic buffer) work with
 REPLAY_OPTION_ALGOS = ("sac", "td3")
+#: OnPolicyConfig.activation values, as torch modules in sparse_rl.models
+ACTIVATIONS = ("tanh", "relu")
 ON_POLICY = ("ppo", "a2c")
 SPARSE_KEYS = [f.name for f in fields(SparsityConfig)]
 
@@ -382,6 +395,8 @@ def validate(config: TrainConfig) -> None:
     except BudgetError as err:
         raise ConfigError(str(err)) from None
     if isinstance(config, OnPolicyConfig):
+        if config.activation not in ACTIVATIONS:
+            raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {config.activation!r}")
         for key in ("n_steps", "gae_lambda", "vf_coef", "max_grad_norm"):
             if not getattr(config, key) > 0 and not (key == "gae_lambda" and getattr(config, key) == 0):
                 raise ConfigError(f"{key} must be positive, got {getattr(config, key)!r}")

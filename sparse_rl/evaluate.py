@@ -19,7 +19,7 @@ from sparse_rl.config import wrapper_options
 from sparse_rl.envs import EnvError, make_env, resolve_env_id
 from sparse_rl.envs.wrappers import sync_permutation
 from sparse_rl.eval_callback import evaluate
-from sparse_rl.models import check_device, load_model_file, load_run_model
+from sparse_rl.models import check_device, load_model_file, load_run_model, normalized_for_run
 from sparse_rl.run_directory import RunError, read_run, run_dir_of
 
 
@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         wrappers = wrapper_options(info["config"]) if same_env else {}  # the run's noise features, permutation
         seed = args.seed if args.seed is not None else (int(info["seed"]) if info else 0) + 20_000
         env = make_env(env_id, n_envs=1, seed=seed, env_kwargs=env_kwargs, wrappers=wrappers)
+        if same_env and run_dir is not None:  # a run trained with normalize: its observation statistics
+            env = normalized_for_run(env, run_dir)
         if path.is_dir():
             model = load_run_model(path, env=env, device=args.device)
         else:

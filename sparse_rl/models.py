@@ -25,7 +25,7 @@ import sparse_rl
 from sparse_rl.agents import SparsePolicyMixin, sparsity_report
 from sparse_rl.agents.replay import DynamicReplayBuffer, NStepSoftReplayBuffer
 from sparse_rl.checkpoint import MODEL_FILE, CheckpointError, latest_checkpoint
-from sparse_rl.config import DYNAMIC_BUFFER_KEYS, REPLAY_OPTION_ALGOS, SPARSE_KEYS, TrainConfig
+from sparse_rl.config import DYNAMIC_BUFFER_KEYS, REPLAY_OPTION_ALGOS, SPARSE_KEYS, OnPolicyConfig, TrainConfig
 from sparse_rl.envs import EnvError, probe_env
 from sparse_rl.numerics import code_version, machine_numerics
 from sparse_rl.run_directory import RunError, read_run
@@ -160,6 +160,13 @@ def build_model(
         policy_kwargs["features_extractor_class"] = MinAtarCNN
     if algo == "tqc":
         policy_kwargs.update(n_quantiles=config.n_quantiles, n_critics=config.n_critics)  # type: ignore[attr-defined]
+    if isinstance(config, OnPolicyConfig):  # SB3's defaults are left out of the kwargs (a model saved as before)
+        if config.activation != "tanh":
+            policy_kwargs["activation_fn"] = {"relu": torch.nn.ReLU}[config.activation]
+        if not config.ortho_init:
+            policy_kwargs["ortho_init"] = False
+        if config.log_std_init != 0.0 and isinstance(env.action_space, spaces.Box):
+            policy_kwargs["log_std_init"] = config.log_std_init
     kwargs: dict[str, Any] = {key: getattr(config, key) for key in ALGO_KEYS[algo]}
     if algo in REPLAY_OPTION_ALGOS and (config.dynamic_buffer or config.n_steps > 1):
         kwargs["replay_buffer_class"] = DynamicReplayBuffer if config.dynamic_buffer else NStepSoftReplayBuffer
@@ -256,6 +263,37 @@ def load_run_model(run_dir: Path, env: VecEnv | None = None, device: str = "cpu"
         return bind(algo_cls.load(path, env=env, device=device, force_reset=False))
     except Exception as err:
         raise RunError(f"corrupt model file {str(path)!r}: {type(err).__name__}: {err}") from None
+
+
+def run_normalization(run_dir: Path) -> dict[str, Any] | None:
+    """The observation/reward statistics of a run trained with ``normalize`` (from its latest checkpoint, which
+    a finished run writes with its final model), or ``None`` for a run that does not normalise."""
+    from sparse_rl.checkpoint import read_checkpoint_state
+
+    info = read_run(run_dir)
+    if not getattr(info["config"], "normalize", False):
+        return None
+    try:
+        checkpoint = latest_checkpoint(run_dir)
+        state = read_checkpoint_state(checkpoint) if checkpoint is not None else {}
+    except CheckpointError as err:
+        raise RunError(str(err)) from None
+    if "normalize" not in state:
+        raise RunError(f"run {str(run_dir)!r} normalises observations, but has no checkpoint holding their statistics")
+    return state["normalize"]
+
+
+def normalized_for_run(venv: VecEnv, run_dir: Path) -> VecEnv:
+    """``venv`` as the run's policy sees it: under ``VecNormalize`` with the run's observation statistics
+    (frozen, raw rewards) when the run normalises, else unchanged."""
+    state = run_normalization(run_dir)
+    if state is None:
+        return venv
+    from sparse_rl.envs.normalize import normalize_env, set_normalization_state
+
+    normalized = normalize_env(venv, gamma=read_run(run_dir)["config"].gamma, training=False)
+    set_normalization_state(normalized, state)
+    return normalized
 
 
 def summary(model: BaseAlgorithm, eval_row: dict[str, Any] | None, wall_clock: float, steps: int) -> dict[str, Any]:

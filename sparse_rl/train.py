@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.vec_env import VecNormalize, sync_envs_normalization
 
 from sparse_rl.callbacks import CheckpointCallback, DivergenceGuard, ProgressLine
 from sparse_rl.checkpoint import (
@@ -57,6 +58,7 @@ from sparse_rl.config import (
     wrapper_options,
 )
 from sparse_rl.envs import EnvError, make_env
+from sparse_rl.envs.normalize import normalize_env
 from sparse_rl.envs.wrappers import sync_permutation
 from sparse_rl.eval_callback import SparseEvalCallback
 from sparse_rl.features import FEATURES_FILE, evaluation_fields, rewind_features
@@ -140,6 +142,9 @@ def _train(args: argparse.Namespace, plan: Plan, extra_callbacks: list[BaseCallb
     wrappers = wrapper_options(config)
     env = make_env(env_id, n_envs=config.n_envs, seed=seed, env_kwargs=config.env_kwargs, wrappers=wrappers)
     eval_env = make_env(env_id, n_envs=1, seed=seed + 10_000, env_kwargs=config.env_kwargs, wrappers=wrappers)
+    if config.normalize:  # VecNormalize: the evaluation env takes the training env's statistics before each evaluation
+        env = normalize_env(env, config.gamma, config.norm_reward)
+        eval_env = normalize_env(eval_env, config.gamma, training=False)
     tb = str(run_dir / "tb")
     checkpoint = plan.checkpoint
     if plan.resume:
@@ -183,6 +188,8 @@ def _train(args: argparse.Namespace, plan: Plan, extra_callbacks: list[BaseCallb
         evaluator = SparseEvalCallback(eval_env, config.eval_freq, config.eval_episodes, eval_csv, start - clock_before)
         if config.permute_at:  # the evaluation env sees the features in the order the training env does
             evaluator.before_evaluation = partial(sync_permutation, eval_env, at=config.permute_at)
+        if config.normalize:
+            evaluator.before_evaluation = partial(_sync_normalization, env, eval_env, evaluator.before_evaluation)
         # which input features each network reads: features.csv, and the real fraction on a noisy env
         features_csv = run_dir / FEATURES_FILE
         evaluator.row_extras.append(
@@ -225,6 +232,13 @@ def _train(args: argparse.Namespace, plan: Plan, extra_callbacks: list[BaseCallb
     env.close()
     eval_env.close()
     return run_dir
+
+
+def _sync_normalization(env: VecNormalize, eval_env: VecNormalize, then: Any, num_timesteps: int) -> None:
+    """Give the evaluation env the training env's observation statistics (then run ``then``, if any)."""
+    sync_envs_normalization(env, eval_env)
+    if then is not None:
+        then(num_timesteps)
 
 
 class TrainingStopped(Exception):

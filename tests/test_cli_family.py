@@ -18,6 +18,10 @@ CASES = {
     "crossq": ("Pendulum", ["--set", "learning_starts=100", "--set", "batch_size=32"]),
     "ppo": ("CartPole-v1", ["--set", "n_envs=1", "--set", "n_steps=64", "--set", "n_epochs=2", "--set", "batch_size=32"]),
     "a2c": ("CartPole-v1", ["--set", "n_envs=1"]),
+    # rl-zoo3's MuJoCo PPO: VecNormalize, ReLU, no orthogonal init, a lower initial std
+    "ppo-normalize": ("Pendulum", ["--set", "n_envs=1", "--set", "n_steps=64", "--set", "n_epochs=2", "--set", "batch_size=32",
+                                   "--set", "normalize=true", "--set", "activation=relu", "--set", "ortho_init=false",
+                                   "--set", "log_std_init=-1.0"]),
     "dqn": ("CartPole-v1", ["--set", "learning_starts=100", "--set", "train_freq=1", "--set", "gradient_steps=1"]),
     "dqn-minatar": ("MinAtar/Breakout-v1", ["--set", "learning_starts=100", "--set", "train_freq=1",
                                             "--set", "buffer_size=2000"]),
@@ -49,8 +53,17 @@ def test_each_algorithm_trains_evaluates_and_resumes_exactly(case, tmp_path, cap
     a, b = load_run_model(tmp_path / "a"), load_run_model(tmp_path / "b")
     assert a.num_timesteps == b.num_timesteps
     assert_same_policy(a, b)
+    if case == "ppo-normalize":  # the statistics went through the checkpoint too
+        import numpy as np
+
+        from sparse_rl.models import run_normalization
+
+        stats_a, stats_b = run_normalization(tmp_path / "a"), run_normalization(tmp_path / "b")
+        assert stats_a["obs_count"] > 300 and all(np.array_equal(stats_a[k], stats_b[k]) for k in stats_a)
     code, _, err = run_cli(evaluate, [tmp_path / "a", "--episodes", "1"], capsys)
     assert code == 0, err
+    if case == "ppo-normalize":
+        _check_normalized_export(tmp_path / "a", tmp_path, capsys)
     if case in ("dqn", "dqn-minatar", "ppo"):  # a discrete policy exports its argmax, and it runs on a Cortex-M4
         from sparse_rl.export import cli as export_cli
         from sparse_rl.export.qemu import missing_tools
@@ -60,6 +73,35 @@ def test_each_algorithm_trains_evaluates_and_resumes_exactly(case, tmp_path, cap
         if not missing_tools():
             code, out, err = run_cli(export_cli, [tmp_path / "a", "--verify-on", "qemu-cortex-m4", "--steps", "40"], capsys)
             assert code == 0 and "within the bound" in out, (out, err)
+
+
+
+def _check_normalized_export(run, tmp_path, capsys):
+    """A run trained under VecNormalize exports with its statistics: the exported policy takes the raw
+    observation and acts as the model does on the normalised one (numpy runtime, and C on a Cortex-M4)."""
+    import numpy as np
+
+    from sparse_rl.envs.normalize import obs_normalization
+    from sparse_rl.export import cli as export_cli
+    from sparse_rl.export.qemu import missing_tools
+    from sparse_rl.export.runtime import SparsePolicy
+    from sparse_rl.models import run_normalization
+
+    code, _, err = run_cli(export_cli, [run, "--format", "sparse", "--out", tmp_path / "p.npz"], capsys)
+    assert code == 0, err
+    model = load_run_model(run)
+    mean, std, clip = obs_normalization(run_normalization(run))
+    raw = np.random.default_rng(0).uniform(-1, 1, (200, 3)).astype(np.float32) * np.array([1, 1, 8], np.float32)
+    expected = model.predict(np.clip((raw - mean) / std, -clip, clip).astype(np.float32), deterministic=True)[0]
+    assert np.abs(SparsePolicy.load(tmp_path / "p.npz").act(raw) - expected).max() <= 1e-4
+    import onnxruntime as ort
+
+    code, _, err = run_cli(export_cli, [run, "--format", "onnx", "--out", tmp_path / "p.onnx"], capsys)
+    session = ort.InferenceSession(str(tmp_path / "p.onnx"), providers=["CPUExecutionProvider"])
+    assert code == 0 and np.abs(session.run(None, {"obs": raw})[0] - expected).max() <= 1e-4
+    if not missing_tools():
+        code, out, err = run_cli(export_cli, [run, "--verify-on", "qemu-cortex-m4", "--steps", "40"], capsys)
+        assert code == 0 and "within the bounds" in out, (out, err)
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -42,6 +42,21 @@ def load_model(path: Path) -> Any:
         raise ExportError(str(err)) from None
 
 
+def load_graph(path: Path) -> ActorGraph:
+    """The exportable graph of the model at ``path`` (a run directory or a ``.zip``); a run trained with
+    ``normalize`` brings its observation statistics."""
+    from sparse_rl.envs.normalize import obs_normalization
+    from sparse_rl.models import run_normalization
+    from sparse_rl.run_directory import RunError
+
+    model = load_model(path)
+    try:
+        state = run_normalization(path) if path.is_dir() else None
+    except RunError as err:
+        raise ExportError(str(err)) from None
+    return extract_actor(model, obs_normalization(state) if state is not None else None)
+
+
 def _place_file(out: Path, data: bytes) -> None:
     from sparse_rl.run_directory import atomic_write
 
@@ -213,7 +228,9 @@ def verify_on_target(path: Path, target: str, quantize: str, steps: int, prefix:
     import numpy as np
 
     from sparse_rl.config import wrapper_options
+    from sparse_rl.envs.normalize import obs_normalization
     from sparse_rl.export.qemu import TargetError, record_observations, run_on_qemu
+    from sparse_rl.models import run_normalization
     from sparse_rl.run_directory import RunError, read_run
 
     if not path.is_dir():
@@ -223,15 +240,21 @@ def verify_on_target(path: Path, target: str, quantize: str, steps: int, prefix:
     except RunError as err:
         raise ExportError(str(err)) from None
     model = load_model(path)
-    graph = extract_actor(model)
+    graph = load_graph(path)
     config = info["config"]
     obs = record_observations(model, info["env"], steps, seed=int(info["seed"]) + 30_000, env_kwargs=config.env_kwargs,
-                              wrappers=wrapper_options(config))
+                              wrappers=wrapper_options(config), run_dir=path)
     try:
         actions = run_on_qemu(graph, obs, quantize, prefix)
     except TargetError as err:
         raise ExportError(str(err)) from None
-    expected = model.predict(obs.reshape(-1, *model.observation_space.shape), deterministic=True)[0]
+    seen = obs
+    state = run_normalization(path)
+    if state is not None:  # the policy saw the normalised observation (the C normalises the raw one itself)
+        mean, std, clip = obs_normalization(state)
+        seen = np.clip((obs - mean) / std, -clip, clip)
+    expected = model.predict(np.asarray(seen, np.float32).reshape(-1, *model.observation_space.shape),
+                             deterministic=True)[0]
     kind = "int8" if quantize == "int8" else "float32"
     head = (f"{kind} C on QEMU's mps2-an386 (Cortex-M4F, hard float) against torch, {len(obs)} observations of a "
             f"{info['env']} trajectory")
@@ -317,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ExportError(f"--quantize must be none or int8, got {args.quantize!r}")
             flash = parse_bytes(args.flash, "--flash") if args.flash is not None else None
             ram = parse_bytes(args.ram, "--ram") if args.ram is not None else None
-            fits, lines = check_budget(extract_actor(load_model(args.path)), flash, ram, args.quantize, args.prefix)
+            fits, lines = check_budget(load_graph(args.path), flash, ram, args.quantize, args.prefix)
             print("\n".join(lines))
             return 0 if fits else 1
         if args.verify_on is not None:
@@ -330,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if ok else 1
         if not args.report and (args.format is None or args.out is None):
             raise ExportError("give --format and --out, --report, or --verify-on")
-        graph = extract_actor(load_model(args.path))
+        graph = load_graph(args.path)
         if args.format is not None:
             if args.out is None:
                 raise ExportError("--format needs --out")

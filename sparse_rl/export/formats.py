@@ -55,7 +55,10 @@ def sparse_file_bytes(graph: ActorGraph, quantize: str = "none") -> bytes:
             arrays[f"l{i}_values"] = values
             arrays[f"l{i}_bias"] = layer.bias.astype(np.float32)
         layers_meta.append(entry)
-    needs_v2 = graph.discrete or any(layer.conv is not None for layer in graph.layers)
+    if graph.obs_norm is not None:  # VecNormalize's statistics over the inputs read: (x - mean) / std, clipped
+        arrays["obs_mean"] = graph.obs_norm[0].astype(np.float32)
+        arrays["obs_std"] = graph.obs_norm[1].astype(np.float32)
+    needs_v2 = graph.discrete or graph.obs_norm is not None or any(layer.conv is not None for layer in graph.layers)
     meta = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION if needs_v2 else 1,
@@ -66,6 +69,7 @@ def sparse_file_bytes(graph: ActorGraph, quantize: str = "none") -> bytes:
            if graph.input_index is not None else {}),
         "dtype": "int8" if quantize == "int8" else "float32",
         "squash": graph.squash,
+        **({"obs_clip": graph.obs_norm[2]} if graph.obs_norm is not None else {}),
         **({} if graph.discrete else {"action_low": graph.action_low.tolist(), "action_high": graph.action_high.tolist()}),
         "layers": layers_meta,
     }
@@ -115,6 +119,16 @@ def onnx_bytes(graph: ActorGraph, opset: int = 17) -> bytes:
         inits.append(numpy_helper.from_array(graph.input_index.astype(np.int64), "input_index"))
         nodes.append(helper.make_node("Gather", ["obs", "input_index"], ["obs_used"], axis=1))
         x = "obs_used"
+    if graph.obs_norm is not None:  # VecNormalize: (x - mean) / std, clipped
+        mean, std, clip = graph.obs_norm
+        inits += [numpy_helper.from_array(mean.astype(np.float32), "obs_mean"),
+                  numpy_helper.from_array(std.astype(np.float32), "obs_std"),
+                  numpy_helper.from_array(np.array(-clip, np.float32), "obs_low"),
+                  numpy_helper.from_array(np.array(clip, np.float32), "obs_high")]
+        nodes += [helper.make_node("Sub", [x, "obs_mean"], ["obs_centred"]),
+                  helper.make_node("Div", ["obs_centred", "obs_std"], ["obs_scaled"]),
+                  helper.make_node("Clip", ["obs_scaled", "obs_low", "obs_high"], ["obs_normed"])]
+        x = "obs_normed"
     for i, layer in enumerate(graph.layers):
         if layer.conv is not None:  # flat -> (batch, c, h, w) -> Conv -> flat, channels first
             c = layer.conv
@@ -244,9 +258,21 @@ def c_sources(
     decl.append(f"static float scratch[2][{width}];")
     nm_loops: set[str] = set()  # the kinds of N:M loop written ("chunk", "stream"), for the variables they need
     convs = any(layer.conv is not None for layer in graph.layers)
+    if graph.obs_norm is not None:  # VecNormalize's statistics: the layers read the normalised observation
+        mean, std, clip = graph.obs_norm
+        decl.append(f"\n/* observation normalisation (VecNormalize): (obs - mean) / std, clipped to +-{clip:g} */")
+        decl.append(f"static const float obs_mean[{graph.obs_dim}] = {{{_c_floats(mean)}}};")
+        decl.append(f"static const float obs_std[{graph.obs_dim}] = {{{_c_floats(std)}}};")
+        decl.append(f"static float normed[{graph.obs_dim}];")
+        c = f"{float(np.float32(clip))!r}f"
+        body += ["    /* normalise the observation */",
+                 f"    for (k = 0; k < {graph.obs_dim}; ++k) {{",
+                 "        acc = (obs[k] - obs_mean[k]) / obs_std[k];",
+                 f"        normed[k] = acc < -{c} ? -{c} : (acc > {c} ? {c} : acc);",
+                 "    }"]
     for i, layer in enumerate(graph.layers):
         out, inp = layer.shape
-        src = "obs" if i == 0 else f"scratch[{(i - 1) % 2}]"
+        src = ("obs" if graph.obs_norm is None else "normed") if i == 0 else f"scratch[{(i - 1) % 2}]"
         last = i == len(graph.layers) - 1
         dst = "action" if last and not graph.discrete else f"scratch[{i % 2}]"
         conv = layer.conv

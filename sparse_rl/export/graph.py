@@ -143,6 +143,9 @@ class ActorGraph:
     #: :func:`drop_unused_inputs` when some input has no connection left
     input_index: np.ndarray | None = None
     env_obs_dim_: int | None = None
+    #: ``(mean, std, clip)`` over the inputs the policy reads: a run trained with ``normalize`` (VecNormalize)
+    #: sees ``clip((obs - mean) / std, -clip, clip)``; None: the raw observation
+    obs_norm: tuple[np.ndarray, np.ndarray, float] | None = None
 
     @property
     def obs_dim(self) -> int:
@@ -174,6 +177,9 @@ class ActorGraph:
     def scores(self, obs: np.ndarray) -> np.ndarray:
         """The last layer's outputs in float64 (before squashing, rescaling or the argmax), ``(batch, act_dim)``."""
         x = np.asarray(self.select_inputs(obs), dtype=np.float64)
+        if self.obs_norm is not None:
+            mean, std, clip = self.obs_norm
+            x = np.clip((x - mean) / std, -clip, clip)
         squeeze = x.ndim == 1
         x = np.atleast_2d(x).reshape(-1, x.shape[-1])
         for layer in self.layers:
@@ -309,13 +315,14 @@ def _fold_batch_renorm(modules: list[nn.Module], what: str) -> list[nn.Module]:
     return out
 
 
-def extract_actor(model: Any) -> ActorGraph:
+def extract_actor(model: Any, obs_norm: tuple[np.ndarray, np.ndarray, float] | None = None) -> ActorGraph:
     """The deterministic action of an SB3 model, sparse or dense: the actor of SAC, TD3, DDPG, TQC, CrossQ
     (batch renormalisation folded), the mean of continuous-action PPO/A2C (clipped to the action bounds as
     SB3's ``predict`` does), the argmax of DQN's Q-values or of discrete PPO/A2C's logits. Vector observations
     and the NatureCNN/MinAtarCNN convolutions are supported. The layers of a policy trained with
     ``structure="N:M"`` that follow it are marked for the N:M layout, and observation features the first
-    linear layer no longer reads are dropped (:func:`drop_unused_inputs`)."""
+    linear layer no longer reads are dropped (:func:`drop_unused_inputs`). ``obs_norm``: ``(mean, std, clip)`` of
+    a run trained under VecNormalize (:func:`sparse_rl.envs.normalize.obs_normalization`), applied first."""
     from gymnasium import spaces
     from stable_baselines3.common.policies import ActorCriticPolicy
     from stable_baselines3.dqn.policies import DQNPolicy
@@ -376,7 +383,13 @@ def extract_actor(model: Any) -> ActorGraph:
         bounds = (np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.float32))
     else:
         bounds = (np.asarray(space.low, dtype=np.float32), np.asarray(space.high, dtype=np.float32))
-    graph = ActorGraph(layers, squash, *bounds, algo)
+    if obs_norm is not None:
+        mean, std, clip = obs_norm
+        size = layers[0].n_in
+        if np.size(mean) != size or np.size(std) != size:
+            raise ExportError(f"the observation statistics have {np.size(mean)} features, the policy reads {size}")
+        obs_norm = (np.asarray(mean, np.float64).reshape(-1), np.asarray(std, np.float64).reshape(-1), float(clip))
+    graph = ActorGraph(layers, squash, *bounds, algo, obs_norm=obs_norm)
     return drop_unused_inputs(graph)
 
 
@@ -391,8 +404,11 @@ def drop_unused_inputs(graph: ActorGraph) -> ActorGraph:
     if graph.input_index is not None or len(used) == first.shape[1] or len(used) == 0:
         return graph
     layer = Layer(first.weight[:, used].copy(), first.bias, first.activation, first.group)
+    norm = graph.obs_norm
+    if norm is not None:
+        norm = (norm[0][used], norm[1][used], norm[2])
     return ActorGraph([layer, *graph.layers[1:]], graph.squash, graph.action_low, graph.action_high, graph.algo,
-                      input_index=used.astype(np.int64), env_obs_dim_=first.shape[1])
+                      input_index=used.astype(np.int64), env_obs_dim_=first.shape[1], obs_norm=norm)
 
 
 def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:

@@ -159,20 +159,27 @@ def run_on_qemu(graph: ActorGraph, observations: np.ndarray, quantize: str = "no
 
 
 def record_observations(model, env_id: str, steps: int, seed: int = 0, env_kwargs: dict | None = None,
-                        wrappers: dict | None = None) -> np.ndarray:
+                        wrappers: dict | None = None, run_dir: Path | None = None) -> np.ndarray:
     """``steps`` observations of a real trajectory of ``model``'s deterministic policy on its env (resets
     included), the inputs the deployed policy would see, flat: ``(steps, observation size)`` (images as the
-    policy reads them, channels first where SB3 transposes them)."""
+    policy reads them, channels first where SB3 transposes them). With the ``run_dir`` of a run trained with
+    ``normalize``, the policy acts on normalised observations and the raw ones are recorded."""
     from stable_baselines3.common.preprocessing import maybe_transpose
 
     from sparse_rl.envs import make_env
 
     env = make_env(env_id, n_envs=1, seed=seed, env_kwargs=env_kwargs, wrappers=wrappers)
+    if run_dir is not None:
+        from sparse_rl.models import normalized_for_run
+
+        env = normalized_for_run(env, run_dir)
+    raw = getattr(env, "get_original_obs", None)
     try:
         obs = env.reset()
         seen = []
         for _ in range(steps):
-            seen.append(np.asarray(maybe_transpose(obs, model.observation_space))[0].reshape(-1))
+            record = raw() if raw is not None else obs
+            seen.append(np.asarray(maybe_transpose(record, model.observation_space))[0].reshape(-1))
             action, _ = model.predict(obs, deterministic=True)
             obs, _, _, _ = env.step(action)
     finally:

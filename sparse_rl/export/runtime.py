@@ -19,7 +19,9 @@ its rows are output channels and its columns the kernel taps ``(in_channel, ky, 
 gives ``in_shape`` ``[channels, height, width]``, ``layout`` (``chw`` or ``hwc``: how that input lies in the
 flat array), ``kernel`` and ``stride``; it writes ``out * out_height * out_width`` values, channels first.
 ``"squash": "argmax"`` marks a discrete policy: the action is the index of the last layer's largest output
-(DQN's Q-values, PPO's logits), and there are no action bounds.
+(DQN's Q-values, PPO's logits), and there are no action bounds. A policy trained under VecNormalize holds
+``obs_mean`` and ``obs_std`` (float32, one per input read) and meta ``obs_clip``: its first layer reads
+``clip((obs - obs_mean) / obs_std, -obs_clip, obs_clip)``.
 
     from sparse_rl.export.runtime import SparsePolicy
     policy = SparsePolicy.load("cheetah.npz")
@@ -219,6 +221,8 @@ class SparsePolicy:
     meta: dict
     #: per layer, a convolution's ``(in_shape, layout, kernel, stride)`` (``None``: a linear layer)
     convs: list | None = None
+    #: ``(mean, std, clip)`` of a policy trained under VecNormalize (``None``: it reads the raw observation)
+    obs_norm: tuple[np.ndarray, np.ndarray, float] | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> SparsePolicy:
@@ -301,7 +305,17 @@ class SparsePolicy:
             if not ok:
                 raise PolicyFileError(f"{str(path)!r}: meta input_index must list {n_in} increasing positions below "
                                       f"env_obs_dim, got {index!r} (env_obs_dim {env_dim!r})")
-        return cls(weights, biases, activations, squash, bounds[0], bounds[1], meta, convs)
+        obs_norm = None
+        if "obs_clip" in meta:
+            n_in = int(meta["obs_dim"])
+            clip = meta["obs_clip"]
+            if not isinstance(clip, (int, float)) or isinstance(clip, bool) or not clip > 0:
+                raise check.fail(f"meta: obs_clip must be a positive number, got {clip!r}")
+            std = check.array("obs_std", "f", (n_in,), "observation normalisation")
+            if not np.all(std > 0):
+                raise check.fail("observation normalisation: obs_std must be positive")
+            obs_norm = (check.array("obs_mean", "f", (n_in,), "observation normalisation"), std, float(clip))
+        return cls(weights, biases, activations, squash, bounds[0], bounds[1], meta, convs, obs_norm)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Actions for one observation or a batch: the env's whole observation ``(env_obs_dim,)`` (an image
@@ -311,6 +325,9 @@ class SparsePolicy:
         index = self.meta.get("input_index")
         if index is not None and x.shape[-1] == self.meta["env_obs_dim"]:
             x = x[..., np.asarray(index)]
+        if self.obs_norm is not None:
+            mean, std, clip = self.obs_norm
+            x = np.clip((x - mean) / std, np.float32(-clip), np.float32(clip))
         batch_shape = x.shape[:-1]
         x = x.reshape(-1, x.shape[-1])
         for w, b, act, conv in zip(self.weights, self.biases, self.activations, self.convs or itertools.repeat(None)):
