@@ -99,6 +99,14 @@ class TrainConfig(SparsityConfig):
     buffer_mismatch_threshold: float = 0.2
     buffer_shrink_fraction: float = 0.1
     buffer_min_size: int = 100_000
+    # --- goal-conditioned envs (dict observations): hindsight experience replay (SB3's HerReplayBuffer)
+    her: bool = False
+    """relabel stored transitions with goals reached later (needs a goal-conditioned env: observation,
+    achieved_goal and desired_goal)"""
+    her_n_sampled_goal: int = 4
+    """relabelled transitions per real one"""
+    her_goal_selection_strategy: str = "future"
+    """``future``, ``final`` or ``episode``"""
     # --- noisy and shifting inputs (sparse_rl.envs.wrappers), for training and evaluation envs alike
     noise_fraction: float = 0.0
     """fraction of the observation's features that are pure noise (appended to the real ones), in [0, 1)"""
@@ -216,6 +224,9 @@ CONFIG_CLASSES: dict[str, type[TrainConfig]] = {
 }
 #: the algorithms our replay buffers (n-step targets, the dynamic buffer) work with
 REPLAY_OPTION_ALGOS = ("sac", "td3")
+#: the algorithms with sparse dict-observation policies and hindsight replay in the CLI
+HER_ALGOS = ("sac", "td3", "ddpg")
+HER_STRATEGIES = ("future", "final", "episode")
 #: OnPolicyConfig.activation values, as torch modules in sparse_rl.models
 ACTIVATIONS = ("tanh", "relu")
 ON_POLICY = ("ppo", "a2c")
@@ -394,6 +405,17 @@ def validate(config: TrainConfig) -> None:
                 parse_size(getattr(config, key), key)
     except BudgetError as err:
         raise ConfigError(str(err)) from None
+    if config.her:
+        if not isinstance(config, (SACConfig, TD3Config, DDPGConfig)) or isinstance(config, (TQCConfig, CrossQConfig)):
+            raise ConfigError(f"her: hindsight replay works with {', '.join(HER_ALGOS)}, not with "
+                              f"{type(config).__name__.removesuffix('Config').lower()}")
+        if config.n_steps > 1 or config.dynamic_buffer:
+            raise ConfigError("her replaces the replay buffer: it cannot be combined with n_steps > 1 or dynamic_buffer")
+        if config.her_goal_selection_strategy not in HER_STRATEGIES:
+            raise ConfigError(f"her_goal_selection_strategy must be one of {', '.join(HER_STRATEGIES)}, got "
+                              f"{config.her_goal_selection_strategy!r}")
+        if config.her_n_sampled_goal < 1:
+            raise ConfigError(f"her_n_sampled_goal must be >= 1, got {config.her_n_sampled_goal!r}")
     if isinstance(config, OnPolicyConfig):
         if config.activation not in ACTIVATIONS:
             raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {config.activation!r}")

@@ -107,7 +107,9 @@ def input_layout(venv: Any) -> tuple[int, int, np.ndarray | None]:
     from sparse_rl.envs.wrappers import NoiseFeatures, PermuteFeatures
 
     env = venv.envs[0]
-    n_obs = int(env.observation_space.shape[0])
+    space = env.observation_space
+    # dict observations: the multi-input policies read their parts flattened and concatenated (in key order)
+    n_obs = gym.spaces.flatdim(space) if isinstance(space, gym.spaces.Dict) else int(space.shape[0])
     n_real, order = n_obs, None
     while isinstance(env, gym.Wrapper):
         if isinstance(env, PermuteFeatures) and env.active:

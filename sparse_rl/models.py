@@ -58,6 +58,8 @@ ALGO_KEYS: dict[str, tuple[str, ...]] = {
 }
 #: the algorithms that act in a continuous (Box) action space only, and those that need a discrete one
 CONTINUOUS_ONLY = ("sac", "td3", "ddpg", "tqc", "crossq")
+#: the algorithms whose dict-observation (multi-input) policies the CLI builds
+DICT_ALGOS = ("sac", "td3", "ddpg", "ppo", "a2c")
 DISCRETE_ONLY = ("dqn",)
 
 
@@ -116,10 +118,17 @@ def check_env_for(algo: str, env_id: str, env_kwargs: dict[str, Any] | None = No
                        "MinAtar/Breakout-v1); for continuous actions use --algo sac, td3, ddpg, tqc, crossq, ppo or a2c")
     if not isinstance(action_space, (spaces.Box, spaces.Discrete)):
         raise EnvError(f"{env_id!r} has a {action_space} action space; sparse_rl's CLI takes Box or Discrete ones")
-    if isinstance(obs_space, (spaces.Dict, spaces.Tuple)):
-        kind = type(obs_space).__name__
-        raise EnvError(f"{env_id!r} has a {kind} observation space; the CLI takes flat (Box) observations (dict ones "
-                       "train through the API: SparseMultiInputSACPolicy with HerReplayBuffer)")
+    if isinstance(obs_space, spaces.Dict):
+        if algo not in DICT_ALGOS:
+            raise EnvError(f"{env_id!r} has dict observations; the CLI trains them with --algo "
+                           f"{', '.join(DICT_ALGOS)} (multi-input policies)")
+        flat = all(isinstance(s, spaces.Box) and len(s.shape) == 1 for s in obs_space.spaces.values())
+        if not flat:
+            raise EnvError(f"{env_id!r} has dict observations of other than vectors ({obs_space}); the CLI takes dicts "
+                           "of vectors")
+        return obs_space, action_space
+    if isinstance(obs_space, spaces.Tuple):
+        raise EnvError(f"{env_id!r} has a Tuple observation space; the CLI takes vectors, dicts of vectors and images")
     if len(obs_space.shape or ()) not in (1, 3) or (len(obs_space.shape) == 3 and algo != "dqn"):
         raise EnvError(f"{env_id!r} has observations of shape {obs_space.shape}; the CLI takes vectors, and images "
                        "(MinAtar's 10x10xC) with --algo dqn")
@@ -145,14 +154,22 @@ def build_model(
     if config.weight_decay:
         policy_kwargs["optimizer_kwargs"] = {"weight_decay": config.weight_decay}
     image = len(env.observation_space.shape or ()) == 3
+    multi = isinstance(env.observation_space, spaces.Dict)
     if config.dense:
-        policy: Any = "CnnPolicy" if image else "MlpPolicy"
+        policy: Any = "CnnPolicy" if image else "MultiInputPolicy" if multi else "MlpPolicy"
     else:
         policy = sparse_policy
         if image:
             from sparse_rl.agents import SparseCnnDQNPolicy
 
             policy = SparseCnnDQNPolicy
+        if multi:
+            import sparse_rl.agents
+
+            policy = getattr(sparse_rl.agents, {"SparseSACPolicy": "SparseMultiInputSACPolicy",
+                                                "SparseTD3Policy": "SparseMultiInputTD3Policy",
+                                                "SparseActorCriticPolicy": "SparseMultiInputActorCriticPolicy"
+                                                }[sparse_policy.__name__])
         policy_kwargs.update({k: getattr(config, k) for k in SPARSE_KEYS})
     if image:  # MinAtar's 10x10 frames: its own small convolution, not NatureCNN's
         from sparse_rl.agents.extractors import MinAtarCNN
@@ -173,6 +190,12 @@ def build_model(
         kwargs["replay_buffer_kwargs"] = dict(n_steps=config.n_steps, n_step_delay=config.n_step_delay, gamma=config.gamma)
         if config.dynamic_buffer:
             kwargs["replay_buffer_kwargs"].update({key: getattr(config, f"buffer_{key}") for key in DYNAMIC_BUFFER_KEYS})
+    if config.her:
+        from stable_baselines3 import HerReplayBuffer
+
+        kwargs["replay_buffer_class"] = HerReplayBuffer
+        kwargs["replay_buffer_kwargs"] = dict(n_sampled_goal=config.her_n_sampled_goal,
+                                              goal_selection_strategy=config.her_goal_selection_strategy)
     if algo in ("td3", "ddpg"):
         space = env.action_space
         half_range = (space.high - space.low) / 2  # type: ignore[attr-defined]
@@ -259,6 +282,10 @@ def load_run_model(run_dir: Path, env: VecEnv | None = None, device: str = "cpu"
             raise RunError(f"run {str(run_dir)!r} has no model yet (no {MODEL_FILE} nor checkpoint)")
         path = checkpoint.model_path
     algo_cls = algo_classes(info["algo"])[0]
+    if env is None and getattr(info["config"], "her", False):  # SB3 loads a HerReplayBuffer model with its env only
+        from sparse_rl.envs import make_env
+
+        env = make_env(info["env"], n_envs=1, seed=int(info["seed"]), env_kwargs=info["config"].env_kwargs)
     try:
         return bind(algo_cls.load(path, env=env, device=device, force_reset=False))
     except Exception as err:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gymnasium import spaces
+
 from sparse_rl.checkpoint import MODEL_FILE, Checkpoint, latest_checkpoint
 from sparse_rl.config import (
     CONFIG_CLASSES,
@@ -149,6 +151,20 @@ def _plan_new_run(args: argparse.Namespace) -> Plan:
             "--preset dense); drop those settings or choose a sparse preset"
         )
     obs_space, action_space = check_env_for(args.algo, env_id, config.env_kwargs, wrapper_options(config))
+    goal_keys = {"observation", "achieved_goal", "desired_goal"}
+    if config.her and not (isinstance(obs_space, spaces.Dict) and goal_keys <= set(obs_space.spaces)):
+        raise ConfigError(f"her needs a goal-conditioned env (dict observations with keys {', '.join(sorted(goal_keys))}); "
+                          f"{env_id!r} has {obs_space}")
+    if config.her:  # SB3's HerReplayBuffer samples only once an episode has ended
+        import gymnasium as gym
+
+        horizon = config.env_kwargs.get("max_episode_steps", gym.spec(env_id).max_episode_steps)
+        if horizon is not None and config.learning_starts < horizon:
+            raise ConfigError(f"her samples from finished episodes only: learning_starts ({config.learning_starts}) "
+                              f"must be at least the episode length of {env_id!r} ({horizon}), e.g. --set "
+                              f"learning_starts={horizon}")
+    if config.normalize and not isinstance(obs_space, spaces.Box):
+        raise ConfigError(f"normalize takes vector observations; {env_id!r} has {obs_space}")
     if config.deploy_target is not None and config.deploy_quantize == "auto":
         config = _fit_budget(args.algo, config, obs_space, action_space)
     label = run_label(args.algo, config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from helpers import assert_same_policy
 from test_cli import Crash, run_cli
@@ -22,6 +23,9 @@ CASES = {
     "ppo-normalize": ("Pendulum", ["--set", "n_envs=1", "--set", "n_steps=64", "--set", "n_epochs=2", "--set", "batch_size=32",
                                    "--set", "normalize=true", "--set", "activation=relu", "--set", "ortho_init=false",
                                    "--set", "log_std_init=-1.0"]),
+    # dict observations with hindsight replay: the maze's goal and the robot's state resume with the run
+    "sac-her": ("PointMaze_UMaze-v3", ["--env-kwargs", "max_episode_steps=50", "--set", "her=true",
+                                       "--set", "learning_starts=100", "--set", "batch_size=32"]),
     "dqn": ("CartPole-v1", ["--set", "learning_starts=100", "--set", "train_freq=1", "--set", "gradient_steps=1"]),
     "dqn-minatar": ("MinAtar/Breakout-v1", ["--set", "learning_starts=100", "--set", "train_freq=1",
                                             "--set", "buffer_size=2000"]),
@@ -54,8 +58,6 @@ def test_each_algorithm_trains_evaluates_and_resumes_exactly(case, tmp_path, cap
     assert a.num_timesteps == b.num_timesteps
     assert_same_policy(a, b)
     if case == "ppo-normalize":  # the statistics went through the checkpoint too
-        import numpy as np
-
         from sparse_rl.models import run_normalization
 
         stats_a, stats_b = run_normalization(tmp_path / "a"), run_normalization(tmp_path / "b")
@@ -64,23 +66,33 @@ def test_each_algorithm_trains_evaluates_and_resumes_exactly(case, tmp_path, cap
     assert code == 0, err
     if case == "ppo-normalize":
         _check_normalized_export(tmp_path / "a", tmp_path, capsys)
-    if case in ("dqn", "dqn-minatar", "ppo"):  # a discrete policy exports its argmax, and it runs on a Cortex-M4
+    if case in ("dqn", "dqn-minatar", "ppo", "sac-her"):  # argmax (discrete), dict observations: on a Cortex-M4
         from sparse_rl.export import cli as export_cli
         from sparse_rl.export.qemu import missing_tools
 
         code, _, err = run_cli(export_cli, [tmp_path / "a", "--format", "c", "--out", tmp_path / "c"], capsys)
-        assert code == 0 and "int sparse_rl_policy_act(const float *obs);" in (tmp_path / "c" / "policy.h").read_text()
+        header = (tmp_path / "c" / "policy.h").read_text()
+        assert code == 0 and ("SPARSE_RL_POLICY_OBS_DESIRED_GOAL_OFFSET" in header if case == "sac-her"
+                              else "int sparse_rl_policy_act(const float *obs);" in header)
         if not missing_tools():
             code, out, err = run_cli(export_cli, [tmp_path / "a", "--verify-on", "qemu-cortex-m4", "--steps", "40"], capsys)
             assert code == 0 and "within the bound" in out, (out, err)
+        if case == "sac-her":  # the numpy runtime takes the dict itself
+            from sparse_rl.export.runtime import SparsePolicy
+
+            code, _, err = run_cli(export_cli, [tmp_path / "a", "--format", "sparse", "--out", tmp_path / "p.npz"], capsys)
+            model = load_run_model(tmp_path / "a")
+            obs = {k: s.sample()[None].repeat(50, 0) + np.random.default_rng(0).normal(size=(50, *s.shape))
+                   for k, s in model.observation_space.spaces.items()}
+            obs = {k: np.clip(v, -5, 5).astype(np.float32) for k, v in obs.items()}
+            actions = SparsePolicy.load(tmp_path / "p.npz").act(obs)
+            assert code == 0 and np.abs(actions - model.predict(obs, deterministic=True)[0]).max() <= 1e-5 * 2
 
 
 
 def _check_normalized_export(run, tmp_path, capsys):
     """A run trained under VecNormalize exports with its statistics: the exported policy takes the raw
     observation and acts as the model does on the normalised one (numpy runtime, and C on a Cortex-M4)."""
-    import numpy as np
-
     from sparse_rl.envs.normalize import obs_normalization
     from sparse_rl.export import cli as export_cli
     from sparse_rl.export.qemu import missing_tools

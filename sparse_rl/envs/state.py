@@ -27,9 +27,25 @@ def _chain(env: gym.Env) -> list[gym.Env]:
     return chain
 
 
+def _maze_inner(core: gym.Env) -> gym.Env | None:
+    """The MuJoCo env inside a gymnasium-robotics maze (PointMaze's ``point_env``, AntMaze's ``ant_env``)."""
+    for name in ("point_env", "ant_env"):
+        inner = getattr(core, name, None)
+        if inner is not None and hasattr(inner, "data") and hasattr(core, "goal"):
+            return inner
+    return None
+
+
 def _core_state(core: gym.Env) -> dict[str, Any]:
     state: dict[str, Any] = {"np_random": copy.deepcopy(core.np_random.bit_generator.state)}
-    if hasattr(core, "data") and hasattr(core, "model"):
+    inner = _maze_inner(core)
+    if inner is not None:  # a maze: its goal and start, the goal's marker, and the robot's own env
+        state["maze"] = {
+            "goal": np.array(core.goal), "reset_pos": np.array(core.reset_pos),
+            "target_site": np.array(inner.model.site_pos[core.target_site_id]),
+            "inner": _core_state(inner),
+        }
+    elif hasattr(core, "data") and hasattr(core, "model"):
         import mujoco
 
         spec = mujoco.mjtState.mjSTATE_INTEGRATION
@@ -55,7 +71,12 @@ def _core_state(core: gym.Env) -> dict[str, Any]:
 
 def _set_core_state(core: gym.Env, state: dict[str, Any]) -> None:
     core.np_random.bit_generator.state = state["np_random"]
-    if "mujoco" in state:
+    if "maze" in state:
+        maze, inner = state["maze"], _maze_inner(core)
+        core.goal, core.reset_pos = np.array(maze["goal"]), np.array(maze["reset_pos"])
+        inner.model.site_pos[core.target_site_id] = maze["target_site"]  # type: ignore[union-attr]
+        _set_core_state(inner, maze["inner"])  # type: ignore[arg-type]
+    elif "mujoco" in state:
         import mujoco
 
         mujoco.mj_setState(core.model, core.data, state["mujoco"], mujoco.mjtState.mjSTATE_INTEGRATION)

@@ -253,8 +253,12 @@ def verify_on_target(path: Path, target: str, quantize: str, steps: int, prefix:
     if state is not None:  # the policy saw the normalised observation (the C normalises the raw one itself)
         mean, std, clip = obs_normalization(state)
         seen = np.clip((obs - mean) / std, -clip, clip)
-    expected = model.predict(np.asarray(seen, np.float32).reshape(-1, *model.observation_space.shape),
-                             deterministic=True)[0]
+    if graph.obs_keys is not None:  # a dict observation again, from its concatenated parts
+        cuts = np.cumsum([size for _, size in graph.obs_keys])[:-1]
+        policy_obs: Any = dict(zip([k for k, _ in graph.obs_keys], np.split(np.asarray(seen, np.float32), cuts, axis=1)))
+    else:
+        policy_obs = np.asarray(seen, np.float32).reshape(-1, *model.observation_space.shape)
+    expected = model.predict(policy_obs, deterministic=True)[0]
     kind = "int8" if quantize == "int8" else "float32"
     head = (f"{kind} C on QEMU's mps2-an386 (Cortex-M4F, hard float) against torch, {len(obs)} observations of a "
             f"{info['env']} trajectory")

@@ -146,6 +146,18 @@ class ActorGraph:
     #: ``(mean, std, clip)`` over the inputs the policy reads: a run trained with ``normalize`` (VecNormalize)
     #: sees ``clip((obs - mean) / std, -clip, clip)``; None: the raw observation
     obs_norm: tuple[np.ndarray, np.ndarray, float] | None = None
+    #: dict observations: ``(key, size)`` of each part, in the order the flat input concatenates them
+    obs_keys: list[tuple[str, int]] | None = None
+
+    def flatten(self, obs: Any) -> np.ndarray:
+        """A dict observation (or batch) as the flat input, its parts concatenated in ``obs_keys`` order; other
+        observations pass through."""
+        if not isinstance(obs, dict):
+            return obs
+        keys = self.obs_keys or []
+        parts = [np.asarray(obs[k], dtype=np.float64) for k, _ in keys]
+        batch = parts[0].shape[:-1] if parts and parts[0].ndim > 1 else ()
+        return np.concatenate([part.reshape(*batch, -1) for part in parts], axis=-1)
 
     @property
     def obs_dim(self) -> int:
@@ -176,7 +188,7 @@ class ActorGraph:
 
     def scores(self, obs: np.ndarray) -> np.ndarray:
         """The last layer's outputs in float64 (before squashing, rescaling or the argmax), ``(batch, act_dim)``."""
-        x = np.asarray(self.select_inputs(obs), dtype=np.float64)
+        x = np.asarray(self.select_inputs(self.flatten(obs)), dtype=np.float64)
         if self.obs_norm is not None:
             mean, std, clip = self.obs_norm
             x = np.clip((x - mean) / std, -clip, clip)
@@ -252,12 +264,16 @@ def _sequential_layers(modules: list[nn.Module], what: str, in_shape: tuple[int,
 def _extractor_modules(extractor: nn.Module, space: Any) -> tuple[list[nn.Module], tuple[int, int, int] | None, str]:
     """The modules of a features extractor, the ``(channels, height, width)`` of the observation where they
     start with convolutions, and how the observation lies (``chw``/``hwc``)."""
-    from stable_baselines3.common.torch_layers import FlattenExtractor, NatureCNN
+    from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtractor, NatureCNN
 
     from sparse_rl.agents.extractors import MinAtarCNN
 
     if isinstance(extractor, FlattenExtractor):
         return [], None, "chw"
+    if isinstance(extractor, CombinedExtractor):  # dict observations: parts flattened and concatenated
+        if all(isinstance(e, nn.Flatten) for e in extractor.extractors.values()):
+            return [], None, "chw"
+        raise ExportError("unsupported policy: a dict observation with an image part (only dicts of vectors)")
     shape = tuple(int(v) for v in space.shape)
     if isinstance(extractor, NatureCNN):
         return [*extractor.cnn, *extractor.linear], shape, "chw"  # type: ignore[return-value]
@@ -333,8 +349,11 @@ def extract_actor(model: Any, obs_norm: tuple[np.ndarray, np.ndarray, float] | N
     if not isinstance(space, (spaces.Box, spaces.Discrete)):
         raise ExportError(f"only Box (continuous) and Discrete action spaces can be exported, got {space} "
                           f"({type(policy).__name__})")
-    if not isinstance(policy.observation_space, spaces.Box):
-        raise ExportError(f"only Box observations can be exported, got {policy.observation_space} "
+    obs_space = policy.observation_space
+    dict_of_vectors = isinstance(obs_space, spaces.Dict) and all(
+        isinstance(s, spaces.Box) and len(s.shape) == 1 for s in obs_space.spaces.values())
+    if not isinstance(obs_space, spaces.Box) and not dict_of_vectors:
+        raise ExportError(f"only Box observations and dicts of vectors can be exported, got {obs_space} "
                           f"({type(policy).__name__})")
     discrete = isinstance(space, spaces.Discrete)
     actor = getattr(policy, "actor", None)
@@ -389,7 +408,8 @@ def extract_actor(model: Any, obs_norm: tuple[np.ndarray, np.ndarray, float] | N
         if np.size(mean) != size or np.size(std) != size:
             raise ExportError(f"the observation statistics have {np.size(mean)} features, the policy reads {size}")
         obs_norm = (np.asarray(mean, np.float64).reshape(-1), np.asarray(std, np.float64).reshape(-1), float(clip))
-    graph = ActorGraph(layers, squash, *bounds, algo, obs_norm=obs_norm)
+    keys = [(k, int(s.shape[0])) for k, s in obs_space.spaces.items()] if dict_of_vectors else None
+    graph = ActorGraph(layers, squash, *bounds, algo, obs_norm=obs_norm, obs_keys=keys)
     return drop_unused_inputs(graph)
 
 
@@ -408,7 +428,8 @@ def drop_unused_inputs(graph: ActorGraph) -> ActorGraph:
     if norm is not None:
         norm = (norm[0][used], norm[1][used], norm[2])
     return ActorGraph([layer, *graph.layers[1:]], graph.squash, graph.action_low, graph.action_high, graph.algo,
-                      input_index=used.astype(np.int64), env_obs_dim_=first.shape[1], obs_norm=norm)
+                      input_index=used.astype(np.int64), env_obs_dim_=first.shape[1], obs_norm=norm,
+                      obs_keys=graph.obs_keys)
 
 
 def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:

@@ -179,7 +179,10 @@ def record_observations(model, env_id: str, steps: int, seed: int = 0, env_kwarg
         seen = []
         for _ in range(steps):
             record = raw() if raw is not None else obs
-            seen.append(np.asarray(maybe_transpose(record, model.observation_space))[0].reshape(-1))
+            if isinstance(record, dict):  # its parts concatenated in the space's order, as the policy reads them
+                seen.append(np.concatenate([np.asarray(record[k])[0].reshape(-1) for k in model.observation_space.spaces]))
+            else:
+                seen.append(np.asarray(maybe_transpose(record, model.observation_space))[0].reshape(-1))
             action, _ = model.predict(obs, deterministic=True)
             obs, _, _, _ = env.step(action)
     finally:

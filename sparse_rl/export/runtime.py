@@ -21,7 +21,8 @@ flat array), ``kernel`` and ``stride``; it writes ``out * out_height * out_width
 ``"squash": "argmax"`` marks a discrete policy: the action is the index of the last layer's largest output
 (DQN's Q-values, PPO's logits), and there are no action bounds. A policy trained under VecNormalize holds
 ``obs_mean`` and ``obs_std`` (float32, one per input read) and meta ``obs_clip``: its first layer reads
-``clip((obs - obs_mean) / obs_std, -obs_clip, obs_clip)``.
+``clip((obs - obs_mean) / obs_std, -obs_clip, obs_clip)``. A policy of dict observations lists in meta
+``obs_keys`` each part's ``[key, size]`` in the order the flat input concatenates them.
 
     from sparse_rl.export.runtime import SparsePolicy
     policy = SparsePolicy.load("cheetah.npz")
@@ -317,10 +318,14 @@ class SparsePolicy:
             obs_norm = (check.array("obs_mean", "f", (n_in,), "observation normalisation"), std, float(clip))
         return cls(weights, biases, activations, squash, bounds[0], bounds[1], meta, convs, obs_norm)
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
+    def act(self, obs: np.ndarray | dict) -> np.ndarray:
         """Actions for one observation or a batch: the env's whole observation ``(env_obs_dim,)`` (an image
         flattened), or, where the export dropped unused inputs, the features it reads ``(obs_dim,)``
         (``meta["input_index"]``); float32 actions, or int64 action indices for a discrete policy."""
+        if isinstance(obs, dict):  # a dict observation: its parts concatenated in the order meta obs_keys gives
+            parts = [np.asarray(obs[key], dtype=np.float32) for key, _ in self.meta.get("obs_keys", [])]
+            batch = parts[0].shape[:-1] if parts and parts[0].ndim > 1 else ()
+            obs = np.concatenate([part.reshape(*batch, -1) for part in parts], axis=-1)
         x = np.asarray(obs, dtype=np.float32)
         index = self.meta.get("input_index")
         if index is not None and x.shape[-1] == self.meta["env_obs_dim"]:
