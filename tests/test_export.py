@@ -622,6 +622,12 @@ def test_unsupported_discrete_and_observation_spaces_are_refused_with_a_reason()
     multi = SparseActorCriticPolicy(gym.spaces.Box(-1, 1, (4,)), gym.spaces.MultiDiscrete([2, 3]), lambda _: 1e-3)
     with pytest.raises(ExportError, match="only Box .continuous. and Discrete action spaces"):
         extract_actor(multi)
-    spaces = gym.spaces.Dict({"a": gym.spaces.Box(-1, 1, (2,)), "b": gym.spaces.Box(-1, 1, (3,))})
-    with pytest.raises(ExportError, match="only Box observations"):
-        extract_actor(MultiInputActorCriticPolicy(spaces, gym.spaces.Discrete(2), lambda _: 1e-3))
+    with pytest.raises(ExportError, match="only Box observations and dicts of vectors"):  # one-hot inputs
+        extract_actor(SparseActorCriticPolicy(gym.spaces.Discrete(5), gym.spaces.Discrete(2), lambda _: 1e-3))
+    # a dict of vectors exports, its parts concatenated in key order
+    spaces = gym.spaces.Dict({"b": gym.spaces.Box(-1, 1, (3,)), "a": gym.spaces.Box(-1, 1, (2,))})
+    policy = MultiInputActorCriticPolicy(spaces, gym.spaces.Discrete(3), lambda _: 1e-3)
+    graph = extract_actor(policy)
+    obs = {k: np.random.default_rng(0).normal(size=(100, *s.shape)).astype(np.float32) * 50 for k, s in spaces.items()}
+    assert graph.obs_keys == [("a", 2), ("b", 3)]
+    assert np.array_equal(graph.forward(obs), policy.predict(obs, deterministic=True)[0])
