@@ -24,7 +24,7 @@ import numpy as np
 from sparse_rl.config import wrapper_options
 from sparse_rl.envs import make_env
 from sparse_rl.export import cli, formats
-from sparse_rl.export.compile import CPolicy
+from sparse_rl.export.compile import CPolicy, arm_toolchain, cortex_m4_size
 from sparse_rl.export.graph import extract_actor
 from sparse_rl.export.qemu import record_observations
 from sparse_rl.export.runtime import SparsePolicy
@@ -58,30 +58,38 @@ def main() -> int:
     model = cli.load_model(args.run)
     graph = extract_actor(model)
     span = float(np.max(graph.action_high - graph.action_low))
+    variants = ("int8", "mixed")  # mixed: int8 weights but the input layer's (float32)
+    obs = record_observations(model, info["env"], args.steps, seed=args.seed, env_kwargs=config.env_kwargs,
+                              wrappers=wrapper_options(config))
+    errors, returns, flash = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        npz = Path(tmp) / "p8.npz"
-        npz.write_bytes(formats.sparse_file_bytes(graph, "int8"))
-        int8 = SparsePolicy.load(npz)
-        obs = record_observations(model, info["env"], args.steps, seed=args.seed, env_kwargs=config.env_kwargs,
-                                  wrappers=wrapper_options(config))
-        real = np.abs(int8.act(obs) - graph.forward(obs)) / span
-        uniform = cli.int8_error(graph)
-        dirs = {}
-        for q in ("none", "int8"):
+        for q in variants:
+            npz = Path(tmp) / f"{q}.npz"
+            npz.write_bytes(formats.sparse_file_bytes(graph, q))
+            real = np.abs(SparsePolicy.load(npz).act(obs) - graph.forward(obs)) / span
+            errors[q] = (cli.int8_error(graph, quantize=q), real)
+        for q in ("none", *variants):
             d = Path(tmp) / q
             cli.export(graph, "c", d, quantize=q)
-            dirs[q] = CPolicy(d, "sparse_rl_policy", graph.obs_dim, graph.act_dim)
-        f32 = closed_loop(dirs["none"], graph, info["env"], config, args.episodes, args.seed)
-        i8 = closed_loop(dirs["int8"], graph, info["env"], config, args.episodes, args.seed)
-    print(f"{args.run} ({info['env']}, {info['label']}): int8 actor against float32, as fractions of the action range")
-    print("| inputs | observations | max error | mean error |")
-    print("|---|---|---|---|")
-    print(f"| uniform in [-1, 1] | 1000 | {uniform['max']:.4f} | {uniform['mean']:.5f} |")
-    print(f"| a trajectory of the float32 policy | {len(obs)} | {real.max():.4f} | {real.mean():.5f} |")
+            returns[q] = closed_loop(CPolicy(d, "sparse_rl_policy", graph.obs_dim, graph.act_dim), graph, info["env"],
+                                     config, args.episodes, args.seed)
+            flash[q] = cortex_m4_size(d)["flash"] if arm_toolchain() else None
+    names = {"none": "float32", "int8": "int8", "mixed": "int8, float32 input layer"}
+    print(f"{args.run} ({info['env']}, {info['label']}): int8 actors against float32, as fractions of the action range")
+    print("| weights | inputs | observations | max error | mean error |")
+    print("|---|---|---|---|---|")
+    for q in variants:
+        uniform, real = errors[q]
+        print(f"| {names[q]} | uniform in [-1, 1] | 1000 | {uniform['max']:.4f} | {uniform['mean']:.5f} |")
+        print(f"| {names[q]} | a trajectory of the float32 policy | {len(obs)} | {real.max():.4f} | {real.mean():.5f} |")
     print(f"|obs| on that trajectory: max {np.abs(obs).max():.1f}")
-    print(f"closed loop, {args.episodes} episodes (env seeds {args.seed}..{args.seed + args.episodes - 1}): float32 C "
-          f"return {np.mean(f32):.1f} ({', '.join(f'{r:.0f}' for r in f32)}), int8 C {np.mean(i8):.1f} "
-          f"({', '.join(f'{r:.0f}' for r in i8)}): ratio {np.mean(i8) / np.mean(f32):.3f}")
+    print(f"closed loop, {args.episodes} episodes (env seeds {args.seed}..{args.seed + args.episodes - 1}), the compiled C:")
+    print("| weights | mean return | episodes | of float32 | Cortex-M4 flash (B) |")
+    print("|---|---|---|---|---|")
+    for q in ("none", *variants):
+        r = returns[q]
+        print(f"| {names[q]} | {np.mean(r):.1f} | {', '.join(f'{v:.0f}' for v in r)} | "
+              f"{np.mean(r) / np.mean(returns['none']):.3f} | {flash[q] if flash[q] is not None else 'n/a'} |")
     return 0
 
 

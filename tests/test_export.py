@@ -119,6 +119,29 @@ def test_int8_parity(model, tmp_path):
     assert np.abs(a_c - ref).mean() <= INT8_MEAN_TOL * rng
 
 
+def test_mixed_keeps_the_input_layer_float32(model, tmp_path):
+    """``--quantize mixed``: int8 weights but the input layer's (where large raw observations meet the rounding);
+    C and the numpy runtime compute the same, the error stays within int8's bounds, the file says which layer
+    holds what, and the C's bytes fall between int8's and float32's."""
+    import json
+
+    graph = extract_actor(model)
+    cli.export(graph, "c", tmp_path / "cm", quantize="mixed")
+    cli.export(graph, "sparse", tmp_path / "pm.npz", quantize="mixed")
+    source = (tmp_path / "cm" / "policy.c").read_text()
+    assert "static const float l0_val[" in source and "static const signed char l1_val[" in source
+    cm = CPolicy(tmp_path / "cm", "sparse_rl_policy", graph.obs_dim, graph.act_dim, extra_flags=["-Werror"])
+    obs = observations(model)
+    ref, rng = torch_actions(model, obs), action_range(model)
+    assert np.abs(cm.act(obs) - SparsePolicy.load(tmp_path / "pm.npz").act(obs)).max() <= FLOAT_TOL * rng
+    assert np.abs(cm.act(obs) - ref).max() <= INT8_MAX_TOL * rng and np.abs(cm.act(obs) - ref).mean() <= INT8_MEAN_TOL * rng
+    with np.load(tmp_path / "pm.npz") as f:
+        meta = json.loads(bytes(f["meta"]).decode())
+    assert meta["dtype"] == "mixed" and [layer["dtype"] for layer in meta["layers"]] == ["float32", "int8", "int8"]
+    sizes = [cli.c_weight_bytes(graph, q) for q in ("int8", "mixed", "none")]
+    assert sizes[0] < sizes[1] < sizes[2]
+
+
 def test_sparse_file_size_shrinks_with_density(tmp_path):
     sizes = {}
     for sparsity in (0.0, 0.9, 0.98):

@@ -109,21 +109,19 @@ def export(
 def c_weight_bytes(graph: ActorGraph, quantize: str = "none", dense: bool = False) -> int:
     """Bytes of the ``const`` weight arrays of the generated C (values, indices, row pointers or N:M offsets,
     biases, scales)."""
-    total = 0
-    for layer in graph.layers:
-        out, inp = layer.shape
-        value = 1 if quantize == "int8" else 4
-        total += out * 4 + (out * 4 if quantize == "int8" else 0)
-        if dense:
-            total += out * inp * value
-        else:
-            from sparse_rl.export.formats import layer_payload_bytes
+    from sparse_rl.export.formats import layer_payload_bytes, layer_quantize
 
-            total += layer_payload_bytes(layer, quantize)
+    total = 0
+    for i, layer in enumerate(graph.layers):
+        out, inp = layer.shape
+        lq = layer_quantize(quantize, i)
+        value = 1 if lq == "int8" else 4
+        total += out * 4 + (out * 4 if lq == "int8" else 0)
+        total += out * inp * value if dense else layer_payload_bytes(layer, lq)
     return total
 
 
-def int8_error(graph: ActorGraph, n: int = 1000, seed: int = 0) -> dict[str, float]:
+def int8_error(graph: ActorGraph, n: int = 1000, seed: int = 0, quantize: str = "int8") -> dict[str, float]:
     """Error of the int8 export against float32, as fractions of the widest action range; a discrete policy:
     the fraction of observations whose action differs (``max`` and ``mean`` both)."""
     import numpy as np
@@ -134,7 +132,7 @@ def int8_error(graph: ActorGraph, n: int = 1000, seed: int = 0) -> dict[str, flo
     obs = np.random.default_rng(seed).uniform(-1, 1, size=(n, graph.obs_dim)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "p8.npz"
-        path.write_bytes(formats.sparse_file_bytes(graph, "int8"))
+        path.write_bytes(formats.sparse_file_bytes(graph, quantize))
         actions = SparsePolicy.load(path).act(obs)
     if graph.discrete:
         differ = float(np.mean(actions != graph.forward(obs)))
@@ -169,6 +167,7 @@ def report(graph: ActorGraph) -> list[str]:
         "onnx (dense initializers)": len(formats.onnx_bytes(graph)),
         "C float32 const arrays": c_weight_bytes(graph),
         "C int8 const arrays": c_weight_bytes(graph, "int8"),
+        "C mixed const arrays (float32 input layer)": c_weight_bytes(graph, "mixed"),
     }
     lines += [f"| {k} | {v} | {v / dense_bytes:.3f} |" for k, v in sizes.items()]
     err = int8_error(graph)
@@ -187,6 +186,7 @@ def report(graph: ActorGraph) -> list[str]:
         for name, quantize, dense in (
             ("C float32", "none", False),
             ("C int8", "int8", False),
+            ("C mixed (float32 input layer)", "mixed", False),
             ("dense C float32", "none", True),
         ):
             d = Path(tmp) / name.replace(" ", "_")
@@ -200,10 +200,11 @@ def report(graph: ActorGraph) -> list[str]:
 
 #: the exported C against torch on a real trajectory: float32 exactly but for rounding, int8 within the bounds
 #: docs/embedded.md documents (fractions of the widest action range)
-VERIFY_TOL = {"none": {"max": 1e-5, "mean": 1e-5}, "int8": {"max": 0.15, "mean": 0.01}}
+VERIFY_TOL = {"none": {"max": 1e-5, "mean": 1e-5}, "int8": {"max": 0.15, "mean": 0.01},
+              "mixed": {"max": 0.15, "mean": 0.01}}
 #: a discrete policy's C against torch, the fraction of observations whose action differs: float32 never,
 #: except on a near tie (:data:`NEAR_TIE`); int8 on at most 5%
-VERIFY_DISCRETE_TOL = {"none": 0.0, "int8": 0.05}
+VERIFY_DISCRETE_TOL = {"none": 0.0, "int8": 0.05, "mixed": 0.05}
 #: two best outputs closer than this (relative to the larger's magnitude, at least 1) are a tie float32
 #: rounding may break either way
 NEAR_TIE = 1e-5
@@ -259,7 +260,7 @@ def verify_on_target(path: Path, target: str, quantize: str, steps: int, prefix:
     else:
         policy_obs = np.asarray(seen, np.float32).reshape(-1, *model.observation_space.shape)
     expected = model.predict(policy_obs, deterministic=True)[0]
-    kind = "int8" if quantize == "int8" else "float32"
+    kind = {"none": "float32", "mixed": "int8 (float32 input layer)"}.get(quantize, quantize)
     head = (f"{kind} C on QEMU's mps2-an386 (Cortex-M4F, hard float) against torch, {len(obs)} observations of a "
             f"{info['env']} trajectory")
     if graph.discrete:
@@ -300,7 +301,7 @@ def check_budget(graph: ActorGraph, flash: int | None, ram: int | None, quantize
         for name, text in formats.c_sources(graph, prefix=prefix, quantize=quantize).items():
             (Path(tmp) / name).write_text(text)
         size = cortex_m4_size(Path(tmp))
-    kind = "int8" if quantize == "int8" else "float32"
+    kind = {"none": "float32", "mixed": "int8 (float32 input layer)"}.get(quantize, quantize)
     lines, fits = [], True
     for what, used, budget in (("flash", size["flash"], flash), ("RAM", size["ram"], ram)):
         if budget is None:
@@ -322,15 +323,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("path", type=Path, help="run directory or SB3 .zip")
     p.add_argument("--format", choices=FORMATS, help="sparse (.npz), onnx, or c (directory with policy.h/policy.c)")
     p.add_argument("--out", type=Path, help="output file (sparse, onnx) or directory (c)")
-    p.add_argument("--quantize", default="none", help="none or int8 (sparse and c formats)")
+    p.add_argument("--quantize", default="none",
+                   help="none, int8, or mixed (int8 but a float32 input layer) (sparse and c formats)")
     p.add_argument("--prefix", default="sparse_rl_policy", help="C symbol prefix: <prefix>_act()")
     p.add_argument("--dense-c", action="store_true", help="C with dense arrays (baseline for comparisons)")
     p.add_argument("--report", action="store_true", help="print nonzeros, MACs and bytes per format")
     p.add_argument("--verify-on", choices=TARGETS, default=None,
-                   help="run the exported C (--quantize none or int8) on an emulated chip against torch")
+                   help="run the exported C (--quantize none, int8 or mixed) on an emulated chip against torch")
     p.add_argument("--steps", type=int, default=200, help="observations of a real trajectory for --verify-on (200)")
     p.add_argument("--target", choices=("cortex-m4",), default=None,
-                   help="check the exported C (--quantize none or int8) against a chip's --flash/--ram budget")
+                   help="check the exported C (--quantize none, int8 or mixed) against a chip's --flash/--ram budget")
     p.add_argument("--flash", default=None, help="flash budget, e.g. 12K (with --target)")
     p.add_argument("--ram", default=None, help="RAM budget, e.g. 4K (with --target)")
     args = p.parse_args(argv)
@@ -340,8 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.target is not None:
             if args.flash is None and args.ram is None:
                 raise ExportError("--target needs a budget: --flash SIZE and/or --ram SIZE (e.g. --flash 12K --ram 4K)")
-            if args.quantize not in ("none", "int8"):
-                raise ExportError(f"--quantize must be none or int8, got {args.quantize!r}")
+            if args.quantize not in ("none", "int8", "mixed"):
+                raise ExportError(f"--quantize must be none, int8 or mixed, got {args.quantize!r}")
             flash = parse_bytes(args.flash, "--flash") if args.flash is not None else None
             ram = parse_bytes(args.ram, "--ram") if args.ram is not None else None
             fits, lines = check_budget(load_graph(args.path), flash, ram, args.quantize, args.prefix)

@@ -15,7 +15,14 @@ import numpy as np
 from sparse_rl.export.graph import ActorGraph, ExportError, Layer, int8_bias, pack_bits, quantize_rows
 from sparse_rl.export.runtime import FORMAT_NAME, FORMAT_VERSION, index_dtype, offset_bits
 
-QUANTIZE = ("none", "int8")
+#: none: float32 weights; int8: every layer's weights int8; mixed: int8 but the input layer's, kept float32
+#: (where large raw observations meet the first layer, its int8 rounding costs most: docs/embedded.md)
+QUANTIZE = ("none", "int8", "mixed")
+
+
+def layer_quantize(quantize: str, i: int) -> str:
+    """How layer ``i`` stores its weights under ``quantize``: ``int8`` or ``none`` (float32)."""
+    return "none" if quantize == "none" or (quantize == "mixed" and i == 0) else "int8"
 
 
 # ----------------------------------------------------------------------------- sparse file
@@ -25,17 +32,20 @@ def sparse_file_bytes(graph: ActorGraph, quantize: str = "none") -> bytes:
     arrays: dict[str, np.ndarray] = {}
     layers_meta = []
     for i, layer in enumerate(graph.layers):
+        lq = layer_quantize(quantize, i)
         out, inp = layer.shape
         entry: dict = {"in": inp, "out": out, "nnz": layer.nnz, "activation": layer.activation}
         if layer.conv is not None:  # rows: output channels; columns: kernel taps (see the runtime's docstring)
             c = layer.conv
             entry.update(kind="conv", in_shape=list(c.in_shape), layout=c.layout, kernel=list(c.kernel),
                          stride=list(c.stride))
+        if quantize == "mixed":
+            entry["dtype"] = "int8" if lq == "int8" else "float32"
         if layer.nm() is not None:  # N:M: n values per group of M, each with a log2(M)-bit offset
             values, offsets, n, m = layer.nm_arrays()
             arrays[f"l{i}_offsets"] = pack_bits(offsets, offset_bits(m))
             entry.update(layout="nm", n=n, m=m)
-            if quantize == "int8":
+            if lq == "int8":
                 q, scale = quantize_rows(layer.weight)
                 arrays[f"l{i}_values"] = _quantized_slots(values, layer.weight, scale)
                 arrays[f"l{i}_scale_bias"] = np.stack([scale, layer.bias]).astype(np.float16)
@@ -46,7 +56,7 @@ def sparse_file_bytes(graph: ActorGraph, quantize: str = "none") -> bytes:
             continue
         indptr, indices, values = layer.csr()
         arrays[f"l{i}_indptr"], arrays[f"l{i}_indices"] = indptr, indices
-        if quantize == "int8":
+        if lq == "int8":
             q, scale = quantize_rows(layer.weight)
             rows, cols = np.nonzero(layer.weight)
             arrays[f"l{i}_values"] = q[rows, cols]
@@ -58,7 +68,8 @@ def sparse_file_bytes(graph: ActorGraph, quantize: str = "none") -> bytes:
     if graph.obs_norm is not None:  # VecNormalize's statistics over the inputs read: (x - mean) / std, clipped
         arrays["obs_mean"] = graph.obs_norm[0].astype(np.float32)
         arrays["obs_std"] = graph.obs_norm[1].astype(np.float32)
-    needs_v2 = graph.discrete or graph.obs_norm is not None or any(layer.conv is not None for layer in graph.layers)
+    needs_v2 = (quantize == "mixed" or graph.discrete or graph.obs_norm is not None
+                or any(layer.conv is not None for layer in graph.layers))
     meta = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION if needs_v2 else 1,
@@ -67,7 +78,7 @@ def sparse_file_bytes(graph: ActorGraph, quantize: str = "none") -> bytes:
         "act_dim": graph.act_dim,
         **({"env_obs_dim": graph.env_obs_dim, "input_index": graph.input_index.tolist()}
            if graph.input_index is not None else {}),
-        "dtype": "int8" if quantize == "int8" else "float32",
+        "dtype": {"none": "float32"}.get(quantize, quantize),
         "squash": graph.squash,
         **({"obs_clip": graph.obs_norm[2]} if graph.obs_norm is not None else {}),
         **({"obs_keys": [[k, n] for k, n in graph.obs_keys]} if graph.obs_keys is not None else {}),
@@ -100,7 +111,7 @@ def layer_payload_bytes(layer: Layer, quantize: str = "none") -> int:
 
 def sparse_payload_bytes(graph: ActorGraph, quantize: str = "none") -> int:
     """The layers' stored weights (:func:`layer_payload_bytes`): what a sparse file must stay close to."""
-    return sum(layer_payload_bytes(layer, quantize) for layer in graph.layers)
+    return sum(layer_payload_bytes(layer, layer_quantize(quantize, i)) for i, layer in enumerate(graph.layers))
 
 
 # ----------------------------------------------------------------------------------- ONNX
@@ -240,7 +251,8 @@ def c_sources(
     """``{"policy.h": ..., "policy.c": ...}``: C99, no malloc, only ``<math.h>``.
 
     Weights are ``static const`` CSR arrays (dense arrays with ``dense=True``, for comparison); the two
-    scratch buffers are static and sized at export. ``quantize="int8"`` stores int8 weights with one
+    scratch buffers are static and sized at export. ``quantize="int8"`` (``"mixed"``: all but the input layer)
+    stores int8 weights with one
     float scale per output row and accumulates in float.
     """
     _check_quantize(quantize)
@@ -272,6 +284,7 @@ def c_sources(
                  f"        normed[k] = acc < -{c} ? -{c} : (acc > {c} ? {c} : acc);",
                  "    }"]
     for i, layer in enumerate(graph.layers):
+        lq = layer_quantize(quantize, i)
         out, inp = layer.shape
         src = ("obs" if graph.obs_norm is None else "normed") if i == 0 else f"scratch[{(i - 1) % 2}]"
         last = i == len(graph.layers) - 1
@@ -281,17 +294,17 @@ def c_sources(
                                          f"on {'x'.join(map(str, conv.in_shape))} ({conv.layout}), ")
         decl.append(f"\n/* layer {i}: {layer.n_in} -> {layer.n_out}, {what}{layer.activation}, {layer.nnz} of {inp * out} "
                     "weights */")
-        bias = int8_bias(layer.bias) if quantize == "int8" else layer.bias
+        bias = int8_bias(layer.bias) if lq == "int8" else layer.bias
         decl.append(f"static const float l{i}_bias[{out}] = {{{_c_floats(bias)}}};")
-        if quantize == "int8":
+        if lq == "int8":
             q, scale = quantize_rows(layer.weight)
             decl.append(f"static const float l{i}_scale[{out}] = {{{_c_floats(scale)}}};")
         pre = ""
         x = src if conv is None else "in"  # a convolution reads its window through ``in``
         if dense:
-            w = q if quantize == "int8" else layer.weight
-            ctype = "signed char" if quantize == "int8" else "float"
-            decl.append(f"static const {ctype} l{i}_w[{inp * out}] = {{{(_c_ints if quantize == 'int8' else _c_floats)(w)}}};")
+            w = q if lq == "int8" else layer.weight
+            ctype = "signed char" if lq == "int8" else "float"
+            decl.append(f"static const {ctype} l{i}_w[{inp * out}] = {{{(_c_ints if lq == 'int8' else _c_floats)(w)}}};")
             read = f"{x}[k]"
             if conv is not None:
                 taps = conv.taps()
@@ -299,7 +312,7 @@ def c_sources(
                             f"{{{_c_ints(taps)}}};")
                 read = f"in[l{i}_tap[k]]"
             term = f"l{i}_w[r * {inp} + k] * {read}"
-            if quantize == "int8":
+            if lq == "int8":
                 term = f"(float)l{i}_w[r * {inp} + k] * {read}"
             loop = f"for (k = 0; k < {inp}; ++k) acc += {term};"
         elif layer.nm() is not None:
@@ -309,12 +322,12 @@ def c_sources(
             packed = pack_bits(offsets, bits)
             decl.append(f"/* N:M layout: {n} slots per group of {m} inputs, {bits}-bit offsets, little-endian bit stream */")
             decl.append(f"static const unsigned char l{i}_off[{packed.size}] = {{{_c_ints(packed)}}};")
-            if quantize == "int8":
+            if lq == "int8":
                 slots = _quantized_slots(values, layer.weight, quantize_rows(layer.weight)[1])
                 decl.append(f"static const signed char l{i}_val[{slots.size}] = {{{_c_ints(slots)}}};")
             else:
                 decl.append(f"static const float l{i}_val[{values.size}] = {{{_c_floats(values)}}};")
-            pre, loop, kind = _nm_loop(i, src, n, m, groups, bits, quantize == "int8")
+            pre, loop, kind = _nm_loop(i, src, n, m, groups, bits, lq == "int8")
             nm_loops.add(kind)
         else:
             indptr, indices, values = layer.csr()
@@ -325,7 +338,7 @@ def c_sources(
             decl.append(
                 f"static const {_C_INDEX[indices.itemsize]} l{i}_idx[{max(len(indices), 1)}] = {{{_c_ints(indices)}}};"
             )
-            if quantize == "int8":
+            if lq == "int8":
                 rows, cols = np.nonzero(layer.weight)
                 decl.append(f"static const signed char l{i}_val[{max(len(values), 1)}] = {{{_c_ints(q[rows, cols])}}};")
                 term = f"(float)l{i}_val[k] * {x}[l{i}_idx[k]]"
@@ -333,7 +346,7 @@ def c_sources(
                 decl.append(f"static const float l{i}_val[{max(len(values), 1)}] = {{{_c_floats(values)}}};")
                 term = f"l{i}_val[k] * {x}[l{i}_idx[k]]"
             loop = f"for (k = (long)l{i}_ptr[r]; k < (long)l{i}_ptr[r + 1]; ++k) acc += {term};"
-        if quantize == "int8":
+        if lq == "int8":
             init, finish = "0.0f", f"acc = acc * l{i}_scale[r] + l{i}_bias[r];"
         else:
             init, finish = f"l{i}_bias[r]", ""
@@ -373,7 +386,8 @@ def c_sources(
                  f"    for (r = 1; r < {graph.act_dim}; ++r) if ({scores}[r] > {scores}[best]) best = r;",
                  "    return (int)best;"]
     layout = "dense" if dense else "sparse N:M and CSR" if nm_loops else "sparse CSR"
-    kind = layout + (", int8 weights" if quantize == "int8" else ", float32")
+    kind = layout + {"int8": ", int8 weights", "mixed": ", int8 weights but the input layer's (float32)"}.get(
+        quantize, ", float32")
     inputs = ""
     if graph.input_index is not None:
         index = ", ".join(str(int(i)) for i in graph.input_index)

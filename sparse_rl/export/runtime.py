@@ -4,7 +4,8 @@ File format (``.npz``, loaded with ``allow_pickle=False``): a ``meta`` member ho
 per layer ``i``: ``l{i}_indptr`` (row pointers), ``l{i}_indices`` (column of each nonzero), each of the
 smallest unsigned type that fits (uint8/uint16/uint32), ``l{i}_values`` (float32, or int8 with
 one scale per output row: ``w = q * scale``), and ``l{i}_bias`` (float32); int8 files hold instead
-``l{i}_scale_bias``, float16 of shape ``(2, out)``: row scales, then biases.
+``l{i}_scale_bias``, float16 of shape ``(2, out)``: row scales, then biases. A ``"dtype": "mixed"`` file
+(version 2) names each layer's own ``dtype``: int8 layers, and a float32 input layer.
 
 A layer whose meta says ``"layout": "nm"`` (with ``n`` and ``m``; a policy trained with an N:M
 structure) holds instead of the row pointers and indices ``n`` value slots for every group of ``m``
@@ -250,11 +251,13 @@ class SparsePolicy:
             raise PolicyFileError(f"{str(path)!r}: unsupported format {got!r} v{version!r}")
         check = _Checker(str(path), data)
         layers = check.meta_list(meta, "layers")
-        quantized = check.choice(meta, "dtype", ("float32", "int8")) == "int8"
+        dtype = check.choice(meta, "dtype", ("float32", "int8", "mixed"))
         weights, biases, activations, convs = [], [], [], []
         width = check.positive_int(meta, "obs_dim", "meta")
         for i, layer in enumerate(layers):
             where = f"layer {i}"
+            # a "mixed" file names each layer's weight type (int8, or float32 for the input layer)
+            quantized = (check.choice(layer, "dtype", ("float32", "int8"), where) if dtype == "mixed" else dtype) == "int8"
             out, inp = check.positive_int(layer, "out", where), check.positive_int(layer, "in", where)
             conv = _conv_meta(check, layer, inp, where) if layer.get("kind", "linear") != "linear" else None
             reads = int(np.prod(conv[0])) if conv else inp
