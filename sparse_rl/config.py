@@ -124,8 +124,8 @@ class TrainConfig(SparsityConfig):
     deploy_ram: str | int | None = None
     """RAM budget, e.g. ``4K``"""
     deploy_quantize: str = "auto"
-    """``auto`` (float32 or int8 weights, whichever allows the denser actor; resolved when the run starts),
-    ``none`` or ``int8``"""
+    """``auto`` (float32, or int8 with a float32 input layer: ``mixed``, whichever allows the denser actor;
+    resolved when the run starts), ``none``, ``int8`` or ``mixed``"""
 
 
 @dataclass
@@ -397,8 +397,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("deploy_flash and deploy_ram are budgets of a deploy_target (cortex-m4)")
     if config.deploy_target is not None and config.deploy_flash is None and config.deploy_ram is None:
         raise ConfigError("deploy_target needs a budget: deploy_flash (e.g. 12K) and/or deploy_ram (e.g. 4K)")
-    if config.deploy_quantize not in ("auto", "none", "int8"):
-        raise ConfigError(f"deploy_quantize must be one of auto, none, int8, got {config.deploy_quantize!r}")
+    if config.deploy_quantize not in ("auto", "none", "int8", "mixed"):
+        raise ConfigError(f"deploy_quantize must be one of auto, none, int8, mixed, got {config.deploy_quantize!r}")
     try:
         for key in ("deploy_flash", "deploy_ram"):
             if getattr(config, key) is not None:

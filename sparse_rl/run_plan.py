@@ -108,6 +108,9 @@ def _check_run_dir(run_dir: Path, overwrite: bool) -> None:
                 continue     # meanwhile (a sweep's next trial): keep it; the parents above are still tried
 
 
+WEIGHTS = {"none": "float32", "int8": "int8", "mixed": "int8 (float32 input layer)"}
+
+
 def _fit_budget(algo: str, config: TrainConfig, obs_space: Any, action_space: Any) -> TrainConfig:
     """``config`` with the actor's sparsity and weight type that the deploy budget allows (the densest that fits)."""
     from sparse_rl.export.budget import BudgetError, derive, parse_size
@@ -122,11 +125,11 @@ def _fit_budget(algo: str, config: TrainConfig, obs_space: Any, action_space: An
     ram = parse_size(config.deploy_ram, "deploy_ram") if config.deploy_ram is not None else None
     try:
         fitted = derive(algo, int(obs_space.shape[0]), int(action_space.shape[0]), config.net_arch, config.distribution,
-                        flash, ram)
+                        flash, ram, config.deploy_quantize)
     except BudgetError as err:
         raise ConfigError(str(err)) from None
     print(f"deploy budget ({config.deploy_target}, flash {flash} B, RAM {ram} B): actor_sparsity {fitted.sparsity:g} with "
-          f"{'int8' if fitted.quantize == 'int8' else 'float32'} weights ({fitted.flash} B of flash, {fitted.ram} B of RAM "
+          f"{WEIGHTS[fitted.quantize]} weights ({fitted.flash} B of flash, {fitted.ram} B of RAM "
           "by the byte model)", file=sys.stderr)
     return dataclasses.replace(config, actor_sparsity=fitted.sparsity, deploy_quantize=fitted.quantize)
 
@@ -165,7 +168,7 @@ def _plan_new_run(args: argparse.Namespace) -> Plan:
                               f"learning_starts={horizon}")
     if config.normalize and not isinstance(obs_space, spaces.Box):
         raise ConfigError(f"normalize takes vector observations; {env_id!r} has {obs_space}")
-    if config.deploy_target is not None and config.deploy_quantize == "auto":
+    if config.deploy_target is not None:  # a new run: its actor sized to the budget, in the weights asked for
         config = _fit_budget(args.algo, config, obs_space, action_space)
     label = run_label(args.algo, config)
     run_dir = args.run_dir or Path("runs") / f"{args.algo}-{env_id}-{label}-s{seed}"

@@ -227,7 +227,7 @@ def _train(args: argparse.Namespace, plan: Plan, extra_callbacks: list[BaseCallb
         result["deploy"] = deploy_check(
             model, config.deploy_target, parse_size(config.deploy_flash, "deploy_flash") if config.deploy_flash else None,
             parse_size(config.deploy_ram, "deploy_ram") if config.deploy_ram else None,
-            "int8" if config.deploy_quantize == "int8" else "none")
+            config.deploy_quantize if config.deploy_quantize in ("int8", "mixed") else "none")
     write_json(run_dir / SUMMARY_FILE, result)
     env.close()
     eval_env.close()

@@ -475,7 +475,7 @@ def test_a_run_is_checked_against_a_chip_budget(model, tmp_path, capsys):
 
 
 @pytest.mark.skipif(arm_toolchain() is None, reason="gcc-arm-none-eabi not installed: the byte model is checked against it")
-@pytest.mark.parametrize("quantize", ["none", "int8"])
+@pytest.mark.parametrize("quantize", ["none", "int8", "mixed"])
 def test_the_byte_model_predicts_the_compiled_size(model, quantize, tmp_path):
     from sparse_rl.export.budget import c_bytes
 
@@ -515,6 +515,13 @@ def test_training_to_a_budget_derives_the_actor_and_checks_its_c(tmp_path, capsy
     assert not (tmp_path / "tiny").exists()
     code = train.main(argv(tmp_path / "both", "deploy_flash=6K", "actor_sparsity=0.9"))
     assert code == 2 and "the deploy budget derives actor_sparsity" in capsys.readouterr().err
+    from sparse_rl.run_plan import plan_run
+
+    for quantize in ("int8", "mixed", "none"):  # weights asked for: the budget sizes the actor in them
+        plan = plan_run(train.build_parser().parse_args(argv(tmp_path / quantize, "deploy_flash=6K",
+                                                             f"deploy_quantize={quantize}")))
+        asked = derive("sac", 3, 1, [64, 64], "erk", flash=6 * 1024, ram=None, quantize=quantize)
+        assert (plan.config.actor_sparsity, plan.config.deploy_quantize) == (asked.sparsity, quantize)
 
 
 def yaml_config(run):

@@ -7,8 +7,10 @@ int8); the action bounds; and the code of its loops, :data:`CODE_BYTES` per laye
 ``arm-none-eabi-gcc -O2`` for a Cortex-M4F. RAM is the two static scratch buffers of the widest hidden layer.
 On the quickstart run the model is within 2% of ``arm-none-eabi-size`` (tested where the toolchain is).
 
-:func:`derive` picks, for a budget, the lowest actor sparsity (the densest actor) that fits, in float32 or
-int8 weights, whichever allows the denser actor.
+:func:`derive` picks, for a budget, the lowest actor sparsity (the densest actor) that fits, in float32 weights
+or in int8 weights with a float32 input layer (``mixed``), whichever allows the denser actor. All-int8 is
+chosen only on request: on HalfCheetah trajectories its input layer's rounding moved actions by up to 0.62
+of the range, outside the on-target bounds, where ``mixed`` stayed within them (docs/embedded.md).
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sparse_rl.export.runtime import index_dtype
+from sparse_rl.export.runtime import index_dtype, layer_quantize
 from sparse_rl.sparse.distributions import connected_nonzeros
 
 TARGETS = ("cortex-m4",)
 #: bytes of code per exported layer (its loops), float32 and int8, arm-none-eabi-gcc -O2 for a Cortex-M4F
 CODE_BYTES = {"none": 130, "int8": 160}
+#: what ``deploy_quantize: auto`` chooses from (all-int8 only on request: see the module docstring)
+AUTO_QUANTIZE = ("none", "mixed")
 #: the sparsities a budget may choose from (the densest that fits wins)
 MAX_SPARSITY = 0.999
 
@@ -59,13 +63,16 @@ def actor_shapes(algo: str, obs_dim: int, act_dim: int, net_arch: Sequence[int])
 
 
 def c_bytes(shapes: Sequence[tuple[int, int]], nnz: Sequence[int], act_dim: int, quantize: str) -> dict[str, int]:
-    """``{"flash", "ram"}`` of the C export of exported layers ``shapes`` with ``nnz`` nonzeros each."""
-    flash = 2 * act_dim * 4 + CODE_BYTES[quantize] * len(shapes)
-    for (out, inp), n in zip(shapes, nnz):
-        flash += out * 4 * (2 if quantize == "int8" else 1)
+    """``{"flash", "ram"}`` of the C export of exported layers ``shapes`` with ``nnz`` nonzeros each
+    (``quantize``: ``none``, ``int8`` or ``mixed``, each layer as :func:`runtime.layer_quantize` stores it)."""
+    flash = 2 * act_dim * 4
+    for i, ((out, inp), n) in enumerate(zip(shapes, nnz)):
+        kind = layer_quantize(quantize, i)
+        flash += CODE_BYTES[kind]
+        flash += out * 4 * (2 if kind == "int8" else 1)
         flash += (out + 1) * np.dtype(index_dtype(int(n))).itemsize
         flash += max(int(n), 1) * np.dtype(index_dtype(max(inp - 1, 0))).itemsize
-        flash += max(int(n), 1) * (1 if quantize == "int8" else 4)
+        flash += max(int(n), 1) * (1 if kind == "int8" else 4)
     width = max((out for out, _ in shapes[:-1]), default=1)
     return {"flash": flash, "ram": 2 * width * 4}
 
@@ -89,11 +96,11 @@ class Derived:
 def derive(algo: str, obs_dim: int, act_dim: int, net_arch: Sequence[int], distribution: str, flash: int | None,
            ram: int | None, quantize: str = "auto") -> Derived:
     """The densest actor (lowest sparsity, to 0.001) whose C fits ``flash`` and ``ram``, in ``quantize``
-    (``auto``: float32 or int8, whichever allows the denser actor).
+    (``auto``: float32 or ``mixed``, whichever allows the denser actor).
 
     :raises BudgetError: when no sparsity up to :data:`MAX_SPARSITY` fits, naming the smallest budget that would.
     """
-    kinds = ("none", "int8") if quantize == "auto" else (quantize,)
+    kinds = AUTO_QUANTIZE if quantize == "auto" else (quantize,)
     best: Derived | None = None
     for kind in kinds:
         def size(s: float, kind: str = kind) -> dict[str, int]:

@@ -13,16 +13,10 @@ import re
 import numpy as np
 
 from sparse_rl.export.graph import ActorGraph, ExportError, Layer, int8_bias, pack_bits, quantize_rows
-from sparse_rl.export.runtime import FORMAT_NAME, FORMAT_VERSION, index_dtype, offset_bits
+from sparse_rl.export.runtime import FORMAT_NAME, FORMAT_VERSION, index_dtype, layer_quantize, offset_bits
 
-#: none: float32 weights; int8: every layer's weights int8; mixed: int8 but the input layer's, kept float32
-#: (where large raw observations meet the first layer, its int8 rounding costs most: docs/embedded.md)
-QUANTIZE = ("none", "int8", "mixed")
+QUANTIZE = ("none", "int8", "mixed")  # see runtime.layer_quantize
 
-
-def layer_quantize(quantize: str, i: int) -> str:
-    """How layer ``i`` stores its weights under ``quantize``: ``int8`` or ``none`` (float32)."""
-    return "none" if quantize == "none" or (quantize == "mixed" and i == 0) else "int8"
 
 
 # ----------------------------------------------------------------------------- sparse file

@@ -51,6 +51,13 @@ SQUASHES = ("tanh", "clip", "none", "argmax")
 CONV_LAYOUTS = ("chw", "hwc")
 
 
+def layer_quantize(quantize: str, i: int) -> str:
+    """How layer ``i`` stores its weights under an export's ``quantize``: ``int8`` or ``none`` (float32).
+    ``none``: float32 everywhere; ``int8``: int8 everywhere; ``mixed``: int8 but the input layer, kept float32
+    (where large raw observations meet the first layer, its int8 rounding costs most: docs/embedded.md)."""
+    return "none" if quantize == "none" or (quantize == "mixed" and i == 0) else "int8"
+
+
 def conv_output_hw(in_shape: tuple[int, int, int], kernel: tuple[int, int], stride: tuple[int, int]) -> tuple[int, int]:
     """Output height and width of a convolution without padding."""
     _, h, w = in_shape
