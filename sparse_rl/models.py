@@ -310,6 +310,26 @@ def run_normalization(run_dir: Path) -> dict[str, Any] | None:
     return state["normalize"]
 
 
+def model_normalization(path: Path) -> dict[str, Any] | None:
+    """The normalisation statistics that go with the model at ``path``: a run directory's (its final model's), a
+    checkpoint's own for a model inside a checkpoint, the run's for its final ``model.zip``; ``None`` for a run
+    that does not normalise or a ``.zip`` outside any run."""
+    from sparse_rl.checkpoint import STATE_JSON, read_checkpoint_state, verify_checkpoint
+    from sparse_rl.run_directory import run_dir_of
+
+    if path.is_dir():
+        return run_normalization(path)
+    run = run_dir_of(path)
+    if run is None or not getattr(read_run(run)["config"], "normalize", False):
+        return None
+    if (path.parent / STATE_JSON).is_file():  # a checkpoint's model: that checkpoint's statistics
+        try:
+            return read_checkpoint_state(verify_checkpoint(path.parent)).get("normalize")
+        except CheckpointError as err:
+            raise RunError(str(err)) from None
+    return run_normalization(run)
+
+
 def normalized_for_run(venv: VecEnv, run_dir: Path) -> VecEnv:
     """``venv`` as the run's policy sees it: under ``VecNormalize`` with the run's observation statistics
     (frozen, raw rewards) when the run normalises, else unchanged."""

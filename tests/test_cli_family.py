@@ -101,6 +101,10 @@ def _check_normalized_export(run, tmp_path, capsys):
 
     code, _, err = run_cli(export_cli, [run, "--format", "sparse", "--out", tmp_path / "p.npz"], capsys)
     assert code == 0, err
+    # the run's model.zip alone brings the run's statistics too
+    code, _, err = run_cli(export_cli, [run / "model.zip", "--format", "sparse", "--out", tmp_path / "z.npz"], capsys)
+    with np.load(tmp_path / "z.npz") as z, np.load(tmp_path / "p.npz") as d:  # (zip timestamps may differ)
+        assert code == 0 and z.files == d.files and all(np.array_equal(z[k], d[k]) for k in z.files)
     model = load_run_model(run)
     mean, std, clip = obs_normalization(run_normalization(run))
     raw = np.random.default_rng(0).uniform(-1, 1, (200, 3)).astype(np.float32) * np.array([1, 1, 8], np.float32)

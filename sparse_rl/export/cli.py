@@ -43,15 +43,15 @@ def load_model(path: Path) -> Any:
 
 
 def load_graph(path: Path) -> ActorGraph:
-    """The exportable graph of the model at ``path`` (a run directory or a ``.zip``); a run trained with
-    ``normalize`` brings its observation statistics."""
+    """The exportable graph of the model at ``path`` (a run directory or a ``.zip``); a model of a run trained
+    with ``normalize`` (its directory, its ``model.zip`` or a checkpoint's) brings its observation statistics."""
     from sparse_rl.envs.normalize import obs_normalization
-    from sparse_rl.models import run_normalization
+    from sparse_rl.models import model_normalization
     from sparse_rl.run_directory import RunError
 
     model = load_model(path)
     try:
-        state = run_normalization(path) if path.is_dir() else None
+        state = model_normalization(path)
     except RunError as err:
         raise ExportError(str(err)) from None
     return extract_actor(model, obs_normalization(state) if state is not None else None)
