@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         wrappers = wrapper_options(info["config"]) if same_env else {}  # the run's noise features, permutation
         seed = args.seed if args.seed is not None else (int(info["seed"]) if info else 0) + 20_000
         env = make_env(env_id, n_envs=1, seed=seed, env_kwargs=env_kwargs, wrappers=wrappers)
-        if same_env and run_dir is not None:  # a run trained with normalize: its observation statistics
-            env = normalized_for_run(env, run_dir)
+        if same_env and run_dir is not None:  # a run trained with normalize: the model's observation statistics
+            env = normalized_for_run(env, path)
         if path.is_dir():
             model = load_run_model(path, env=env, device=args.device)
         else:

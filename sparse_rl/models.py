@@ -330,15 +330,16 @@ def model_normalization(path: Path) -> dict[str, Any] | None:
     return run_normalization(run)
 
 
-def normalized_for_run(venv: VecEnv, run_dir: Path) -> VecEnv:
-    """``venv`` as the run's policy sees it: under ``VecNormalize`` with the run's observation statistics
-    (frozen, raw rewards) when the run normalises, else unchanged."""
-    state = run_normalization(run_dir)
+def normalized_for_run(venv: VecEnv, path: Path) -> VecEnv:
+    """``venv`` as the policy at ``path`` (a run directory, or a model zip in one) sees it: under
+    ``VecNormalize`` with the matching observation statistics (:func:`model_normalization`; frozen, raw
+    rewards) when its run normalises, else unchanged."""
+    state = model_normalization(path)
     if state is None:
         return venv
     from sparse_rl.envs.normalize import normalize_env, set_normalization_state
 
-    normalized = normalize_env(venv, gamma=read_run(run_dir)["config"].gamma, training=False)
+    normalized = normalize_env(venv, gamma=0.99, training=False)  # gamma only scales rewards, off here
     set_normalization_state(normalized, state)
     return normalized
 
