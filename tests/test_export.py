@@ -432,7 +432,7 @@ def test_inputs_without_connections_are_dropped_and_every_format_agrees(tmp_path
     assert any("inputs read: 9 of the env's 12" in line for line in cli.report(graph))
 
 
-@pytest.mark.parametrize("quantize", ["none", "int8"])
+@pytest.mark.parametrize("quantize", ["none", "int8", "mixed"])
 def test_the_c_computes_on_an_emulated_cortex_m4_what_torch_computes(model, quantize):
     """The exported C built for a Cortex-M4F (hard float) and run on QEMU's mps2-an386 board, on observations
     of a real trajectory: float32 within 1e-5 of the action range, int8 within the documented bounds."""
