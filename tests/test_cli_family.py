@@ -25,7 +25,8 @@ CASES = {
                                    "--set", "log_std_init=-1.0"]),
     # dict observations with hindsight replay: the maze's goal and the robot's state resume with the run
     "sac-her": ("PointMaze_UMaze-v3", ["--env-kwargs", "max_episode_steps=50", "--set", "her=true",
-                                       "--set", "learning_starts=100", "--set", "batch_size=32"]),
+                                       "--set", "learning_starts=100", "--set", "batch_size=32",
+                                       "--set", "buffer_size=2000"]),  # HER builds an info dict per slot
     "dqn": ("CartPole-v1", ["--set", "learning_starts=100", "--set", "train_freq=1", "--set", "gradient_steps=1"]),
     "dqn-minatar": ("MinAtar/Breakout-v1", ["--set", "learning_starts=100", "--set", "train_freq=1",
                                             "--set", "buffer_size=2000"]),
