@@ -34,42 +34,34 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def exported_return(c_dir: Path, graph, env_id: str, seed: int, episodes: int) -> float:
-    """Mean return of the C in ``c_dir`` driving ``env_id`` for ``episodes`` episodes."""
+def mean_return(act, env_id: str, seed: int, episodes: int) -> float:
+    """Mean return of ``act`` (observation -> action) over ``episodes`` episodes of ``env_id``, seeds from ``seed``."""
     import gymnasium as gym
 
+    env = gym.make(env_id)
+    returns = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        total, done = 0.0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(act(obs))
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return float(np.mean(returns))
+
+
+def exported_return(c_dir: Path, graph, env_id: str, seed: int, episodes: int) -> float:
+    """Mean return of the C in ``c_dir`` driving ``env_id``."""
     from sparse_rl.export.compile import CPolicy
 
     policy = CPolicy(c_dir, "sparse_rl_policy", graph.obs_dim, graph.act_dim)
-    env = gym.make(env_id)
-    returns = []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        total, done = 0.0, False
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(policy.act(graph.select_inputs(obs.astype(np.float32))))
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-    env.close()
-    return float(np.mean(returns))
+    return mean_return(lambda obs: policy.act(graph.select_inputs(obs.astype(np.float32))), env_id, seed, episodes)
 
 
 def torch_return(model, env_id: str, seed: int, episodes: int) -> float:
-    import gymnasium as gym
-
-    env = gym.make(env_id)
-    returns = []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        total, done = 0.0, False
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(model.predict(obs, deterministic=True)[0])
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-    env.close()
-    return float(np.mean(returns))
+    return mean_return(lambda obs: model.predict(obs, deterministic=True)[0], env_id, seed, episodes)
 
 
 def main() -> None:
