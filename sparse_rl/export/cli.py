@@ -178,6 +178,9 @@ def report(graph: ActorGraph) -> list[str]:
     else:
         lines.append(f"int8 vs float32 over 1000 observations uniform in [-1, 1]: max abs error {err['max']:.4f}, "
                      f"mean {err['mean']:.5f} (fractions of the action range)")
+        mixed = int8_error(graph, quantize="mixed")
+        lines.append(f"mixed (int8, float32 input layer) vs float32, the same observations: max abs error "
+                     f"{mixed['max']:.4f}, mean {mixed['mean']:.5f}")
     if arm_toolchain() is None:
         lines += ["", "Cortex-M4 sizes: arm-none-eabi-gcc not found (apt-get install gcc-arm-none-eabi)"]
         return lines
