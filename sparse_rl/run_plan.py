@@ -108,12 +108,10 @@ def _check_run_dir(run_dir: Path, overwrite: bool) -> None:
                 continue     # meanwhile (a sweep's next trial): keep it; the parents above are still tried
 
 
-WEIGHTS = {"none": "float32", "int8": "int8", "mixed": "int8 (float32 input layer)"}
-
-
 def _fit_budget(algo: str, config: TrainConfig, obs_space: Any, action_space: Any) -> TrainConfig:
     """``config`` with the actor's sparsity and weight type that the deploy budget allows (the densest that fits)."""
     from sparse_rl.export.budget import BudgetError, derive, parse_size
+    from sparse_rl.export.runtime import WEIGHT_NAMES
 
     if config.dense or config.input_layer_sparsity is not None:
         raise ConfigError("a deploy budget sizes a sparse actor: choose a sparse preset (not dense), without "
@@ -129,7 +127,7 @@ def _fit_budget(algo: str, config: TrainConfig, obs_space: Any, action_space: An
     except BudgetError as err:
         raise ConfigError(str(err)) from None
     print(f"deploy budget ({config.deploy_target}, flash {flash} B, RAM {ram} B): actor_sparsity {fitted.sparsity:g} with "
-          f"{WEIGHTS[fitted.quantize]} weights ({fitted.flash} B of flash, {fitted.ram} B of RAM "
+          f"{WEIGHT_NAMES[fitted.quantize]} weights ({fitted.flash} B of flash, {fitted.ram} B of RAM "
           "by the byte model)", file=sys.stderr)
     return dataclasses.replace(config, actor_sparsity=fitted.sparsity, deploy_quantize=fitted.quantize)
 

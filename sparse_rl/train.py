@@ -290,8 +290,9 @@ def print_summary(run_dir: Path) -> None:
     if final.get("deploy"):
         d = final["deploy"]
         budget = ", ".join(f"{k} {d[k]} of {d[k + '_budget']} B" for k in ("flash", "ram") if d[k + "_budget"])
-        weights = {"int8": "int8", "mixed": "int8 (float32 input layer)"}.get(d["quantize"], "float32")
-        print(f"  deploy ({d['target']}, {weights} C, {d['measured_by']}): "
+        from sparse_rl.export.runtime import WEIGHT_NAMES
+
+        print(f"  deploy ({d['target']}, {WEIGHT_NAMES.get(d['quantize'], 'float32')} C, {d['measured_by']}): "
               f"{budget}: {'fits' if d['fits'] else 'DOES NOT FIT'}")
     if (run_dir / "curve.png").is_file():
         print(f"  learning curve: {run_dir / 'curve.png'}")

@@ -25,6 +25,7 @@ from typing import Any
 
 from sparse_rl.export.graph import ActorGraph, ExportError, extract_actor
 from sparse_rl.export.qemu import TARGETS
+from sparse_rl.export.runtime import WEIGHT_NAMES
 
 FORMATS = ("sparse", "onnx", "c")
 
@@ -45,6 +46,11 @@ def load_model(path: Path) -> Any:
 def load_graph(path: Path) -> ActorGraph:
     """The exportable graph of the model at ``path`` (a run directory or a ``.zip``); a model of a run trained
     with ``normalize`` (its directory, its ``model.zip`` or a checkpoint's) brings its observation statistics."""
+    return _load_with_normalization(path)[1]
+
+
+def _load_with_normalization(path: Path) -> tuple[Any, ActorGraph, dict[str, Any] | None]:
+    """``(model, graph, normalisation statistics or None)`` of the model at ``path``."""
     from sparse_rl.envs.normalize import obs_normalization
     from sparse_rl.models import model_normalization
     from sparse_rl.run_directory import RunError
@@ -54,7 +60,7 @@ def load_graph(path: Path) -> ActorGraph:
         state = model_normalization(path)
     except RunError as err:
         raise ExportError(str(err)) from None
-    return extract_actor(model, obs_normalization(state) if state is not None else None)
+    return model, extract_actor(model, obs_normalization(state) if state is not None else None), state
 
 
 def _place_file(out: Path, data: bytes) -> None:
@@ -234,7 +240,6 @@ def verify_on_target(path: Path, target: str, quantize: str, steps: int, prefix:
     from sparse_rl.config import wrapper_options
     from sparse_rl.envs.normalize import obs_normalization
     from sparse_rl.export.qemu import TargetError, record_observations, run_on_qemu
-    from sparse_rl.models import run_normalization
     from sparse_rl.run_directory import RunError, read_run
 
     if not path.is_dir():
@@ -243,8 +248,7 @@ def verify_on_target(path: Path, target: str, quantize: str, steps: int, prefix:
         info = read_run(path)
     except RunError as err:
         raise ExportError(str(err)) from None
-    model = load_model(path)
-    graph = load_graph(path)
+    model, graph, state = _load_with_normalization(path)
     config = info["config"]
     obs = record_observations(model, info["env"], steps, seed=int(info["seed"]) + 30_000, env_kwargs=config.env_kwargs,
                               wrappers=wrapper_options(config), run_dir=path)
@@ -253,7 +257,6 @@ def verify_on_target(path: Path, target: str, quantize: str, steps: int, prefix:
     except TargetError as err:
         raise ExportError(str(err)) from None
     seen = obs
-    state = run_normalization(path)
     if state is not None:  # the policy saw the normalised observation (the C normalises the raw one itself)
         mean, std, clip = obs_normalization(state)
         seen = np.clip((obs - mean) / std, -clip, clip)
@@ -263,7 +266,7 @@ def verify_on_target(path: Path, target: str, quantize: str, steps: int, prefix:
     else:
         policy_obs = np.asarray(seen, np.float32).reshape(-1, *model.observation_space.shape)
     expected = model.predict(policy_obs, deterministic=True)[0]
-    kind = {"none": "float32", "mixed": "int8 (float32 input layer)"}.get(quantize, quantize)
+    kind = WEIGHT_NAMES[quantize]
     head = (f"{kind} C on QEMU's mps2-an386 (Cortex-M4F, hard float) against torch, {len(obs)} observations of a "
             f"{info['env']} trajectory")
     if graph.discrete:
@@ -304,7 +307,7 @@ def check_budget(graph: ActorGraph, flash: int | None, ram: int | None, quantize
         for name, text in formats.c_sources(graph, prefix=prefix, quantize=quantize).items():
             (Path(tmp) / name).write_text(text)
         size = cortex_m4_size(Path(tmp))
-    kind = {"none": "float32", "mixed": "int8 (float32 input layer)"}.get(quantize, quantize)
+    kind = WEIGHT_NAMES[quantize]
     lines, fits = [], True
     for what, used, budget in (("flash", size["flash"], flash), ("RAM", size["ram"], ram)):
         if budget is None:

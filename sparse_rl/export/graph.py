@@ -16,7 +16,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from sparse_rl.export.runtime import conv_apply, conv_bases, conv_output_hw, conv_taps, index_dtype
+from sparse_rl.export.runtime import (
+    concatenate_parts,
+    conv_apply,
+    conv_bases,
+    conv_output_hw,
+    conv_taps,
+    index_dtype,
+)
 
 
 class ExportError(ValueError):
@@ -152,12 +159,7 @@ class ActorGraph:
     def flatten(self, obs: Any) -> np.ndarray:
         """A dict observation (or batch) as the flat input, its parts concatenated in ``obs_keys`` order; other
         observations pass through."""
-        if not isinstance(obs, dict):
-            return obs
-        keys = self.obs_keys or []
-        parts = [np.asarray(obs[k], dtype=np.float64) for k, _ in keys]
-        batch = parts[0].shape[:-1] if parts and parts[0].ndim > 1 else ()
-        return np.concatenate([part.reshape(*batch, -1) for part in parts], axis=-1)
+        return concatenate_parts(obs, self.obs_keys or [], np.float64) if isinstance(obs, dict) else obs
 
     @property
     def obs_dim(self) -> int:

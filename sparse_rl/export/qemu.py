@@ -21,6 +21,7 @@ import numpy as np
 
 from sparse_rl.export.compile import CORTEX_M4_FLAGS
 from sparse_rl.export.graph import ActorGraph
+from sparse_rl.export.runtime import concatenate_parts
 
 TARGETS = ("qemu-cortex-m4",)
 BOARD = "mps2-an386"
@@ -180,7 +181,7 @@ def record_observations(model, env_id: str, steps: int, seed: int = 0, env_kwarg
         for _ in range(steps):
             record = raw() if raw is not None else obs
             if isinstance(record, dict):  # its parts concatenated in the space's order, as the policy reads them
-                seen.append(np.concatenate([np.asarray(record[k])[0].reshape(-1) for k in model.observation_space.spaces]))
+                seen.append(concatenate_parts(record, list(model.observation_space.spaces))[0])
             else:
                 seen.append(np.asarray(maybe_transpose(record, model.observation_space))[0].reshape(-1))
             action, _ = model.predict(obs, deterministic=True)

@@ -51,6 +51,18 @@ SQUASHES = ("tanh", "clip", "none", "argmax")
 CONV_LAYOUTS = ("chw", "hwc")
 
 
+#: how each ``quantize`` value names the weights it stores, for messages
+WEIGHT_NAMES = {"none": "float32", "int8": "int8", "mixed": "int8 (float32 input layer)"}
+
+
+def concatenate_parts(obs: dict, keys: list, dtype: type = np.float32) -> np.ndarray:
+    """A dict observation (or a batch of them) as one flat input: the parts named by ``keys`` (``[key, size]``
+    pairs, or keys), each flattened, concatenated in that order."""
+    parts = [np.asarray(obs[k[0] if isinstance(k, (list, tuple)) else k], dtype=dtype) for k in keys]
+    batch = parts[0].shape[:-1] if parts and parts[0].ndim > 1 else ()
+    return np.concatenate([part.reshape(*batch, -1) for part in parts], axis=-1)
+
+
 def layer_quantize(quantize: str, i: int) -> str:
     """How layer ``i`` stores its weights under an export's ``quantize``: ``int8`` or ``none`` (float32).
     ``none``: float32 everywhere; ``int8``: int8 everywhere; ``mixed``: int8 but the input layer, kept float32
@@ -333,9 +345,7 @@ class SparsePolicy:
         flattened), or, where the export dropped unused inputs, the features it reads ``(obs_dim,)``
         (``meta["input_index"]``); float32 actions, or int64 action indices for a discrete policy."""
         if isinstance(obs, dict):  # a dict observation: its parts concatenated in the order meta obs_keys gives
-            parts = [np.asarray(obs[key], dtype=np.float32) for key, _ in self.meta.get("obs_keys", [])]
-            batch = parts[0].shape[:-1] if parts and parts[0].ndim > 1 else ()
-            obs = np.concatenate([part.reshape(*batch, -1) for part in parts], axis=-1)
+            obs = concatenate_parts(obs, self.meta.get("obs_keys", []))
         x = np.asarray(obs, dtype=np.float32)
         index = self.meta.get("input_index")
         if index is not None and x.shape[-1] == self.meta["env_obs_dim"]:
