@@ -15,7 +15,8 @@ ratio to the baseline, the probability of improvement over it, densities, ITOP a
 the IQM learning curves with CIs. Over envs: scores normalised by the baseline (each score divided by the
 baseline's mean final return on that env, over its seeds there; by its absolute value where it is negative,
 which keeps the order but makes γ = 1 no longer the baseline's level), then IQM, mean, median and optimality
-gap (γ = 1, the baseline's level) with CIs, probability of improvement, and performance profiles.
+gap (γ = 1, the baseline's level) with CIs, probability of improvement, performance profiles, and the IQM
+learning curves of the normalised returns (sample efficiency) at the steps every run evaluated.
 Agarwal et al. (2021), "Deep reinforcement learning at the edge of the statistical precipice".
 """
 
@@ -163,40 +164,68 @@ def _curves(runs: list[Run]) -> tuple[np.ndarray, np.ndarray] | None:
     return steps, values[:, None, :]
 
 
+def _iqm_curves(data: dict[str, tuple[np.ndarray, np.ndarray]], reps: int, seed: int) -> dict[str, tuple]:
+    """Per method: steps, then the IQM at each step with its 95% stratified-bootstrap CI; ``values`` is runs × tasks × T."""
+    from rliable import metrics
+
+    def func(x: np.ndarray) -> np.ndarray:
+        return np.array([metrics.aggregate_iqm(x[..., t]) for t in range(x.shape[-1])])
+
+    out = {}
+    for method, (steps, values) in data.items():
+        points, intervals = _estimates({method: values}, func, reps, seed)
+        out[method] = (steps, points[method], intervals[method][0], intervals[method][1])
+    return out
+
+
+def _draw_curves(curves: dict[str, tuple], title: str, ylabel: str, path: Path, styles: dict[str, tuple[str, str]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, (steps, points, low, high) in curves.items():
+        color, style = styles[method]
+        ax.plot(steps, points, color=color, linestyle=style, label=method)
+        ax.fill_between(steps, low, high, color=color, alpha=0.2)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+
+
 def plot_curves(env: str, groups: dict[str, list[Run]], baseline_mean: float | None, path: Path, reps: int, seed: int,
                 styles: dict[str, tuple[str, str]] | None = None) -> bool:
     """IQM learning curves with 95% CIs; returns whether anything was drawn.
 
     :param styles: color and line style per method (default: :func:`~sparse_rl.plot.method_styles` of ``groups``).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from rliable import metrics
-
     data = {m: _curves(rs) for m, rs in groups.items()}
     data = {m: d for m, d in data.items() if d is not None}
     if not data:
         return False
     styles = styles if styles is not None else method_styles(list(groups))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method, (steps, values) in data.items():
-        def func(x: np.ndarray) -> np.ndarray:
-            return np.array([metrics.aggregate_iqm(x[..., t]) for t in range(x.shape[-1])])
-
-        points, intervals = _estimates({method: values}, func, reps, seed)
-        color, style = styles[method]
-        ax.plot(steps, points[method], color=color, linestyle=style, label=method)
-        ax.fill_between(steps, intervals[method][0], intervals[method][1], color=color, alpha=0.2)
-    ax.set_xlabel("env steps")
-    ax.set_ylabel("evaluation return (IQM, 95% CI)")
-    ax.set_title(env)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
-    plt.close(fig)
+    _draw_curves(_iqm_curves(data, reps, seed), env, "evaluation return (IQM, 95% CI)", path, styles)
     return True
+
+
+def aggregate_curves(curves: dict[str, list[tuple[np.ndarray, np.ndarray]]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per method, its per-task curves (steps, runs × 1 × T normalised returns) joined into runs × tasks × T at the
+    steps every task evaluated, with as many runs as its task with the fewest; methods without a common step drop."""
+    out = {}
+    for method, per_task in curves.items():
+        common = set.intersection(*(set(steps.tolist()) for steps, _ in per_task))
+        if not common:
+            continue
+        steps = np.array(sorted(common))
+        n = min(values.shape[0] for _, values in per_task)
+        out[method] = steps, np.concatenate(
+            [values[:n, :, np.searchsorted(s, steps)] for s, values in per_task], axis=1)
+    return out
 
 
 def plot_profiles(scores: dict[str, np.ndarray], path: Path, reps: int,
@@ -258,6 +287,7 @@ def report(root: Path, out: Path, baseline: str = "dense", reps: int = 10_000, s
              "critic with their final masks, over the same networks dense (a wide network: over its own width). "
              f"Re-make with `{remake}`.", ""]
     normalised: dict[str, list[np.ndarray]] = {}
+    normalised_curves: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     out.mkdir(parents=True, exist_ok=True)
     for env in envs:
         groups: dict[str, list[Run]] = {}
@@ -287,6 +317,9 @@ def report(root: Path, out: Path, baseline: str = "dense", reps: int = 10_000, s
             if base_mean:
                 # |mean|: with negative returns (Pendulum) a plain ratio would reverse the order
                 normalised.setdefault(method, []).append(np.array([r.final / abs(base_mean) for r in rs]))
+                curve = _curves(rs)
+                if curve is not None:
+                    normalised_curves.setdefault(method, []).append((curve[0], curve[1] / abs(base_mean)))
         png = out / f"curves-{env}.png"
         if plot_curves(env, groups, base_mean, png, max(reps // 25, 500), seed, styles):
             lines += ["", f"IQM learning curves: `{png.name}` (evaluations every run made)."]
@@ -308,6 +341,20 @@ def report(root: Path, out: Path, baseline: str = "dense", reps: int = 10_000, s
                          f"{_fmt(m['median'])} | {_fmt(m['optimality_gap'])} | {p} |")
         plot_profiles(agg, out / "profiles.png", max(reps // 25, 500), styles)
         lines += ["", "Performance profiles (fraction of runs above τ × the baseline): `profiles.png`.", ""]
+        joined = aggregate_curves({m: c for m, c in normalised_curves.items() if m in agg and len(c) == len(tasks)})
+        if joined:
+            curves = _iqm_curves(joined, max(reps // 25, 500), seed)
+            _draw_curves(curves, f"over {len(tasks)} env(s), scores / {baseline} mean",
+                         "normalised evaluation return (IQM, 95% CI)", out / "curves-over-envs.png", styles)
+            steps = sorted(set.intersection(*(set(c[0].tolist()) for c in curves.values())))
+            lines += ["Sample efficiency: IQM of the normalised evaluation return at each step every run evaluated "
+                      "(`curves-over-envs.png` draws it with 95% CIs).", "",
+                      "| method | " + " | ".join(f"{t // 1000}k" if t % 1000 == 0 else str(t) for t in steps) + " |",
+                      "|---|" + "---|" * len(steps)]
+            for method, (s_, points, _, _) in curves.items():
+                at = dict(zip(s_.tolist(), points))
+                lines.append(f"| {method} | " + " | ".join(f"{at[t]:.2f}" for t in steps) + " |")
+            lines.append("")
     text = "\n".join(lines)
     atomic_write(out / "report.md", lambda f: f.write(text.encode()))
     return text

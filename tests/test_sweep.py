@@ -386,6 +386,9 @@ def test_report_numbers_against_hand_computed_iqm_and_bootstrap_intervals(tmp_pa
     assert "| m | 2 × 1 | 1.50 [1.00, 2.00] |" in text
     assert text.split("| m | 2 × 1 |")[1].splitlines()[0].split("|")[-2].strip().startswith("0.75 [")
     assert "No `dense` runs here" in text  # Env-v0
+    # sample efficiency over envs: m's evaluations (100, 200, final) / dense's mean final (150), IQM of 2 runs = mean
+    assert "| method | 1k | 2k | 3k |" in text and "| m | 0.67 | 1.33 | 1.50 |" in text
+    assert (tmp_path / "report" / "curves-over-envs.png").is_file()
     assert report.main([str(tmp_path / "nothing")]) == 2
 
 
@@ -400,15 +403,26 @@ def test_a_report_of_more_methods_than_colors_draws_each_method_its_own_way(tmp_
     figures = []
     monkeypatch.setattr(plt, "close", figures.append)
     report.report(tmp_path, tmp_path / "report", reps=200)
-    curves, profiles = figures  # one env, then the profiles over envs
+    assert len(figures) == 3  # one env's curves, then the profiles and the curves over envs
     drawn = []
-    for fig in (curves, profiles):
+    for fig in figures:
         legend = fig.axes[0].get_legend()
         styles = {t.get_text(): (h.get_color(), h.get_linestyle()) for t, h in zip(legend.get_texts(), legend.legend_handles)}
         assert sorted(styles) == sorted(methods)
         assert len(set(styles.values())) == len(methods)
         drawn.append(styles)
-    assert drawn[0] == drawn[1]  # a method looks alike in both plots
+    assert drawn[0] == drawn[1] == drawn[2]  # a method looks alike in every plot
+
+
+def test_curves_over_envs_join_the_steps_every_task_evaluated_and_its_fewest_runs():
+    a = np.arange(3 * 3, dtype=float).reshape(3, 1, 3)  # 3 runs at steps 1, 2, 3
+    b = 100 + np.arange(2 * 3, dtype=float).reshape(2, 1, 3)  # 2 runs at steps 2, 3, 4
+    joined = report.aggregate_curves({"m": [(np.array([1, 2, 3]), a), (np.array([2, 3, 4]), b)],
+                                      "x": [(np.array([1]), a[:, :, :1]), (np.array([2]), b[:, :, :1])]})
+    assert list(joined) == ["m"]  # x has no step both tasks evaluated
+    steps, values = joined["m"]
+    assert steps.tolist() == [2, 3] and values.shape == (2, 2, 2)
+    assert values[:, 0].tolist() == [[1, 2], [4, 5]] and values[:, 1].tolist() == [[100, 101], [103, 104]]
 
 
 def test_keep_copies_only_the_small_files_of_finished_runs_and_reports_on_the_store(tmp_path, capsys):
