@@ -23,11 +23,13 @@ Agarwal et al. (2021), "Deep reinforcement learning at the edge of the statistic
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import re
 import statistics
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,12 +99,27 @@ def keep_runs(root: Path, store: Path) -> list[Path]:
     return kept
 
 
+@contextlib.contextmanager
+def _global_numpy_seed(seed: int) -> Iterator[None]:
+    """numpy's global generator seeded for the block, then given back its state: rliable's
+    ``StratifiedBootstrap`` and ``create_performance_profile`` draw from it (not from the ``random_state`` they are
+    given), so without this a report's CIs depended on whatever had drawn from it before."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
 def _estimates(score_dict: dict[str, Any], func: Any, reps: int, seed: int) -> tuple[dict, dict]:
+    """rliable's point estimates and stratified-bootstrap CIs, the same on every call with the same ``seed``."""
     import warnings
 
     from rliable import library as rly
 
-    with warnings.catch_warnings():  # arch >= 7 deprecates the RandomState argument rliable passes on
+    with _global_numpy_seed(seed), warnings.catch_warnings():
+        # arch >= 7 deprecates the RandomState argument rliable passes on
         warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
         return rly.get_interval_estimates(score_dict, func, reps=reps, random_state=np.random.RandomState(seed))
 
@@ -239,8 +256,8 @@ def plot_profiles(scores: dict[str, np.ndarray], path: Path, reps: int,
 
     top = max(float(np.max(s)) for s in scores.values())
     taus = np.linspace(0.0, max(1.2, top * 1.05), 61)
-    np.random.seed(0)  # create_performance_profile bootstraps from numpy's global generator
-    profiles, cis = rly.create_performance_profile(scores, taus, reps=reps)
+    with _global_numpy_seed(0):
+        profiles, cis = rly.create_performance_profile(scores, taus, reps=reps)
     styles = styles if styles is not None else method_styles(list(scores))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     plot_utils.plot_performance_profiles(profiles, taus, performance_profile_cis=cis, ax=ax,
