@@ -215,6 +215,17 @@ def _draw_curves(curves: dict[str, tuple], title: str, ylabel: str, path: Path, 
     plt.close(fig)
 
 
+def _curve_table(curves: dict[str, tuple]) -> list[str]:
+    """A Markdown table of :func:`_iqm_curves`' points: a row per method, a column per step every method has."""
+    steps = sorted(set.intersection(*(set(c[0].tolist()) for c in curves.values())))
+    lines = ["| method | " + " | ".join(f"{t // 1000}k" if t % 1000 == 0 else str(t) for t in steps) + " |",
+             "|---|" + "---|" * len(steps)]
+    for method, (at_steps, points, _, _) in curves.items():
+        at = dict(zip(at_steps.tolist(), points))
+        lines.append(f"| {method} | " + " | ".join(f"{at[t]:.2f}" for t in steps) + " |")
+    return lines
+
+
 def plot_curves(env: str, groups: dict[str, list[Run]], baseline_mean: float | None, path: Path, reps: int, seed: int,
                 styles: dict[str, tuple[str, str]] | None = None) -> bool:
     """IQM learning curves with 95% CIs; returns whether anything was drawn.
@@ -363,15 +374,8 @@ def report(root: Path, out: Path, baseline: str = "dense", reps: int = 10_000, s
             curves = _iqm_curves(joined, max(reps // 25, 500), seed)
             _draw_curves(curves, f"over {len(tasks)} env(s), scores / {baseline} mean",
                          "normalised evaluation return (IQM, 95% CI)", out / "curves-over-envs.png", styles)
-            steps = sorted(set.intersection(*(set(c[0].tolist()) for c in curves.values())))
             lines += ["Sample efficiency: IQM of the normalised evaluation return at each step every run evaluated "
-                      "(`curves-over-envs.png` draws it with 95% CIs).", "",
-                      "| method | " + " | ".join(f"{t // 1000}k" if t % 1000 == 0 else str(t) for t in steps) + " |",
-                      "|---|" + "---|" * len(steps)]
-            for method, (s_, points, _, _) in curves.items():
-                at = dict(zip(s_.tolist(), points))
-                lines.append(f"| {method} | " + " | ".join(f"{at[t]:.2f}" for t in steps) + " |")
-            lines.append("")
+                      "(`curves-over-envs.png` draws it with 95% CIs).", "", *_curve_table(curves), ""]
     text = "\n".join(lines)
     atomic_write(out / "report.md", lambda f: f.write(text.encode()))
     return text
