@@ -142,7 +142,8 @@ def test_local_sweep_runs_every_trial_as_a_run_directory_and_reports(tmp_path, c
     assert code == 2 and "--resume" in err
     before = _digest(out / "Pendulum-v1" / "rigl-s0" / "summary.json")
     code, stdout, _ = _run([_spec(tmp_path), "--out", out, "--resume"], capsys)
-    assert code == 0 and "(4 were already)" in stdout
+    assert code == 0 and "(4 were already)" in stdout and "4 finished before (kept), none to run" in stdout
+    assert "at a time on" not in stdout  # nothing left to run: no Ray started for it
     assert _digest(out / "Pendulum-v1" / "rigl-s0" / "summary.json") == before
     text = report.report(out, out / "report", reps=1000)
     assert "| rigl | 0, 1 |" in text and (out / "report" / "curves-Pendulum-v1.png").is_file()
@@ -178,6 +179,8 @@ def test_resume_after_the_driver_is_killed_keeps_finished_trials_and_continues_s
     result = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2/2 trials done (1 were already)" in result.stdout
+    # the finished trial is kept out of Tune; the progress counts it as done from the start
+    assert "2 trials, 1 finished before (kept), 1 to run" in result.stdout and "done 1/2, running 1" in result.stdout
     assert _digest(finished / "summary.json") == kept
     log = (out / "logs" / f"Pendulum-v1-{interrupted.name}.log").read_text()
     stopped = re.search(r"stopped by SIGTERM at step (\d+)", log)  # its worker died: SIGTERM, not SIGKILL
