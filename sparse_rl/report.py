@@ -12,11 +12,13 @@ docs/results/runs/learning/HalfCheetah-v5/dense-s*``.
 Written to ``DIR``: ``report.md`` and PNGs. Per env: the final evaluation return of every method as the
 old mean ± 95% t-interval (1.96·sd/√n) next to rliable's IQM with a stratified-bootstrap 95% CI, the
 ratio to the baseline, the probability of improvement over it, densities, ITOP and training FLOPs; and
-the IQM learning curves with CIs. Over envs: scores normalised by the baseline (each score divided by the
-baseline's mean final return on that env, over its seeds there; by its absolute value where it is negative,
-which keeps the order but makes γ = 1 no longer the baseline's level), then IQM, mean, median and optimality
-gap (γ = 1, the baseline's level) with CIs, probability of improvement, performance profiles, and the IQM
-learning curves of the normalised returns (sample efficiency) at the steps every run evaluated.
+the IQM learning curves with CIs; where runs had noise features (``noise_fraction``), the share of each
+network's input-layer connections on real features over training (``real-inputs-<env>.png``). Over
+envs: scores normalised by the baseline (each score divided by the baseline's mean final return on that
+env, over its seeds there; by its absolute value where it is negative, which keeps the order but makes
+γ = 1 no longer the baseline's level), then IQM, mean, median and optimality gap (γ = 1, the baseline's
+level) with CIs, probability of improvement, performance profiles, and the IQM learning curves of the
+normalised returns (sample efficiency) at the steps every run evaluated.
 Agarwal et al. (2021), "Deep reinforcement learning at the edge of the statistical precipice".
 """
 
@@ -40,6 +42,7 @@ from sparse_rl.plot import method_styles
 from sparse_rl.run_directory import SUMMARY_FILE, atomic_write, read_evaluations
 
 EXIT_BAD_INPUT = 2
+NETS = ("actor", "critic")
 _SEED = re.compile(r"^(?P<method>.+)-s(?P<seed>\d+)$")
 
 
@@ -52,6 +55,9 @@ class Run:
     final: float
     summary: dict[str, Any]
     curve: list[tuple[int, float]] = field(default_factory=list)
+    #: per network (``actor``, ``critic``): the share of its input layer's connections on real features at each
+    #: evaluation, where the run had noise features (``<net>_real_input_fraction`` in ``evaluations.csv``)
+    real_inputs: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
 
 class ReportError(ValueError):
@@ -74,9 +80,13 @@ def find_runs(root: Path) -> list[Run]:
         summary = json.loads(summary_path.read_text())
         if not summary.get("final_eval"):
             continue
-        curve = [(int(float(r["timesteps"])), float(r["return_mean"])) for r in read_evaluations(run_dir)]
+        rows = read_evaluations(run_dir)
+        curve = [(int(float(r["timesteps"])), float(r["return_mean"])) for r in rows]
+        real_inputs = {net: [(int(float(r["timesteps"])), float(r[f"{net}_real_input_fraction"])) for r in rows
+                             if r.get(f"{net}_real_input_fraction")] for net in NETS}
         runs.append(Run(str(info["env"]), match["method"], int(match["seed"]), run_dir,
-                        float(summary["final_eval"]["return_mean"]), summary, curve))
+                        float(summary["final_eval"]["return_mean"]), summary, curve,
+                        {net: c for net, c in real_inputs.items() if c}))
     return runs
 
 
@@ -171,13 +181,15 @@ def _sparsity_cells(runs: list[Run]) -> str:
     return f"{density[0]:.3f} / {density[1]:.3f} | {itop:.2f} | {flops:.3f}"
 
 
-def _curves(runs: list[Run]) -> tuple[np.ndarray, np.ndarray] | None:
-    """Timesteps evaluated by every run, and runs × 1 × T returns there (None without a common one)."""
-    common = set.intersection(*(set(t for t, _ in r.curve) for r in runs)) if runs else set()
+def _curves(runs: list[Run], of: Any = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Timesteps evaluated by every run, and runs × 1 × T returns there (None without a common one); ``of``
+    picks another curve of a run than its returns (e.g. ``lambda r: r.real_inputs.get("actor", [])``)."""
+    points = [dict(r.curve if of is None else of(r)) for r in runs]
+    common = set.intersection(*(set(p) for p in points)) if runs else set()
     if not common:
         return None
     steps = np.array(sorted(common))
-    values = np.array([[dict(r.curve)[t] for t in steps] for r in runs])
+    values = np.array([[p[t] for t in steps] for p in points])
     return steps, values[:, None, :]
 
 
@@ -239,6 +251,40 @@ def plot_curves(env: str, groups: dict[str, list[Run]], baseline_mean: float | N
     styles = styles if styles is not None else method_styles(list(groups))
     _draw_curves(_iqm_curves(data, reps, seed), env, "evaluation return (IQM, 95% CI)", path, styles)
     return True
+
+
+def plot_real_inputs(env: str, groups: dict[str, list[Run]], path: Path, reps: int, seed: int,
+                     styles: dict[str, tuple[str, str]]) -> dict[str, dict[str, tuple]]:
+    """Where runs had noise features: per network, the IQM over seeds (95% CI) of the share of its input
+    layer's connections on real features at each evaluation, one panel per network (ANF's diagnostic);
+    returns the curves drawn, per network and method (empty: nothing to draw)."""
+    curves: dict[str, dict[str, tuple]] = {}
+    for net in NETS:
+        data = {m: _curves(rs, lambda r, net=net: r.real_inputs.get(net, [])) for m, rs in groups.items()}
+        data = {m: d for m, d in data.items() if d is not None}
+        if data:
+            curves[net] = _iqm_curves(data, reps, seed)
+    if not curves:
+        return curves
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4.2), squeeze=False)
+    for ax, (net, per_method) in zip(axes[0], curves.items()):
+        for method, (steps, points, low, high) in per_method.items():
+            color, style = styles[method]
+            ax.plot(steps, points, color=color, linestyle=style, marker=".", label=method)
+            ax.fill_between(steps, low, high, color=color, alpha=0.2)
+        ax.set(xlabel="env steps", ylabel="input-layer connections on real features",
+               title=f"{env}: {net} (IQM over seeds, 95% CI)")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return curves
 
 
 def aggregate_curves(curves: dict[str, list[tuple[np.ndarray, np.ndarray]]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -351,6 +397,13 @@ def report(root: Path, out: Path, baseline: str = "dense", reps: int = 10_000, s
         png = out / f"curves-{env}.png"
         if plot_curves(env, groups, base_mean, png, max(reps // 25, 500), seed, styles):
             lines += ["", f"IQM learning curves: `{png.name}` (evaluations every run made)."]
+        png = out / f"real-inputs-{env}.png"
+        real = plot_real_inputs(env, groups, png, max(reps // 25, 500), seed, styles)
+        for net, per_method in real.items():
+            lines += ["", f"Noise features: the share of the {net}'s input-layer connections that sit on real "
+                      "features (IQM over seeds; a dense layer's share is the real features' share of the input), "
+                      f"at each evaluation every run made (`{png.name}` draws it with 95% CIs):", "",
+                      *_curve_table(per_method)]
         lines.append("")
     # over envs: a method counts where it ran on every env that has a baseline, with as many seeds as its fewest
     tasks = [env for env in envs if any(r.env == env and r.method == baseline for r in runs)]

@@ -349,15 +349,18 @@ def test_a_two_node_cluster_runs_the_same_sweep_through_address(tmp_path, two_no
 
 
 # ------------------------------------------------------------------------------------------ the report
-def _fake_run(root: Path, env: str, name: str, final: float, curve=(100.0, 200.0)) -> None:
-    """A finished run directory with just what the report reads (its files as train writes them)."""
+def _fake_run(root: Path, env: str, name: str, final: float, curve=(100.0, 200.0), real=None) -> None:
+    """A finished run directory with just what the report reads (its files as train writes them); ``real``:
+    the actor's and critic's real-input fractions at each evaluation, as a run on a noisy env records them."""
     run = root / env / name
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump({"algo": "sac", "env": env, "seed": int(name.rsplit("-s", 1)[1])}))
     sparsity = {net: {"density": 0.1, "itop_rate": 0.5, "flops": 10, "dense_flops": 100} for net in ("actor", "critic")}
     (run / "summary.json").write_text(json.dumps({"final_eval": {"return_mean": final}, "sparsity": sparsity}))
-    rows = "".join(f"{1000 * (i + 1)},0,{v}\n" for i, v in enumerate([*curve, final]))
-    (run / "evaluations.csv").write_text("timesteps,wall_clock_s,return_mean\n" + rows)
+    extra = ",actor_real_input_fraction,critic_real_input_fraction" if real else ""
+    rows = "".join(f"{1000 * (i + 1)},0,{v}" + (f",{real[i][0]},{real[i][1]}" if real else "") + "\n"
+                   for i, v in enumerate([*curve, final]))
+    (run / "evaluations.csv").write_text(f"timesteps,wall_clock_s,return_mean{extra}\n" + rows)
 
 
 def test_report_numbers_against_hand_computed_iqm_and_bootstrap_intervals(tmp_path):
@@ -435,6 +438,21 @@ def test_a_report_re_made_from_the_same_runs_is_the_same_files(tmp_path):
     first = made[0].pop("report.md").decode().replace("report-0", "report-1")  # its re-make command names --out
     assert first == made[1].pop("report.md").decode()
     assert made[0] == made[1]
+
+
+def test_runs_with_noise_features_get_the_real_input_fraction_over_training(tmp_path):
+    for seed in range(3):
+        _fake_run(tmp_path, "Env-v1", f"dense-s{seed}", 100.0, real=[(0.1, 0.1)] * 3)
+        _fake_run(tmp_path, "Env-v1", f"anf-s{seed}", 150.0, real=[(0.1, 0.1), (0.3 + seed / 10, 0.2), (0.9, 0.5)])
+        _fake_run(tmp_path, "Env-v2", f"dense-s{seed}", 100.0)  # no noise features: no such section
+    text = report.report(tmp_path, tmp_path / "report", reps=300)
+    env1, env2 = text.split("## Env-v2")[0], text.split("## Env-v2")[1]
+    actor, critic = env1.split("share of the actor's")[1], env1.split("share of the critic's")[1]
+    # IQM of 3 runs (a third trimmed at each end, fractionally): 0.3, 0.4, 0.5 -> 0.4
+    assert "| anf | 0.10 | 0.40 | 0.90 |" in actor.split("share of the critic's")[0]
+    assert "| dense | 0.10 | 0.10 | 0.10 |" in actor and "| anf | 0.10 | 0.20 | 0.50 |" in critic
+    assert (tmp_path / "report" / "real-inputs-Env-v1.png").is_file()
+    assert "real features" not in env2 and not (tmp_path / "report" / "real-inputs-Env-v2.png").exists()
 
 
 def test_curves_over_envs_join_the_steps_every_task_evaluated_and_its_fewest_runs():
