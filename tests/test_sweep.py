@@ -513,3 +513,61 @@ def test_every_benchmark_spec_plans_its_trials(spec, tmp_path, capsys):
     assert code == 0, err
     assert out.count("python -m sparse_rl.train") == len(sweep.grid_trials(sweep.load_spec(spec))) > 0
     assert not (tmp_path / "out").exists()
+
+
+def _campaign_table():
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "campaign_table.py"
+    spec = importlib.util.spec_from_file_location("campaign_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_default_preset_rule_prefers_a_cheaper_method_only_within_the_best_ones_interval():
+    decide = _campaign_table().decide
+    seeds = {"A-v5": 5, "B-v5": 5}
+
+    def info(**methods):
+        return {"dense": {"iqm": (1.0, 0.9, 1.1), "cost": 1.0, "seeds": seeds},
+                **{m: {"iqm": iqm, "cost": cost, "seeds": seeds} for m, (iqm, cost) in methods.items()}}
+
+    # the best one costs the least already; a method within its CI but dearer does not take it
+    text = decide(info(set=((1.07, 1.01, 1.11), 0.10), gmp=((1.02, 0.94, 1.10), 0.38)), "dense", 5, 0.05)
+    assert text.endswith("Default: set (no method within its CI costs less).")
+    # a cheaper method whose CI reaches the best one's lower end is preferred; one outside it is not
+    text = decide(info(gmp=((1.10, 1.00, 1.20), 0.38), set=((1.02, 0.90, 1.00), 0.10),
+                       static=((0.80, 0.70, 0.99), 0.10)), "dense", 5, 0.05)
+    assert text.endswith("Default: set, the cheapest of those within the best one's CI.")
+    # a cost difference below the threshold is no difference
+    text = decide(info(rigl=((1.10, 1.00, 1.20), 0.12), set=((1.05, 0.95, 1.15), 0.10)), "dense", 5, 0.05)
+    assert text.endswith("Default: rigl (no method within its CI costs less).")
+    # an incomplete grid decides nothing and names what is missing
+    partial = info(set=((1.07, 1.01, 1.11), 0.10))
+    partial["set"]["seeds"] = {"A-v5": 5, "B-v5": 2}
+    assert decide(partial, "dense", 5, 0.05) == ("No decision: the grid is not complete; missing seeds: "
+                                                 "set on B-v5 (2 of 5).")
+
+
+def test_the_campaign_table_normalises_each_task_by_dense_and_counts_a_dense_phase_as_cost(tmp_path, capsys):
+    module = _campaign_table()
+    for seed in range(3):
+        for env, scale in (("A-v5", 100.0), ("B-v5", 1000.0)):
+            _fake_run(tmp_path, env, f"dense-s{seed}", scale * (1 + seed / 10))
+            _fake_run(tmp_path, env, f"m-s{seed}", 2 * scale * (1 + seed / 10))
+    run = tmp_path / "A-v5" / "m-s0"  # starts dense, then 10%: (1 + 0.1 + 0.1) / 3 of dense's multiply-adds
+    run.joinpath("evaluations.csv").write_text(
+        "timesteps,wall_clock_s,return_mean,actor_flops,critic_flops,actor_dense_flops,critic_dense_flops\n"
+        "1000,0,1,100,200,100,200\n2000,0,1,10,20,100,200\n3000,0,2,10,20,100,200\n")
+    assert module.main([str(tmp_path), "--seeds", "3", "--reps", "200"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| m |"))
+    cells = [c.strip() for c in row.split("|")[2:-1]]
+    # twice dense on each task, whatever its scale: an IQM of 2.00 of dense's mean on both, and always above it
+    assert [c.split(" [")[0] for c in cells[:3]] == ["2.00", "2.00", "2.00"] and cells[0].endswith("P 1.00")
+    assert cells[3] == "1.00 [1.00, 1.00]"
+    # m's cost: the mean over its 6 runs, the 5 without FLOP columns counting as dense
+    assert row.endswith(f"| {(5 + 1.2 / 3) / 6:.2f} |")
+    assert "Default: m" in out
+    assert module.main([str(tmp_path / "none")]) == 2
