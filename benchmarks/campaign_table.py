@@ -27,12 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from sparse_rl.report import Run, aggregate_metrics, gather_runs, improvement
+from sparse_rl.run_directory import read_evaluations
 
 
 def training_cost(run: Run) -> float:
     """Mean over evaluations of the (actor + critic) forward multiply-adds over the dense networks'."""
-    from sparse_rl.run_directory import read_evaluations
-
     rows = read_evaluations(run.path)
     fractions = [(float(r["actor_flops"]) + float(r["critic_flops"]))
                  / (float(r["actor_dense_flops"]) + float(r["critic_dense_flops"])) for r in rows if r.get("actor_flops")]
@@ -47,13 +46,13 @@ def table(runs: list[Run], baseline: str = "dense", reps: int = 10_000, seed: in
     """Markdown lines of the table, and per method its aggregate IQM estimate, cost and seeds per task."""
     envs = sorted({r.env for r in runs if r.method == baseline})
     methods = sorted({r.method for r in runs if r.env in envs}, key=lambda m: (m != baseline, m))
+    base = {env: statistics.mean(r.final for r in runs if r.env == env and r.method == baseline) for env in envs}
     normalised: dict[str, dict[str, np.ndarray]] = {m: {} for m in methods}
     for env in envs:
-        base = statistics.mean(r.final for r in runs if r.env == env and r.method == baseline)
         for m in methods:
             finals = [r.final for r in runs if r.env == env and r.method == m]
             if finals:
-                normalised[m][env] = np.array(finals) / abs(base)
+                normalised[m][env] = np.array(finals) / abs(base[env])
     per_env = {env: aggregate_metrics({m: v[env][:, None] for m, v in normalised.items() if env in v}, reps, seed)
                for env in envs}
     prob_env = {env: improvement({m: v[env][:, None] for m, v in normalised.items() if env in v}, baseline, reps, seed)
@@ -73,7 +72,7 @@ def table(runs: list[Run], baseline: str = "dense", reps: int = 10_000, seed: in
             if env not in normalised[m]:
                 cells.append("–")
             elif m == baseline:
-                cells.append(f"{statistics.mean(r.final for r in runs if r.env == env and r.method == m):.0f} (return)")
+                cells.append(f"{base[env]:.0f} (return)")
             else:
                 cells.append(f"{_fmt(per_env[env][m]['iqm'])}, P {prob_env[env][m][0]:.2f}")
         cost = statistics.mean(training_cost(r) for r in runs if r.method == m and r.env in envs)

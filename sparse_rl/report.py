@@ -31,7 +31,7 @@ import math
 import re
 import statistics
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,7 +181,8 @@ def _sparsity_cells(runs: list[Run]) -> str:
     return f"{density[0]:.3f} / {density[1]:.3f} | {itop:.2f} | {flops:.3f}"
 
 
-def _curves(runs: list[Run], of: Any = None) -> tuple[np.ndarray, np.ndarray] | None:
+def _curves(runs: list[Run], of: Callable[[Run], list[tuple[int, float]]] | None = None
+            ) -> tuple[np.ndarray, np.ndarray] | None:
     """Timesteps evaluated by every run, and runs × 1 × T returns there (None without a common one); ``of``
     picks another curve of a run than its returns (e.g. ``lambda r: r.real_inputs.get("actor", [])``)."""
     points = [dict(r.curve if of is None else of(r)) for r in runs]
@@ -207,6 +208,14 @@ def _iqm_curves(data: dict[str, tuple[np.ndarray, np.ndarray]], reps: int, seed:
     return out
 
 
+def _plot_iqm_lines(ax: Any, curves: dict[str, tuple], styles: dict[str, tuple[str, str]], **line: Any) -> None:
+    """Each method's :func:`_iqm_curves` points as a line, its CI as a band, in the method's own style."""
+    for method, (steps, points, low, high) in curves.items():
+        color, style = styles[method]
+        ax.plot(steps, points, color=color, linestyle=style, label=method, **line)
+        ax.fill_between(steps, low, high, color=color, alpha=0.2)
+
+
 def _draw_curves(curves: dict[str, tuple], title: str, ylabel: str, path: Path, styles: dict[str, tuple[str, str]]) -> None:
     import matplotlib
 
@@ -214,10 +223,7 @@ def _draw_curves(curves: dict[str, tuple], title: str, ylabel: str, path: Path, 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method, (steps, points, low, high) in curves.items():
-        color, style = styles[method]
-        ax.plot(steps, points, color=color, linestyle=style, label=method)
-        ax.fill_between(steps, low, high, color=color, alpha=0.2)
+    _plot_iqm_lines(ax, curves, styles)
     ax.set_xlabel("env steps")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -273,10 +279,7 @@ def plot_real_inputs(env: str, groups: dict[str, list[Run]], path: Path, reps: i
 
     fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4.2), squeeze=False)
     for ax, (net, per_method) in zip(axes[0], curves.items()):
-        for method, (steps, points, low, high) in per_method.items():
-            color, style = styles[method]
-            ax.plot(steps, points, color=color, linestyle=style, marker=".", label=method)
-            ax.fill_between(steps, low, high, color=color, alpha=0.2)
+        _plot_iqm_lines(ax, per_method, styles, marker=".")
         ax.set(xlabel="env steps", ylabel="input-layer connections on real features",
                title=f"{env}: {net} (IQM over seeds, 95% CI)")
         top = max(float(np.max(high)) for _, _, _, high in per_method.values())
