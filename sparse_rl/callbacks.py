@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import VecEnv
 
 from sparse_rl.agents import sparsity_report
 from sparse_rl.checkpoint import Checkpoint, CheckpointError, latest_checkpoint, save_checkpoint
@@ -26,9 +27,11 @@ class CheckpointCallback(BaseCallback):
     rollout, so resuming from it replays exactly what an uninterrupted run does next.
     """
 
-    def __init__(self, run_dir: Path, freq: int, save_replay_buffer: bool):
+    def __init__(self, run_dir: Path, freq: int, save_replay_buffer: bool, eval_env: VecEnv | None = None):
         super().__init__()
         self.run_dir, self.freq, self.save_replay_buffer = run_dir, freq, save_replay_buffer
+        #: the evaluation env, whose state each checkpoint keeps
+        self.eval_env = eval_env
         self._next = 0
         self._stop_asked: int | None = None
         #: ``(signal number, checkpoint)`` once training stopped on :meth:`stop_at_next_checkpoint`
@@ -48,10 +51,13 @@ class CheckpointCallback(BaseCallback):
 
     def _on_rollout_start(self) -> None:
         if self.stopped is None and self._stop_asked is not None:
-            self.stopped = (self._stop_asked, save_checkpoint(self.model, self.run_dir, self.save_replay_buffer))
+            self.stopped = (self._stop_asked, self._save())
         elif self.num_timesteps >= self._next:
             self._next = (self.num_timesteps // self.freq + 1) * self.freq
-            save_checkpoint(self.model, self.run_dir, self.save_replay_buffer)
+            self._save()
+
+    def _save(self) -> Checkpoint:
+        return save_checkpoint(self.model, self.run_dir, self.save_replay_buffer, self.eval_env)
 
     def _on_step(self) -> bool:
         return self.stopped is None  # False: SB3 ends learn() after this env step, which nothing records

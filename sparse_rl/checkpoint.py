@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.vec_env import VecNormalize
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from sparse_rl.envs.normalize import normalization_state, set_normalization_state
-from sparse_rl.envs.state import get_env_state, set_env_state
+from sparse_rl.envs.state import get_env_state, set_env_state, was_reset
 
 CHECKPOINT_DIR = "checkpoints"
 MODEL_FILE = "model.zip"
@@ -107,10 +107,14 @@ def from_data(data: Any, arrays: dict[str, np.ndarray]) -> Any:
     return data
 
 
-def _training_state(model: BaseAlgorithm) -> dict[str, Any]:
+def _unnormalized(venv: VecEnv) -> VecEnv:
+    return venv.venv if isinstance(venv, VecNormalize) else venv
+
+
+def _training_state(model: BaseAlgorithm, eval_env: VecEnv | None) -> dict[str, Any]:
     venv = model.get_env()
     normalized = venv if isinstance(venv, VecNormalize) else None
-    return {
+    state = {
         "timesteps": int(model.num_timesteps),
         "torch_rng": torch.get_rng_state().numpy(),
         "numpy_rng": np.random.get_state(),
@@ -122,6 +126,10 @@ def _training_state(model: BaseAlgorithm) -> dict[str, Any]:
         # VecNormalize's running statistics (sparse_rl.envs.normalize), for runs that normalise
         **({"normalize": normalization_state(normalized)} if normalized is not None else {}),
     }
+    if eval_env is not None:  # where the evaluation env's episodes stand (its statistics follow the training env's)
+        inner = _unnormalized(eval_env)
+        state["eval_env"] = get_env_state(inner) if was_reset(inner) else None  # type: ignore[arg-type]
+    return state
 
 
 def read_checkpoint_state(checkpoint: Checkpoint) -> dict[str, Any]:
@@ -235,8 +243,11 @@ def latest_checkpoint(run_dir: Path, clean: bool = False) -> Checkpoint | None:
     return newest
 
 
-def save_checkpoint(model: BaseAlgorithm, run_dir: Path, save_replay_buffer: bool) -> Checkpoint:
-    """Write the model, the training state and (optionally) the replay buffer as one atomic checkpoint."""
+def save_checkpoint(model: BaseAlgorithm, run_dir: Path, save_replay_buffer: bool,
+                    eval_env: VecEnv | None = None) -> Checkpoint:
+    """Write the model, the training state and (optionally) the replay buffer as one atomic checkpoint; with
+    ``eval_env``, also where the evaluation env stands, so evaluations after a resume repeat an uninterrupted
+    run's."""
     root = run_dir / CHECKPOINT_DIR
     root.mkdir(parents=True, exist_ok=True)
     steps = int(model.num_timesteps)
@@ -250,7 +261,7 @@ def save_checkpoint(model: BaseAlgorithm, run_dir: Path, save_replay_buffer: boo
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.", suffix=".tmp"))
     try:
         arrays: dict[str, np.ndarray] = {}
-        data = to_data(_training_state(model), arrays)
+        data = to_data(_training_state(model, eval_env), arrays)
         _write_file(tmp / STATE_ARRAYS, lambda f: np.savez(f, **arrays))
         _write_file(tmp / STATE_JSON, lambda f: f.write(json.dumps(data).encode()))
         if save_replay_buffer and getattr(model, "replay_buffer", None) is not None:
@@ -284,9 +295,11 @@ def current_umask() -> int:
     return mask
 
 
-def restore_checkpoint_state(model: BaseAlgorithm, checkpoint: Checkpoint) -> None:
+def restore_checkpoint_state(model: BaseAlgorithm, checkpoint: Checkpoint, eval_env: VecEnv | None = None) -> bool:
     """Restore the replay buffer, the training env and the global RNGs saved with ``checkpoint`` into
-    ``model``, which was loaded from ``checkpoint.model_path``."""
+    ``model``, which was loaded from ``checkpoint.model_path``, and the evaluation env into ``eval_env``
+    (freshly made). Returns False when ``eval_env`` was given and the checkpoint predates evaluation-env
+    state: evaluations from here on then start from a fresh evaluation env."""
     if checkpoint.has_replay_buffer:
         model.load_replay_buffer(checkpoint.path / REPLAY_BUFFER_FILE)  # type: ignore[attr-defined]
     state = read_checkpoint_state(checkpoint)
@@ -308,3 +321,10 @@ def restore_checkpoint_state(model: BaseAlgorithm, checkpoint: Checkpoint) -> No
     random.setstate(state["random_rng"])
     if "action_space_rng" in state:  # checkpoints written before it was kept resume as they did
         model.action_space.np_random.bit_generator.state = json.loads(state["action_space_rng"])
+    if eval_env is None:
+        return True
+    if "eval_env" not in state:
+        return False
+    if state["eval_env"] is not None:  # None: no evaluation had run, the fresh env is where it stood
+        set_env_state(_unnormalized(eval_env), state["eval_env"])  # type: ignore[arg-type]
+    return True

@@ -158,7 +158,10 @@ def _train(args: argparse.Namespace, plan: Plan, extra_callbacks: list[BaseCallb
             print(f"resuming {run_dir} from {checkpoint.describe()}", file=sys.stderr)
             model = bind(algo_classes(algo)[0].load(checkpoint.model_path, env=env, device=args.device, force_reset=False))
             model.tensorboard_log = tb
-            restore_checkpoint_state(model, checkpoint)
+            if not restore_checkpoint_state(model, checkpoint, eval_env if config.eval_freq > 0 else None):
+                print(f"warning: {checkpoint.path} predates evaluation-env state, so the evaluations from step "
+                      f"{checkpoint.timesteps} on start from a fresh evaluation env: the policy trains as in an "
+                      "uninterrupted run, its evaluation episodes start elsewhere", file=sys.stderr)
             if not checkpoint.has_replay_buffer and model.num_timesteps < config.n_timesteps:
                 print(
                     f"warning: {checkpoint.path} holds no replay buffer, so training continues from an empty one "
@@ -196,7 +199,8 @@ def _train(args: argparse.Namespace, plan: Plan, extra_callbacks: list[BaseCallb
             lambda model, steps: evaluation_fields(model.policy, eval_env, features_csv, steps, model.logger))
         evaluator.last_row = last_row
         callbacks.append(evaluator)
-    checkpointer = CheckpointCallback(run_dir, config.checkpoint_freq, save_buffer) if config.checkpoint_freq > 0 else None
+    checkpointer = (CheckpointCallback(run_dir, config.checkpoint_freq, save_buffer, eval_env)
+                    if config.checkpoint_freq > 0 else None)
     if checkpointer is not None:
         callbacks.append(checkpointer)
     show = show_progress(args)
@@ -216,7 +220,7 @@ def _train(args: argparse.Namespace, plan: Plan, extra_callbacks: list[BaseCallb
     if evaluator is not None and (final is None or final["timesteps"] != model.num_timesteps):
         evaluator.init_callback(model)
         final = evaluator.run_evaluation()
-    save_checkpoint(model, run_dir, save_buffer)
+    save_checkpoint(model, run_dir, save_buffer, eval_env)
     kill_point("run:final-checkpoint")
     atomic_write(run_dir / MODEL_FILE, model.save)
     _write_curve(run_dir, info.get("label", algo))

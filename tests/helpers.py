@@ -42,3 +42,15 @@ def train_step(net, opt, gen) -> None:
     opt.zero_grad()
     ((net(x) - y) ** 2).mean().backward()
     opt.step()
+
+
+def assert_same_evaluations(a, b) -> None:
+    """Run directories ``a`` and ``b`` hold the same evaluation rows, every column to the last digit (the wall
+    clock aside): a resumed run evaluates as an uninterrupted one does."""
+    import csv
+
+    rows_a, rows_b = (list(csv.DictReader(open(run / "evaluations.csv"))) for run in (a, b))
+    assert [r["timesteps"] for r in rows_a] == [r["timesteps"] for r in rows_b]
+    for x, y in zip(rows_a, rows_b):
+        x.pop("wall_clock_s"), y.pop("wall_clock_s")
+        assert x == y, x["timesteps"]

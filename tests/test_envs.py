@@ -1,9 +1,11 @@
 """Noisy and shifting inputs (sparse_rl.envs.wrappers): noise features, a feature permutation, their state."""
 
+import csv
+
 import gymnasium as gym
 import numpy as np
 import pytest
-from helpers import assert_same_policy
+from helpers import assert_same_evaluations, assert_same_policy
 from test_cli import TINY, Crash, run_cli
 
 from sparse_rl import train
@@ -114,7 +116,7 @@ NOISY = ["--set", "noise_fraction=0.75", "--set", "noise_kind=matched", "--set",
 
 def test_a_noisy_permuted_run_resumes_as_if_never_stopped(tmp_path, capsys):
     argv = ["--algo", "sac", "--env", "Pendulum", *NOISY, "--set", "checkpoint_freq=150", "--save-replay-buffer", *TINY,
-            "--n-timesteps", "500", "--eval-freq", "0"]
+            "--n-timesteps", "500", "--eval-freq", "100", "--eval-episodes", "1", "--set", "normalize=true"]
     code, _, err = run_cli(train, [*argv, "--run-dir", tmp_path / "a"], capsys)
     assert code == 0, err
     with pytest.raises(KeyboardInterrupt):  # after the permutation switched on, from a checkpoint before it
@@ -125,6 +127,33 @@ def test_a_noisy_permuted_run_resumes_as_if_never_stopped(tmp_path, capsys):
     a, b = load_run_model(tmp_path / "a"), load_run_model(tmp_path / "b")
     assert a.observation_space.shape == (12,)  # 3 real features, 9 of noise
     assert_same_policy(a, b)
+    # the evaluation env's noise, episodes and permutation resume where they stood (after it had evaluated)
+    assert_same_evaluations(tmp_path / "a", tmp_path / "b")
+
+
+def test_a_checkpoint_from_before_evaluation_env_state_resumes_and_says_so(tmp_path, capsys):
+    """Checkpoints written before the evaluation env's state was kept still resume (the policy exactly); the run
+    warns that its later evaluations start from a fresh evaluation env."""
+    import hashlib
+    import json
+
+    run = tmp_path / "old"
+    argv = ["--algo", "sac", "--env", "Pendulum", "--set", "checkpoint_freq=150", "--save-replay-buffer", *TINY,
+            "--n-timesteps", "400", "--eval-freq", "100", "--eval-episodes", "1", "--run-dir", run]
+    with pytest.raises(KeyboardInterrupt):
+        train.train(train.build_parser().parse_args([str(a) for a in argv]), extra_callbacks=[Crash(330)])
+    [ckpt] = (run / "checkpoints").iterdir()
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state.pop("eval_env") is not None  # evaluations had run: the snapshot holds their env
+    (ckpt / "state.json").write_text(json.dumps(state))  # as an older version wrote it
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    data = (ckpt / "state.json").read_bytes()
+    manifest["files"]["state.json"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = run_cli(train, ["--resume", run, "--no-progress"], capsys)
+    assert code == 0, err
+    assert "predates evaluation-env state, so the evaluations from step 300 on start from a fresh" in err
+    assert [r["timesteps"] for r in csv.DictReader(open(run / "evaluations.csv"))] == ["100", "200", "300", "400"]
 
 
 @pytest.mark.parametrize("sets, needle", [

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from helpers import assert_same_policy
+from helpers import assert_same_evaluations, assert_same_policy
 
 from sparse_rl import evaluate, train
 from sparse_rl.callbacks import CheckpointCallback, TrainingDiverged
@@ -207,6 +207,7 @@ def test_sigkill_at_any_moment_then_resume_equals_an_uninterrupted_run(tmp_path,
     assert_same_policy(model_a, model_b)
     steps = [int(r["timesteps"]) for r in csv.DictReader(open(b / "evaluations.csv"))]
     assert steps == [250, 500, 750, 1000, 1250, 1400]
+    assert_same_evaluations(a, b)  # the evaluation env's episodes resume where they stood too
     assert json.loads((b / "summary.json").read_text())["timesteps"] == 1400
 
 
@@ -427,3 +428,4 @@ def test_sigterm_stops_at_a_checkpoint_and_resume_equals_an_uninterrupted_run(tm
     assert_same_policy(load_run_model(a), load_run_model(b))
     steps = [int(r["timesteps"]) for r in csv.DictReader(open(b / "evaluations.csv"))]
     assert steps == [250, 500, 750, 1000, 1250, 1400]
+    assert_same_evaluations(a, b)

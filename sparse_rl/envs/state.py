@@ -94,6 +94,13 @@ def _set_core_state(core: gym.Env, state: dict[str, Any]) -> None:
             core.last_u = state["last_u"]
 
 
+def was_reset(venv: VecEnv) -> bool:
+    """Whether ``venv`` (a ``DummyVecEnv``) has been reset since it was made: SB3 keeps the seeds it was made
+    with until the first reset uses them. A never-reset env has no state worth a snapshot; left fresh, its first
+    reset draws from its seed, as an uninterrupted run's does."""
+    return all(seed is None for seed in getattr(venv, "_seeds", [None]))
+
+
 def get_env_state(venv: VecEnv) -> list[dict[str, Any]]:
     """Picklable state of each env of a ``DummyVecEnv``."""
     if not isinstance(venv, DummyVecEnv):
