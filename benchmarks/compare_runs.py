@@ -50,9 +50,13 @@ def main() -> int:
     p.add_argument("--log", type=Path, default=None, help="OLD's training log, for the step it resumed from")
     args = p.parse_args()
     for run in (args.old, args.new):
-        if not (run / "evaluations.csv").is_file():
-            print(f"error: {run} holds no evaluations.csv (a run directory is needed)", file=sys.stderr)
+        missing = [name for name in ("evaluations.csv", "model.zip") if not (run / name).is_file()]
+        if missing:
+            print(f"error: {run} holds no {' or '.join(missing)} (a finished run directory is needed)", file=sys.stderr)
             return 2
+    if args.log is not None and not args.log.is_file():
+        print(f"error: --log {args.log} is not a file (the old run's training log is needed)", file=sys.stderr)
+        return 2
     resume = resumed_at(args.log) if args.log is not None else None
     old, new = _rows(args.old), _rows(args.new)
     bad_before = 0
