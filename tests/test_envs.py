@@ -1,6 +1,9 @@
 """Noisy and shifting inputs (sparse_rl.envs.wrappers): noise features, a feature permutation, their state."""
 
 import csv
+import subprocess
+import sys
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -154,6 +157,18 @@ def test_a_checkpoint_from_before_evaluation_env_state_resumes_and_says_so(tmp_p
     assert code == 0, err
     assert "predates evaluation-env state, so the evaluations from step 300 on start from a fresh" in err
     assert [r["timesteps"] for r in csv.DictReader(open(run / "evaluations.csv"))] == ["100", "200", "300", "400"]
+    # benchmarks/compare_runs.py against the same run uninterrupted: the same policy, the same rows up to the
+    # resume; the one after it was evaluated on other episodes
+    (tmp_path / "old.log").write_text(err)
+    code, _, err = run_cli(train, [*argv[:-1], tmp_path / "new"], capsys)
+    assert code == 0, err
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_runs.py"
+    out = subprocess.run([sys.executable, path, run, tmp_path / "new", "--log", tmp_path / "old.log"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "final policy: equal in all" in out.stdout and "resumed at 300 steps" in out.stdout
+    assert out.stdout.count("(before the resume): equal in all") == 3
+    assert "400 steps (after the resume): differ in return_mean" in out.stdout
 
 
 @pytest.mark.parametrize("sets, needle", [
