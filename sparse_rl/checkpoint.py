@@ -119,7 +119,7 @@ def _training_state(model: BaseAlgorithm, eval_env: VecEnv | None) -> dict[str, 
         "torch_rng": torch.get_rng_state().numpy(),
         "numpy_rng": np.random.get_state(),
         "random_rng": random.getstate(),
-        "env": get_env_state(normalized.venv if normalized is not None else venv),  # type: ignore[arg-type]
+        "env": get_env_state(_unnormalized(venv)),  # type: ignore[arg-type]
         # SB3 reseeds the action space when it loads a model; DQN's epsilon-greedy (and every algorithm before
         # learning_starts) samples from it
         "action_space_rng": json.dumps(model.action_space.np_random.bit_generator.state),
