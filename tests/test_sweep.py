@@ -150,6 +150,18 @@ def test_local_sweep_runs_every_trial_as_a_run_directory_and_reports(tmp_path, c
     assert (out / "report" / "profiles.png").is_file()
 
 
+def test_a_namespaced_env_id_runs_as_a_trial_with_a_flat_log_name(tmp_path, capsys):
+    """``MinAtar/Breakout-v1``: the run directory keeps the id's folder; Tune's trial and the log get a flat name."""
+    out = tmp_path / "out"
+    spec = _spec(tmp_path, algo="dqn", envs=["MinAtar/Breakout-v1"], seeds=[0], grid={"preset": ["rigl"]},
+                 set={k: v for k, v in TINY.items() if k != "net_arch"})
+    code, stdout, err = _run([spec, "--out", out, "--max-concurrent", "1"], capsys)
+    assert code == 0, stdout + err
+    assert "1/1 trials done" in stdout
+    assert json.loads((out / "MinAtar" / "Breakout-v1" / "rigl-s0" / "summary.json").read_text())["timesteps"] == 400
+    assert [p.name for p in (out / "logs").iterdir()] == ["MinAtar-Breakout-v1-rigl-s0.log"]
+
+
 def test_resume_after_the_driver_is_killed_keeps_finished_trials_and_continues_started_ones(tmp_path):
     spec = _spec(tmp_path, n_timesteps=2000, grid={"preset": ["rigl"]})
     out = tmp_path / "out"

@@ -19,7 +19,7 @@ from typing import Any
 from sparse_rl.checkpoint import checkpoint_dirs
 from sparse_rl.run_directory import SUMMARY_FILE, RunError, lock_run, read_evaluations
 from sparse_rl.sweep.plan import train_argv
-from sparse_rl.sweep.spec import LOG_DIR, SPEC_FILE, STOP_GRACE_S, Spec, SweepError, Trial
+from sparse_rl.sweep.spec import LOG_DIR, SPEC_FILE, STOP_GRACE_S, Spec, SweepError, Trial, trial_label
 
 
 def _tune_report(metrics: dict[str, Any]) -> None:
@@ -96,7 +96,7 @@ def run_trial(config: dict[str, Any], poll_s: float = 2.0) -> None:
     # the evaluations a killed run left behind, which the new process rewinds to that checkpoint or clears.
     checkpoints = checkpoint_dirs(run_dir) if started else []
     first_step = checkpoints[-1][0] if checkpoints else 0
-    log = out / LOG_DIR / f"{config['env']}-{config['name']}.log"
+    log = out / LOG_DIR / f"{trial_label(config['env'], config['name'])}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     start, rows = time.time(), len(read_evaluations(run_dir)) if started else 0
@@ -184,7 +184,9 @@ def _progress_callback(total: int, finished: int = 0) -> Any:
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self.ended.add(trial.trial_id)
-            self._line(trials, trial, None, f"FAILED (its log: {LOG_DIR}/<env>-<name>.log under --out)")
+            config = trial.config.get("trial", trial.config)
+            log = f"{trial_label(config['env'], config['name'])}.log" if "name" in config else "<env>-<name>.log"
+            self._line(trials, trial, None, f"FAILED (its log: {LOG_DIR}/{log} under --out)")
 
     return Progress()
 
@@ -278,7 +280,7 @@ def run_grid(spec: Spec, out: Path, trials: list[Trial], max_concurrent: int | N
 
 def _trial_name(trial: Any) -> str:
     config = trial.config.get("trial", trial.config)
-    return f"{config.get('env', 'env')}-{config.get('name', trial.trial_id)}"[:120]
+    return trial_label(config.get("env", "env"), config.get("name", trial.trial_id))[:120]
 
 
 def _result_rows(results: Any) -> list[dict]:

@@ -46,6 +46,12 @@ class Trial:
         return out / self.env / self.name
 
 
+def trial_label(env: str, name: str) -> str:
+    """A trial's flat name for its log file and its Ray Tune trial: ``<env>-<name>``, with the ``/`` of a
+    namespaced env id (``MinAtar/Breakout-v1``) written as ``-`` (Tune refuses a ``/`` in a trial's name)."""
+    return f"{env}-{name}".replace("/", "-")
+
+
 @dataclasses.dataclass
 class Spec:
     algo: str
