@@ -118,20 +118,20 @@ def test_resume_equals_uninterrupted(algo, topology, backend, tmp_path, capsys):
     # TINY, with later flags overriding it: a checkpoint before the crash, no evaluations.
     topology, _, structure = topology.partition(":")
     extra = ["--set", f"structure={structure}", "--set", "distribution=uniform", "--sparsity", "0.5"] if structure else []
-    argv = ["--algo", algo, "--env", "Pendulum", "--topology", topology, *extra, "--set", "checkpoint_freq=150",
-            "--save-replay-buffer", *TINY, "--n-timesteps", "500", "--set", "update_interval=20", "--eval-freq", "0",
+    argv = ["--algo", algo, "--env", "Pendulum", "--topology", topology, *extra, "--set", "checkpoint_freq=100",
+            "--save-replay-buffer", *TINY, "--n-timesteps", "300", "--set", "update_interval=20", "--eval-freq", "0",
             "--set", f"backend={backend}"]
     parser = train.build_parser()
     code, _, err = run_cli(train, [*argv, "--run-dir", tmp_path / "a"], capsys)
     assert code == 0, err
     with pytest.raises(KeyboardInterrupt):
-        train.train(parser.parse_args([str(a) for a in [*argv, "--run-dir", tmp_path / "b"]]), extra_callbacks=[Crash(330)])
+        train.train(parser.parse_args([str(a) for a in [*argv, "--run-dir", tmp_path / "b"]]), extra_callbacks=[Crash(230)])
     assert not (tmp_path / "b" / "model.zip").exists()
     code, _, err = run_cli(train, ["--resume", tmp_path / "b", "--no-progress"], capsys)
     assert code == 0, err
     assert "warning" not in err
     a, b = load_run_model(tmp_path / "a"), load_run_model(tmp_path / "b")
-    assert a.num_timesteps == b.num_timesteps == 500
+    assert a.num_timesteps == b.num_timesteps == 300
     assert_same_policy(a, b)
 
 

@@ -163,7 +163,7 @@ def test_a_namespaced_env_id_runs_as_a_trial_with_a_flat_log_name(tmp_path, caps
 
 
 def test_resume_after_the_driver_is_killed_keeps_finished_trials_and_continues_started_ones(tmp_path):
-    spec = _spec(tmp_path, n_timesteps=2000, grid={"preset": ["rigl"]})
+    spec = _spec(tmp_path, n_timesteps=1000, grid={"preset": ["rigl"]})
     out = tmp_path / "out"
     runs = out / "Pendulum-v1"
     cmd = [sys.executable, "-m", "sparse_rl.sweep", str(spec), "--out", str(out), "--max-concurrent", "1"]
@@ -198,7 +198,7 @@ def test_resume_after_the_driver_is_killed_keeps_finished_trials_and_continues_s
     stopped = re.search(r"stopped by SIGTERM at step (\d+)", log)  # its worker died: SIGTERM, not SIGKILL
     assert stopped, "the training did not write a checkpoint where it stopped\n" + log
     assert f"resuming {interrupted} from {interrupted}/checkpoints/step-{int(stopped[1]):09d}" in log
-    assert json.loads((interrupted / "summary.json").read_text())["timesteps"] == 2000
+    assert json.loads((interrupted / "summary.json").read_text())["timesteps"] == 1000
 
 
 def test_a_resumed_trial_reports_only_its_own_progress(tmp_path, monkeypatch):
@@ -353,11 +353,11 @@ def two_node_cluster():
 def test_a_two_node_cluster_runs_the_same_sweep_through_address(tmp_path, two_node_cluster):
     address, env = two_node_cluster
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "sparse_rl.sweep", str(_spec(tmp_path)), "--out", str(out),
+    result = subprocess.run([sys.executable, "-m", "sparse_rl.sweep", str(_spec(tmp_path, seeds=[0])), "--out", str(out),
                              "--address", address], capture_output=True, text=True, env=env, timeout=400)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "on 2 node(s) with 2 CPUs" in result.stdout and "4/4 trials done" in result.stdout
-    assert all((out / "Pendulum-v1" / n / "summary.json").is_file() for n in ("dense-s0", "dense-s1", "rigl-s0", "rigl-s1"))
+    assert "on 2 node(s) with 2 CPUs" in result.stdout and "2/2 trials done" in result.stdout
+    assert all((out / "Pendulum-v1" / n / "summary.json").is_file() for n in ("dense-s0", "rigl-s0"))
 
 
 # ------------------------------------------------------------------------------------------ the report
