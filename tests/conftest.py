@@ -11,9 +11,6 @@ torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
-    # the longest tests first: pytest-xdist hands each worker a half of this order and lets an idle worker take
-    # the tail of the other's, so the two end together on short tests instead of one ending alone on a long one
-    items.sort(key=lambda item: "slow" not in item.keywords)  # stable: the order within each group is kept
     if os.environ.get("SPARSE_RL_EXPENSIVE") == "1":
         return
     skip = pytest.mark.skip(reason="expensive: set SPARSE_RL_EXPENSIVE=1 to run")

@@ -360,7 +360,6 @@ def test_plot_runs_groups_by_explicit_labels_and_checks_their_count(tmp_path):
     assert not (tmp_path / "q.png").exists()
 
 
-@pytest.mark.slow
 def test_cpu_kernels_avx2_pins_mkl_in_the_training_process(tmp_path):
     """MKL reads its code path once, as torch loads: the CLI starts itself again with MKL_CBWR=AVX2 in its
     environment, and the run records it, so a config repeats on any AVX2 machine."""

@@ -41,7 +41,6 @@ def _argv(case: str, steps: int) -> list[str]:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.slow
 def test_each_algorithm_trains_evaluates_and_resumes_exactly(case, tmp_path, capsys):
     argv = [*_argv(case, 300), "--set", "checkpoint_freq=150", "--save-replay-buffer", "--eval-freq", "150",
             "--eval-episodes", "1"]

@@ -125,7 +125,6 @@ def test_the_core_package_does_not_import_ray_or_rliable():
 
 
 # ------------------------------------------------------------------------------------------ local Ray
-@pytest.mark.slow
 def test_local_sweep_runs_every_trial_as_a_run_directory_and_reports(tmp_path, capsys):
     out = tmp_path / "out"
     code, stdout, err = _run([_spec(tmp_path), "--out", out, "--max-concurrent", "2"], capsys)
@@ -151,7 +150,6 @@ def test_local_sweep_runs_every_trial_as_a_run_directory_and_reports(tmp_path, c
     assert (out / "report" / "profiles.png").is_file()
 
 
-@pytest.mark.slow
 def test_a_namespaced_env_id_runs_as_a_trial_with_a_flat_log_name(tmp_path, capsys):
     """``MinAtar/Breakout-v1``: the run directory keeps the id's folder; Tune's trial and the log get a flat name."""
     out = tmp_path / "out"
@@ -164,7 +162,6 @@ def test_a_namespaced_env_id_runs_as_a_trial_with_a_flat_log_name(tmp_path, caps
     assert [p.name for p in (out / "logs").iterdir()] == ["MinAtar-Breakout-v1-rigl-s0.log"]
 
 
-@pytest.mark.slow
 def test_resume_after_the_driver_is_killed_keeps_finished_trials_and_continues_started_ones(tmp_path):
     spec = _spec(tmp_path, n_timesteps=1000, grid={"preset": ["rigl"]})
     out = tmp_path / "out"
@@ -204,7 +201,6 @@ def test_resume_after_the_driver_is_killed_keeps_finished_trials_and_continues_s
     assert json.loads((interrupted / "summary.json").read_text())["timesteps"] == 1000
 
 
-@pytest.mark.slow
 def test_a_resumed_trial_reports_only_its_own_progress(tmp_path, monkeypatch):
     """Not the evaluations a killed run left behind, and steps/s from the checkpoint it resumes, not from 0."""
     out = tmp_path / "out"
@@ -236,7 +232,6 @@ def test_a_resumed_trial_reports_only_its_own_progress(tmp_path, monkeypatch):
         assert metrics["steps_per_s"] == pytest.approx(expected, rel=0.05)
 
 
-@pytest.mark.slow
 def test_a_search_samples_the_ranges_stops_laggards_and_writes_the_best_preset(tmp_path, capsys):
     space = {"drop_fraction": {"uniform": [0.1, 0.7]}, "update_interval": {"choice": [50, 100]},
              "learning_rate": {"loguniform": [1.0e-4, 1.0e-3]}}
@@ -252,7 +247,6 @@ def test_a_search_samples_the_ranges_stops_laggards_and_writes_the_best_preset(t
     assert 1e-4 <= best["learning_rate"] <= 1e-3 and "preset" not in best and "on preset rigl" in text
 
 
-@pytest.mark.slow
 def test_ctrl_c_stops_the_sweep_with_the_resume_command(tmp_path):
     spec = _spec(tmp_path, seeds=[0], n_timesteps=3000, grid={"preset": ["rigl"]})
     out = tmp_path / "out"
@@ -356,7 +350,6 @@ def two_node_cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-@pytest.mark.slow
 def test_a_two_node_cluster_runs_the_same_sweep_through_address(tmp_path, two_node_cluster):
     address, env = two_node_cluster
     out = tmp_path / "out"
@@ -417,7 +410,6 @@ def test_report_numbers_against_hand_computed_iqm_and_bootstrap_intervals(tmp_pa
     assert report.main([str(tmp_path / "nothing")]) == 2
 
 
-@pytest.mark.slow
 def test_a_report_of_more_methods_than_colors_draws_each_method_its_own_way(tmp_path, monkeypatch):
     # matplotlib's and rliable's palettes repeat after 10 colors: a 12-method report drew pairs alike
     import matplotlib.pyplot as plt

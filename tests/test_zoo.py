@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
 from stable_baselines3 import PPO
 
 from sparse_rl import SparseActorCriticPolicy, sparsity_report
@@ -21,7 +20,6 @@ CartPole-v1:
 """
 
 
-@pytest.mark.slow
 def test_rl_zoo3_trains_and_enjoys_a_sparse_policy_named_in_its_yaml(tmp_path):
     (tmp_path / "ppo.yml").write_text(HYPERPARAMS)
     env = {"OMP_NUM_THREADS": "1", "PATH": ""}
