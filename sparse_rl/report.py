@@ -134,12 +134,49 @@ def _estimates(score_dict: dict[str, Any], func: Any, reps: int, seed: int) -> t
         return rly.get_interval_estimates(score_dict, func, reps=reps, random_state=np.random.RandomState(seed))
 
 
+# The statistics below run once per bootstrap resample (10,000 per cell by default). rliable's IQM and probability
+# of improvement call scipy's ``trim_mean`` and ``mannwhitneyu``, whose argument handling costs ~0.5 ms a call: most
+# of a report's time. These compute the same numbers the same way, to the last bit (tests/test_sweep.py holds them
+# to rliable's on random scores with ties), without that overhead.
+
+
+def iqm(scores: np.ndarray) -> float:
+    """rliable's ``aggregate_iqm``: the 25%-trimmed mean over all runs and tasks (scipy's ``trim_mean``)."""
+    a = np.asarray(scores).reshape(-1)
+    if a.size == 0 or np.isnan(a).any():
+        return float("nan")
+    low = int(0.25 * a.size)
+    high = a.size - low
+    return np.mean(np.partition(a, (low, high - 1))[low:high])
+
+
+def probability_of_improvement(scores_x: np.ndarray, scores_y: np.ndarray) -> float:
+    """rliable's ``probability_of_improvement``: per task, the Mann-Whitney U of x over y (pairs x > y, ties
+    half) over the number of pairs, then the mean over tasks."""
+    per_task = []
+    for task in range(scores_x.shape[1]):
+        x, y = scores_x[:, task], scores_y[:, task]
+        if np.array_equal(x, y):
+            per_task.append(0.5)
+        elif np.isnan(x).any() or np.isnan(y).any():
+            per_task.append(float("nan"))
+        else:
+            u = np.sum(x[:, None] > y[None, :]) + 0.5 * np.sum(x[:, None] == y[None, :])
+            per_task.append(u / (x.shape[0] * y.shape[0]))
+    return np.mean(per_task)
+
+
+def score_distributions(scores: np.ndarray, taus: np.ndarray) -> np.ndarray:
+    """rliable's performance profile ``score_distributions``: the share of all scores above each τ."""
+    return np.mean(np.asarray(scores).reshape(-1, 1) > np.asarray(taus).reshape(1, -1), axis=0)
+
+
 def aggregate_metrics(scores: dict[str, np.ndarray], reps: int = 10_000, seed: int = 0) -> dict[str, dict[str, Any]]:
     """IQM, mean, median, optimality gap (γ=1) with 95% stratified-bootstrap CIs; ``scores[m]`` is runs × tasks."""
     from rliable import metrics
 
     def func(x: np.ndarray) -> np.ndarray:
-        return np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x), metrics.aggregate_median(x),
+        return np.array([iqm(x), metrics.aggregate_mean(x), metrics.aggregate_median(x),
                          metrics.aggregate_optimality_gap(x, 1.0)])
 
     points, intervals = _estimates(scores, func, reps, seed)
@@ -150,12 +187,10 @@ def aggregate_metrics(scores: dict[str, np.ndarray], reps: int = 10_000, seed: i
 
 def improvement(scores: dict[str, np.ndarray], baseline: str, reps: int = 10_000, seed: int = 0) -> dict[str, tuple]:
     """P(method > baseline) with its 95% CI, for every method other than the baseline."""
-    from rliable import metrics
-
     pairs = {m: (s, scores[baseline]) for m, s in scores.items() if m != baseline}
     if not pairs:
         return {}
-    points, intervals = _estimates(pairs, metrics.probability_of_improvement, reps, seed)  # type: ignore[arg-type]
+    points, intervals = _estimates(pairs, probability_of_improvement, reps, seed)  # type: ignore[arg-type]
     return {m: (float(np.ravel(points[m])[0]), float(np.ravel(intervals[m][0])[0]), float(np.ravel(intervals[m][1])[0]))
             for m in pairs}
 
@@ -196,10 +231,8 @@ def _curves(runs: list[Run], of: Callable[[Run], list[tuple[int, float]]] | None
 
 def _iqm_curves(data: dict[str, tuple[np.ndarray, np.ndarray]], reps: int, seed: int) -> dict[str, tuple]:
     """Per method: steps, then the IQM at each step with its 95% stratified-bootstrap CI; ``values`` is runs × tasks × T."""
-    from rliable import metrics
-
     def func(x: np.ndarray) -> np.ndarray:
-        return np.array([metrics.aggregate_iqm(x[..., t]) for t in range(x.shape[-1])])
+        return np.array([iqm(x[..., t]) for t in range(x.shape[-1])])
 
     out = {}
     for method, (steps, values) in data.items():
@@ -318,7 +351,7 @@ def plot_profiles(scores: dict[str, np.ndarray], path: Path, reps: int,
     top = max(float(np.max(s)) for s in scores.values())
     taus = np.linspace(0.0, max(1.2, top * 1.05), 61)
     with _global_numpy_seed(0):
-        profiles, cis = rly.create_performance_profile(scores, taus, reps=reps)
+        profiles, cis = rly.create_performance_profile(scores, taus, custom_profile_func=score_distributions, reps=reps)
     styles = styles if styles is not None else method_styles(list(scores))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     plot_utils.plot_performance_profiles(profiles, taus, performance_profile_cis=cis, ax=ax,
@@ -398,10 +431,11 @@ def report(root: Path, out: Path, baseline: str = "dense", reps: int = 10_000, s
                 curve = _curves(rs)
                 if curve is not None:
                     normalised_curves.setdefault(method, []).append((curve[0], curve[1] / abs(base_mean)))
-        png = out / f"curves-{env}.png"
+        flat = env.replace("/", "-")  # a namespaced id (MinAtar/Breakout-v1): one file, not a folder per namespace
+        png = out / f"curves-{flat}.png"
         if plot_curves(env, groups, base_mean, png, max(reps // 25, 500), seed, styles):
             lines += ["", f"IQM learning curves: `{png.name}` (evaluations every run made)."]
-        png = out / f"real-inputs-{env}.png"
+        png = out / f"real-inputs-{flat}.png"
         real = plot_real_inputs(env, groups, png, max(reps // 25, 500), seed, styles)
         for net, per_method in real.items():
             lines += ["", f"Noise features: the share of the {net}'s input-layer connections that sit on real "

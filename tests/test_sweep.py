@@ -126,40 +126,32 @@ def test_the_core_package_does_not_import_ray_or_rliable():
 
 # ------------------------------------------------------------------------------------------ local Ray
 def test_local_sweep_runs_every_trial_as_a_run_directory_and_reports(tmp_path, capsys):
+    """DQN on ``MinAtar/Breakout-v1``: a namespaced env id keeps its folder in the run directories, while Tune's
+    trials, the logs and the report's files get a flat name (the SAC trials of the other tests are not namespaced)."""
     out = tmp_path / "out"
-    code, stdout, err = _run([_spec(tmp_path), "--out", out, "--max-concurrent", "2"], capsys)
+    spec = _spec(tmp_path, algo="dqn", envs=["MinAtar/Breakout-v1"], set={k: v for k, v in TINY.items() if k != "net_arch"})
+    code, stdout, err = _run([spec, "--out", out, "--max-concurrent", "2"], capsys)
     assert code == 0, stdout + err
     assert "4/4 trials done" in stdout and "done 4/4" in stdout
-    dirs = sorted(p.name for p in (out / "Pendulum-v1").iterdir())
+    runs = out / "MinAtar" / "Breakout-v1"
+    dirs = sorted(p.name for p in runs.iterdir())
     assert dirs == ["dense-s0", "dense-s1", "rigl-s0", "rigl-s1"]
+    assert sorted(p.name for p in (out / "logs").iterdir()) == [f"MinAtar-Breakout-v1-{d}.log" for d in dirs]
     for name in dirs:
-        run = out / "Pendulum-v1" / name
-        assert json.loads((run / "summary.json").read_text())["timesteps"] == 400
-        assert (run / "model.zip").is_file()
-    assert yaml.safe_load((out / "Pendulum-v1" / "rigl-s1" / "config.yaml").read_text())["seed"] == 1
+        assert json.loads((runs / name / "summary.json").read_text())["timesteps"] == 400
+        assert (runs / name / "model.zip").is_file()
+    assert yaml.safe_load((runs / "rigl-s1" / "config.yaml").read_text())["seed"] == 1
     # the same spec again without --resume is refused; with it, nothing is retrained
-    code, _, err = _run([_spec(tmp_path), "--out", out], capsys)
+    code, _, err = _run([spec, "--out", out], capsys)
     assert code == 2 and "--resume" in err
-    before = _digest(out / "Pendulum-v1" / "rigl-s0" / "summary.json")
-    code, stdout, _ = _run([_spec(tmp_path), "--out", out, "--resume"], capsys)
+    before = _digest(runs / "rigl-s0" / "summary.json")
+    code, stdout, _ = _run([spec, "--out", out, "--resume"], capsys)
     assert code == 0 and "(4 were already)" in stdout and "4 finished before (kept), none to run" in stdout
     assert "at a time on" not in stdout  # nothing left to run: no Ray started for it
-    assert _digest(out / "Pendulum-v1" / "rigl-s0" / "summary.json") == before
+    assert _digest(runs / "rigl-s0" / "summary.json") == before
     text = report.report(out, out / "report", reps=1000)
-    assert "| rigl | 0, 1 |" in text and (out / "report" / "curves-Pendulum-v1.png").is_file()
-    assert (out / "report" / "profiles.png").is_file()
-
-
-def test_a_namespaced_env_id_runs_as_a_trial_with_a_flat_log_name(tmp_path, capsys):
-    """``MinAtar/Breakout-v1``: the run directory keeps the id's folder; Tune's trial and the log get a flat name."""
-    out = tmp_path / "out"
-    spec = _spec(tmp_path, algo="dqn", envs=["MinAtar/Breakout-v1"], seeds=[0], grid={"preset": ["rigl"]},
-                 set={k: v for k, v in TINY.items() if k != "net_arch"})
-    code, stdout, err = _run([spec, "--out", out, "--max-concurrent", "1"], capsys)
-    assert code == 0, stdout + err
-    assert "1/1 trials done" in stdout
-    assert json.loads((out / "MinAtar" / "Breakout-v1" / "rigl-s0" / "summary.json").read_text())["timesteps"] == 400
-    assert [p.name for p in (out / "logs").iterdir()] == ["MinAtar-Breakout-v1-rigl-s0.log"]
+    assert "| rigl | 0, 1 |" in text and "`curves-MinAtar-Breakout-v1.png`" in text
+    assert (out / "report" / "curves-MinAtar-Breakout-v1.png").is_file() and not (out / "report" / "curves-MinAtar").exists()
 
 
 def test_resume_after_the_driver_is_killed_keeps_finished_trials_and_continues_started_ones(tmp_path):
@@ -373,6 +365,28 @@ def _fake_run(root: Path, env: str, name: str, final: float, curve=(100.0, 200.0
     rows = "".join(f"{1000 * (i + 1)},0,{v}" + (f",{real[i][0]},{real[i][1]}" if real else "") + "\n"
                    for i, v in enumerate([*curve, final]))
     (run / "evaluations.csv").write_text(f"timesteps,wall_clock_s,return_mean{extra}\n" + rows)
+
+
+def test_the_report_statistics_equal_rliables_to_the_last_bit():
+    """``report``'s IQM, probability of improvement and score distributions stand in for rliable's (which run
+    scipy's slow argument handling once per resample): the same numbers, bit for bit, ties and NaN included."""
+    from rliable import library, metrics
+
+    rng = np.random.default_rng(0)
+    for runs, tasks in [(1, 1), (2, 1), (4, 3), (5, 3), (10, 2), (7, 5), (50, 3)]:
+        for ties in (False, True):
+            x, y = rng.normal(size=(runs, tasks)) * 100, rng.normal(size=(runs + 1, tasks)) * 100
+            if ties:  # whole numbers from a small range: many ties, within and across methods
+                x, y = np.round(x / 50), np.round(y / 50)
+            taus = np.linspace(x.min() - 1, x.max() + 1, 17)
+            assert report.iqm(x).tobytes() == metrics.aggregate_iqm(x).tobytes()
+            assert report.iqm(x[:, :1]).tobytes() == metrics.aggregate_iqm(x[:, :1]).tobytes()
+            assert report.probability_of_improvement(x, y) == metrics.probability_of_improvement(x, y)
+            assert report.probability_of_improvement(x, x) == metrics.probability_of_improvement(x, x) == 0.5
+            assert np.array_equal(report.score_distributions(x, taus), library.score_distributions(x, taus))
+    x[0, 0] = np.nan
+    assert np.isnan(report.iqm(x)) and np.isnan(metrics.aggregate_iqm(x))
+    assert np.isnan(report.probability_of_improvement(x, y)) and np.isnan(metrics.probability_of_improvement(x, y))
 
 
 def test_report_numbers_against_hand_computed_iqm_and_bootstrap_intervals(tmp_path):
