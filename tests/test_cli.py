@@ -234,6 +234,20 @@ def test_plot_finds_the_runs_under_a_directory_and_refuses_one_without(tmp_path,
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_parsed_presets_are_cached_but_each_caller_gets_its_own_copy(tmp_path, monkeypatch):
+    from sparse_rl import config
+
+    first = config.load_presets("sac")
+    first["presets"].clear()  # a caller changing what it got changes nothing for the next one
+    assert config.load_presets("sac")["presets"] and resolve_config("sac", "Pendulum-v1", "rigl").topology == "rigl"
+    edited = tmp_path / "sac.yml"  # a preset file changed on disk is read again
+    edited.write_text(yaml.safe_dump({"presets": {"only": {}}}))
+    monkeypatch.setattr(config, "preset_path", lambda algo: edited)
+    assert available_presets("sac") == ["only"]
+    edited.write_text(yaml.safe_dump({"presets": {"only": {}, "other": {}}}))
+    assert available_presets("sac") == ["only", "other"]
+
+
 @pytest.mark.parametrize("algo", list(CONFIG_CLASSES))
 def test_every_preset_loads_and_validates_for_every_env(algo):
     presets = available_presets(algo)
