@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import tempfile
@@ -39,14 +38,17 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from sparse_rl.envs.normalize import normalization_state, set_normalization_state
 from sparse_rl.envs.state import get_env_state, set_env_state, was_reset
+from sparse_rl.run_directory import (  # re-exported: light, for a sweep's Ray workers
+    CHECKPOINT_DIR,
+    checkpoint_dirs,
+    current_umask,
+)
 
-CHECKPOINT_DIR = "checkpoints"
 MODEL_FILE = "model.zip"
 STATE_JSON, STATE_ARRAYS = "state.json", "state.npz"
 REPLAY_BUFFER_FILE = "replay_buffer.pkl"
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = 1
-_NAME = re.compile(r"^step-(\d+)$")
 
 
 class CheckpointError(ValueError):
@@ -187,15 +189,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def checkpoint_dirs(run_dir: Path) -> list[tuple[int, Path]]:
-    """``(timesteps, path)`` of every ``step-*`` directory, oldest first (not verified)."""
-    root = run_dir / CHECKPOINT_DIR
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _NAME.match(p.name))]
-    return sorted(found)
-
-
 def verify_checkpoint(path: Path) -> Checkpoint:
     """Check a checkpoint directory against its manifest; :raises CheckpointError: naming what is wrong."""
     manifest_path = path / MANIFEST_FILE
@@ -286,13 +279,6 @@ def save_checkpoint(model: BaseAlgorithm, run_dir: Path, save_replay_buffer: boo
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
     return Checkpoint(final, steps, tuple(sorted(files)))
-
-
-def current_umask() -> int:
-    """The process's umask (reading it means setting it; it is set back at once)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def restore_checkpoint_state(model: BaseAlgorithm, checkpoint: Checkpoint, eval_env: VecEnv | None = None) -> bool:

@@ -19,16 +19,16 @@ import csv
 import io
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from sparse_rl.checkpoint import current_umask
-from sparse_rl.config import config_from_dict
-
 EVALUATIONS_FILE = "evaluations.csv"
+CHECKPOINT_DIR = "checkpoints"
+_CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
 SUMMARY_FILE = "summary.json"  # written when a run finishes
 
 
@@ -43,6 +43,22 @@ def read_evaluations(run_dir: Path) -> list[dict[str, str]]:
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it; it is set back at once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def checkpoint_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+    """``(timesteps, path)`` of every ``step-*`` directory, oldest first (not verified)."""
+    root = run_dir / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CHECKPOINT_NAME.match(p.name))]
+    return sorted(found)
 
 
 def default_file_mode() -> int:
@@ -140,6 +156,8 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         raise RunError(f"run directory {str(run_dir)!r} does not exist")
     if not path.is_file():
         raise RunError(f"{str(run_dir)!r} is not a run directory: it has no config.yaml")
+    from sparse_rl.config import config_from_dict  # torch and SB3 come with it: not for a sweep's Ray workers
+
     try:
         data = yaml.safe_load(path.read_text())
         data["config"] = config_from_dict(data["algo"], data["config"])

@@ -122,6 +122,11 @@ def test_the_core_package_does_not_import_ray_or_rliable():
            "print(sorted(m for m in ('ray', 'rliable', 'optuna') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+    # what a trial's Ray worker imports to run it: its training process imports torch, the worker need not
+    code = "import sys, sparse_rl.sweep.execution; " \
+           "print(sorted(m for m in ('torch', 'stable_baselines3', 'gymnasium') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 # ------------------------------------------------------------------------------------------ local Ray

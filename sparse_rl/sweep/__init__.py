@@ -31,11 +31,31 @@ node mounts at the same path. The run directories are the record: ``--resume`` k
 trial and continues every started one from its latest checkpoint.
 """
 
-from sparse_rl.sweep.cli import build_parser, main
-from sparse_rl.sweep.execution import check_address, grid_trainable, run_grid, run_trial
-from sparse_rl.sweep.plan import check_trials, grid_trials, prepare_out, train_argv
-from sparse_rl.sweep.search import run_search, search_trainable
-from sparse_rl.sweep.spec import BEST_FILE, LOG_DIR, SPEC_FILE, Spec, SweepError, Trial, load_spec, parse_spec
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Public names are imported on first use: a trial's Ray worker imports ``sparse_rl.sweep.execution``, and
+# importing the package must not pull in the spec checks' torch, SB3 and gymnasium for it.
+_LAZY = {
+    "build_parser": "cli", "main": "cli",
+    "check_address": "execution", "grid_trainable": "execution", "run_grid": "execution", "run_trial": "execution",
+    "check_trials": "plan", "grid_trials": "plan", "prepare_out": "plan", "train_argv": "plan",
+    "run_search": "search", "search_trainable": "search",
+    "BEST_FILE": "spec", "LOG_DIR": "spec", "SPEC_FILE": "spec", "Spec": "spec", "SweepError": "spec", "Trial": "spec",
+    "load_spec": "spec", "parse_spec": "spec",
+}
+_SUBMODULES = ("cli", "execution", "plan", "search", "spec")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"sparse_rl.sweep.{_LAZY[name]}"), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"sparse_rl.sweep.{name}")
+    raise AttributeError(f"module 'sparse_rl.sweep' has no attribute {name!r}")
+
 
 __all__ = [
     "BEST_FILE",

@@ -13,9 +13,8 @@ from typing import Any
 
 import yaml
 
-from sparse_rl.config import CONFIG_CLASSES, ConfigError, available_presets, check_value
-from sparse_rl.envs import EnvError, resolve_env_id
-from sparse_rl.topology.methods import available_methods
+# The checks of a spec import the config, env and method registries (torch, SB3, gymnasium) where they run:
+# the names a sweep's Ray worker needs from here (SPEC_FILE, LOG_DIR, trial_label, ...) come without them.
 
 EXIT_BAD_INPUT = 2
 SPEC_FILE = "sweep.yml"
@@ -67,6 +66,8 @@ class Spec:
 
 
 def _known_keys(algo: str) -> list[str]:
+    from sparse_rl.config import CONFIG_CLASSES
+
     return ["preset", *(f.name for f in dataclasses.fields(CONFIG_CLASSES[algo]))]
 
 
@@ -81,6 +82,9 @@ def _check_key(algo: str, key: str, where: str) -> None:
 
 
 def _check_value(algo: str, key: str, value: Any, where: str) -> None:
+    from sparse_rl.config import CONFIG_CLASSES, ConfigError, available_presets, check_value
+    from sparse_rl.topology.methods import available_methods
+
     if key == "preset":
         presets = available_presets(algo)
         if value not in presets:
@@ -110,6 +114,9 @@ def load_spec(path: Path) -> Spec:
 
 
 def parse_spec(raw: Any, name: str = "spec") -> Spec:
+    from sparse_rl.config import CONFIG_CLASSES, ConfigError
+    from sparse_rl.envs import EnvError, resolve_env_id
+
     if not isinstance(raw, dict):
         raise SweepError(f"{name} must be a mapping with keys {', '.join(SPEC_KEYS)}, got {type(raw).__name__}")
     unknown = [k for k in raw if k not in SPEC_KEYS]
