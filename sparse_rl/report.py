@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from sparse_rl.plot import method_styles
-from sparse_rl.run_directory import SUMMARY_FILE, atomic_write, read_evaluations
+from sparse_rl.run_directory import SUMMARY_FILE, atomic_write, flat_env_id, read_evaluations
 
 EXIT_BAD_INPUT = 2
 NETS = ("actor", "critic")
@@ -431,7 +431,7 @@ def report(root: Path, out: Path, baseline: str = "dense", reps: int = 10_000, s
                 curve = _curves(rs)
                 if curve is not None:
                     normalised_curves.setdefault(method, []).append((curve[0], curve[1] / abs(base_mean)))
-        flat = env.replace("/", "-")  # a namespaced id (MinAtar/Breakout-v1): one file, not a folder per namespace
+        flat = flat_env_id(env)  # a namespaced id (MinAtar/Breakout-v1): one file, not a folder per namespace
         png = out / f"curves-{flat}.png"
         if plot_curves(env, groups, base_mean, png, max(reps // 25, 500), seed, styles):
             lines += ["", f"IQM learning curves: `{png.name}` (evaluations every run made)."]

@@ -45,6 +45,11 @@ def read_evaluations(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def flat_env_id(env: str) -> str:
+    """An env id as one file-name component: a namespaced id's ``/`` written ``-`` (``MinAtar-Breakout-v1``)."""
+    return env.replace("/", "-")
+
+
 def current_umask() -> int:
     """The process's umask (reading it means setting it; it is set back at once)."""
     mask = os.umask(0)

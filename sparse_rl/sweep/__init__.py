@@ -57,25 +57,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'sparse_rl.sweep' has no attribute {name!r}")
 
 
-__all__ = [
-    "BEST_FILE",
-    "LOG_DIR",
-    "SPEC_FILE",
-    "Spec",
-    "SweepError",
-    "Trial",
-    "build_parser",
-    "check_address",
-    "check_trials",
-    "grid_trainable",
-    "grid_trials",
-    "load_spec",
-    "main",
-    "parse_spec",
-    "prepare_out",
-    "run_grid",
-    "run_search",
-    "run_trial",
-    "search_trainable",
-    "train_argv",
-]
+__all__ = sorted(_LAZY)

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from sparse_rl.run_directory import flat_env_id
+
 # The checks of a spec import the config, env and method registries (torch, SB3, gymnasium) where they run:
 # the names a sweep's Ray worker needs from here (SPEC_FILE, LOG_DIR, trial_label, ...) come without them.
 
@@ -48,7 +50,7 @@ class Trial:
 def trial_label(env: str, name: str) -> str:
     """A trial's flat name for its log file and its Ray Tune trial: ``<env>-<name>``, with the ``/`` of a
     namespaced env id (``MinAtar/Breakout-v1``) written as ``-`` (Tune refuses a ``/`` in a trial's name)."""
-    return f"{env}-{name}".replace("/", "-")
+    return f"{flat_env_id(env)}-{name}"
 
 
 @dataclasses.dataclass
