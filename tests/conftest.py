@@ -1,12 +1,19 @@
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("MUJOCO_GL", "egl")
-# backend="auto" measures break-even densities once per machine; tests keep that cache to themselves
-os.environ.setdefault("SPARSE_RL_CACHE_DIR", tempfile.mkdtemp(prefix="sparse_rl_test_cache_"))
+# One scratch folder per test process, removed when it exits: backend="auto" measures break-even densities
+# once per machine and tests keep that cache to themselves; SB3 makes an (empty) log folder in the system
+# temp dir for every learn() without a logger, and the tests' ones go here instead of piling up in /tmp.
+_SCRATCH = tempfile.mkdtemp(prefix="sparse_rl_tests_")
+atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
+os.environ.setdefault("SPARSE_RL_CACHE_DIR", os.path.join(_SCRATCH, "cache"))
+os.environ.setdefault("SB3_LOGDIR", os.path.join(_SCRATCH, "sb3"))
 torch.set_num_threads(1)
 
 

@@ -118,9 +118,10 @@ def test_resume_equals_uninterrupted(algo, topology, backend, tmp_path, capsys):
     # TINY, with later flags overriding it: a checkpoint before the crash, no evaluations.
     topology, _, structure = topology.partition(":")
     extra = ["--set", f"structure={structure}", "--set", "distribution=uniform", "--sparsity", "0.5"] if structure else []
+    # a replay buffer of 1000 slots holds all 300 steps, as 1M would, and its checkpoints are 1000x smaller
     argv = ["--algo", algo, "--env", "Pendulum", "--topology", topology, *extra, "--set", "checkpoint_freq=100",
-            "--save-replay-buffer", *TINY, "--n-timesteps", "300", "--set", "update_interval=20", "--eval-freq", "0",
-            "--set", f"backend={backend}"]
+            "--save-replay-buffer", "--set", "buffer_size=1000", *TINY, "--n-timesteps", "300", "--set", "update_interval=20",
+            "--eval-freq", "0", "--set", f"backend={backend}"]
     parser = train.build_parser()
     code, _, err = run_cli(train, [*argv, "--run-dir", tmp_path / "a"], capsys)
     assert code == 0, err

@@ -12,11 +12,12 @@ from test_cli import Crash, run_cli
 from sparse_rl import evaluate, train
 from sparse_rl.models import load_run_model
 
-#: (algo, env, extra flags): tiny budgets, topology updates every 10 optimizer steps
+#: (algo, env, extra flags): tiny budgets, topology updates every 10 optimizer steps; replay buffers of 2000
+#: slots hold every step of these runs, and keep the checkpoints (which save them) small
 CASES = {
-    "ddpg": ("Pendulum", ["--set", "learning_starts=100", "--set", "batch_size=32"]),
-    "tqc": ("Pendulum", ["--set", "learning_starts=100", "--set", "batch_size=32"]),
-    "crossq": ("Pendulum", ["--set", "learning_starts=100", "--set", "batch_size=32"]),
+    "ddpg": ("Pendulum", ["--set", "learning_starts=100", "--set", "batch_size=32", "--set", "buffer_size=2000"]),
+    "tqc": ("Pendulum", ["--set", "learning_starts=100", "--set", "batch_size=32", "--set", "buffer_size=2000"]),
+    "crossq": ("Pendulum", ["--set", "learning_starts=100", "--set", "batch_size=32", "--set", "buffer_size=2000"]),
     "ppo": ("CartPole-v1", ["--set", "n_envs=1", "--set", "n_steps=64", "--set", "n_epochs=2", "--set", "batch_size=32"]),
     "a2c": ("CartPole-v1", ["--set", "n_envs=1"]),
     # rl-zoo3's MuJoCo PPO: VecNormalize, ReLU, no orthogonal init, a lower initial std
@@ -27,7 +28,8 @@ CASES = {
     "sac-her": ("PointMaze_UMaze-v3", ["--env-kwargs", "max_episode_steps=50", "--set", "her=true",
                                        "--set", "learning_starts=100", "--set", "batch_size=32",
                                        "--set", "buffer_size=2000"]),  # HER builds an info dict per slot
-    "dqn": ("CartPole-v1", ["--set", "learning_starts=100", "--set", "train_freq=1", "--set", "gradient_steps=1"]),
+    "dqn": ("CartPole-v1", ["--set", "learning_starts=100", "--set", "train_freq=1", "--set", "gradient_steps=1",
+                            "--set", "buffer_size=2000"]),
     "dqn-minatar": ("MinAtar/Breakout-v1", ["--set", "learning_starts=100", "--set", "train_freq=1",
                                             "--set", "buffer_size=2000"]),
 }

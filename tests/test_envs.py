@@ -115,11 +115,13 @@ def test_env_snapshots_carry_the_noise_generator_and_the_permutation():
 
 
 NOISY = ["--set", "noise_fraction=0.75", "--set", "noise_kind=matched", "--set", "permute_at=250"]
+SMALL_BUFFER = ["--set", "buffer_size=1000"]  # holds every step of these runs; keeps their checkpoints small
 
 
 def test_a_noisy_permuted_run_resumes_as_if_never_stopped(tmp_path, capsys):
-    argv = ["--algo", "sac", "--env", "Pendulum", *NOISY, "--set", "checkpoint_freq=150", "--save-replay-buffer", *TINY,
-            "--n-timesteps", "500", "--eval-freq", "100", "--eval-episodes", "1", "--set", "normalize=true"]
+    argv = ["--algo", "sac", "--env", "Pendulum", *NOISY, "--set", "checkpoint_freq=150", "--save-replay-buffer",
+            *SMALL_BUFFER, *TINY, "--n-timesteps", "500", "--eval-freq", "100", "--eval-episodes", "1",
+            "--set", "normalize=true"]
     code, _, err = run_cli(train, [*argv, "--run-dir", tmp_path / "a"], capsys)
     assert code == 0, err
     with pytest.raises(KeyboardInterrupt):  # after the permutation switched on, from a checkpoint before it
@@ -141,8 +143,8 @@ def test_a_checkpoint_from_before_evaluation_env_state_resumes_and_says_so(tmp_p
     import json
 
     run = tmp_path / "old"
-    argv = ["--algo", "sac", "--env", "Pendulum", "--set", "checkpoint_freq=150", "--save-replay-buffer", *TINY,
-            "--n-timesteps", "400", "--eval-freq", "100", "--eval-episodes", "1", "--run-dir", run]
+    argv = ["--algo", "sac", "--env", "Pendulum", "--set", "checkpoint_freq=150", "--save-replay-buffer",
+            *SMALL_BUFFER, *TINY, "--n-timesteps", "400", "--eval-freq", "100", "--eval-episodes", "1", "--run-dir", run]
     with pytest.raises(KeyboardInterrupt):
         train.train(train.build_parser().parse_args([str(a) for a in argv]), extra_callbacks=[Crash(330)])
     [ckpt] = (run / "checkpoints").iterdir()

@@ -18,6 +18,7 @@ def small_model(algo, policy, env="Pendulum-v1", seed=0, policy_kwargs=None, **k
     pk = {**SMALL, "sparsity": 0.8, "update_interval": 20, **(policy_kwargs or {})}
     kwargs.setdefault("learning_starts", 50)
     kwargs.setdefault("batch_size", 32)
+    kwargs.setdefault("buffer_size", 10_000)  # holds every step these tests take; a saved buffer stays small
     return algo(policy, env, policy_kwargs=pk, seed=seed, **kwargs)
 
 

@@ -22,8 +22,10 @@ from sparse_rl.checkpoint import checkpoint_dirs
 
 pytest.importorskip("ray", reason='sweeps need the [sweep] extra: pip install -e ".[sweep]"')
 
+#: a sweep saves the replay buffer with each checkpoint: 2000 slots hold every step of these trials and keep the
+#: checkpoints small (SB3's default of 1M slots is written whole, used or not)
 TINY = {"learning_starts": 100, "batch_size": 32, "net_arch": [32, 32], "eval_freq": 200, "eval_episodes": 1,
-        "checkpoint_freq": 200}
+        "checkpoint_freq": 200, "buffer_size": 2000}
 
 
 def _spec(tmp_path: Path, name: str = "spec.yml", **changes) -> Path:
@@ -160,7 +162,8 @@ def test_local_sweep_runs_every_trial_as_a_run_directory_and_reports(tmp_path, c
 
 
 def test_resume_after_the_driver_is_killed_keeps_finished_trials_and_continues_started_ones(tmp_path):
-    spec = _spec(tmp_path, n_timesteps=1000, grid={"preset": ["rigl"]})
+    # checkpoints every 200 steps: the second trial is killed after its first one, with 400 steps still to go
+    spec = _spec(tmp_path, n_timesteps=600, grid={"preset": ["rigl"]})
     out = tmp_path / "out"
     runs = out / "Pendulum-v1"
     cmd = [sys.executable, "-m", "sparse_rl.sweep", str(spec), "--out", str(out), "--max-concurrent", "1"]
@@ -195,7 +198,7 @@ def test_resume_after_the_driver_is_killed_keeps_finished_trials_and_continues_s
     stopped = re.search(r"stopped by SIGTERM at step (\d+)", log)  # its worker died: SIGTERM, not SIGKILL
     assert stopped, "the training did not write a checkpoint where it stopped\n" + log
     assert f"resuming {interrupted} from {interrupted}/checkpoints/step-{int(stopped[1]):09d}" in log
-    assert json.loads((interrupted / "summary.json").read_text())["timesteps"] == 1000
+    assert json.loads((interrupted / "summary.json").read_text())["timesteps"] == 600
 
 
 def test_a_resumed_trial_reports_only_its_own_progress(tmp_path, monkeypatch):

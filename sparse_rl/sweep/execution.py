@@ -111,7 +111,10 @@ def run_trial(config: dict[str, Any], poll_s: float = 2.0) -> None:
                                 env=env, preexec_fn=_die_with_parent, start_new_session=True)
         try:
             while proc.poll() is None:
-                time.sleep(poll_s)
+                try:  # wakes when the training ends, not up to poll_s later
+                    proc.wait(timeout=poll_s)
+                except subprocess.TimeoutExpired:
+                    pass
                 found = read_evaluations(run_dir)  # a resumed run rewinds it: report on change, if any
                 if len(found) != rows:
                     rows = len(found)
