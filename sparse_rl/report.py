@@ -204,16 +204,25 @@ def _fmt(est: tuple[float, float, float], digits: int = 2) -> str:
     return f"{est[0]:.{digits}f} [{est[1]:.{digits}f}, {est[2]:.{digits}f}]"
 
 
-def _sparsity_cells(runs: list[Run]) -> str:
+def _networks(runs: list[Run]) -> tuple[str, ...]:
+    """The networks the runs' summaries measure, in their order: actor and critic (SAC, TD3, PPO...), ``q_net``
+    (DQN); the actor-critic pair where no run has measures (dense runs only)."""
+    names: dict[str, None] = {}
+    for r in runs:
+        names.update(dict.fromkeys(r.summary.get("sparsity") or {}))
+    return tuple(names) or NETS
+
+
+def _sparsity_cells(runs: list[Run], nets: tuple[str, ...] = NETS) -> str:
+    """Density per network, the first network's ITOP rate, and the forward multiply-adds of all of them over
+    dense; dashes where a run lacks one of ``nets`` (a dense run)."""
     sp = [r.summary.get("sparsity") or {} for r in runs]
-    if not all("actor" in s and "critic" in s for s in sp):
+    if not all(all(n in s for n in nets) for s in sp):
         return "– | – | –"
-    density = (statistics.mean(s["actor"]["density"] for s in sp), statistics.mean(s["critic"]["density"] for s in sp))
-    itop = statistics.mean(s["actor"].get("itop_rate", float("nan")) for s in sp)
-    flops = statistics.mean(
-        (s["actor"]["flops"] + s["critic"]["flops"]) / (s["actor"]["dense_flops"] + s["critic"]["dense_flops"]) for s in sp
-    )
-    return f"{density[0]:.3f} / {density[1]:.3f} | {itop:.2f} | {flops:.3f}"
+    density = " / ".join(f"{statistics.mean(s[n]['density'] for s in sp):.3f}" for n in nets)
+    itop = statistics.mean(s[nets[0]].get("itop_rate", float("nan")) for s in sp)
+    flops = statistics.mean(sum(s[n]["flops"] for n in nets) / sum(s[n]["dense_flops"] for n in nets) for s in sp)
+    return f"{density} | {itop:.2f} | {flops:.3f}"
 
 
 def _curves(runs: list[Run], of: Callable[[Run], list[tuple[int, float]]] | None = None
@@ -391,11 +400,14 @@ def report(root: Path, out: Path, baseline: str = "dense", reps: int = 10_000, s
     remake = f"python -m sparse_rl.report {root} --out {out}" + (f" --compare{also}" if compare else "")
     envs = sorted({r.env for r in runs})
     styles = method_styles([r.method for r in runs])  # a method looks alike in every plot
+    measured = sorted(_networks(runs), key=lambda n: (n not in NETS, NETS.index(n) if n in NETS else 0, n))
+    through = ("actor and critic" if set(measured) <= set(NETS) else measured[0] if len(measured) == 1
+               else f"{', '.join(measured)} (the ones a run has)")
     lines = [f"# Report: {root}", "",
              f"{len(runs)} finished runs. Statistics: rliable (Agarwal et al. 2021), stratified bootstrap, {reps} "
              f"resamples, 95% CIs (seed {seed}); scores are final evaluation returns. Densities, ITOP and FLOPs are "
-             "the final networks': training FLOPs vs dense = multiply-adds of one forward pass through actor and "
-             "critic with their final masks, over the same networks dense (a wide network: over its own width). "
+             "the final networks': training FLOPs vs dense = multiply-adds of one forward pass through "
+             f"{through} with their final masks, over the same networks dense (a wide network: over its own width). "
              f"Re-make with `{remake}`.", ""]
     normalised: dict[str, list[np.ndarray]] = {}
     normalised_curves: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
@@ -412,8 +424,10 @@ def report(root: Path, out: Path, baseline: str = "dense", reps: int = 10_000, s
         lines += [f"## {env}", ""]
         if base is None:
             lines += [f"No `{baseline}` runs here: no ratios, no normalised scores.", ""]
+        nets = _networks([r for rs in groups.values() for r in rs])
         lines += ["| method | seeds | final return, mean ± 95% CI (1.96·sd/√n) | IQM [95% CI] | ratio to "
-                  f"{baseline} (IQM) | P(> {baseline}) [95% CI] | actor / critic density | ITOP | training FLOPs vs dense |",
+                  f"{baseline} (IQM) | P(> {baseline}) [95% CI] | {' / '.join(nets)} density | ITOP | "
+                  "training FLOPs vs dense |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for method, rs in groups.items():
             mean, ci = _t_interval([r.final for r in rs])
@@ -423,7 +437,7 @@ def report(root: Path, out: Path, baseline: str = "dense", reps: int = 10_000, s
             seeds = ", ".join(str(r.seed) for r in rs)
             lines.append(
                 f"| {method} | {seeds} | {mean:.0f} ± {'–' if math.isnan(ci) else f'{ci:.0f}'} | {_fmt(iqm, 0)} | {ratio} | "
-                f"{p} | {_sparsity_cells(rs)} |"
+                f"{p} | {_sparsity_cells(rs, nets)} |"
             )
             if base_mean:
                 # |mean|: with negative returns (Pendulum) a plain ratio would reverse the order

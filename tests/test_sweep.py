@@ -132,6 +132,7 @@ def test_the_core_package_does_not_import_ray_or_rliable():
 
 
 # ------------------------------------------------------------------------------------------ local Ray
+@pytest.mark.slow
 def test_local_sweep_runs_every_trial_as_a_run_directory_and_reports(tmp_path, capsys):
     """DQN on ``MinAtar/Breakout-v1``: a namespaced env id keeps its folder in the run directories, while Tune's
     trials, the logs and the report's files get a flat name (the SAC trials of the other tests are not namespaced)."""
@@ -161,6 +162,7 @@ def test_local_sweep_runs_every_trial_as_a_run_directory_and_reports(tmp_path, c
     assert (out / "report" / "curves-MinAtar-Breakout-v1.png").is_file() and not (out / "report" / "curves-MinAtar").exists()
 
 
+@pytest.mark.slow
 def test_resume_after_the_driver_is_killed_keeps_finished_trials_and_continues_started_ones(tmp_path):
     # checkpoints every 200 steps: the second trial is killed after its first one, with 400 steps still to go
     spec = _spec(tmp_path, n_timesteps=600, grid={"preset": ["rigl"]})
@@ -201,6 +203,7 @@ def test_resume_after_the_driver_is_killed_keeps_finished_trials_and_continues_s
     assert json.loads((interrupted / "summary.json").read_text())["timesteps"] == 600
 
 
+@pytest.mark.slow
 def test_a_resumed_trial_reports_only_its_own_progress(tmp_path, monkeypatch):
     """Not the evaluations a killed run left behind, and steps/s from the checkpoint it resumes, not from 0."""
     out = tmp_path / "out"
@@ -232,6 +235,7 @@ def test_a_resumed_trial_reports_only_its_own_progress(tmp_path, monkeypatch):
         assert metrics["steps_per_s"] == pytest.approx(expected, rel=0.05)
 
 
+@pytest.mark.slow
 def test_a_search_samples_the_ranges_stops_laggards_and_writes_the_best_preset(tmp_path, capsys):
     space = {"drop_fraction": {"uniform": [0.1, 0.7]}, "update_interval": {"choice": [50, 100]},
              "learning_rate": {"loguniform": [1.0e-4, 1.0e-3]}}
@@ -247,6 +251,7 @@ def test_a_search_samples_the_ranges_stops_laggards_and_writes_the_best_preset(t
     assert 1e-4 <= best["learning_rate"] <= 1e-3 and "preset" not in best and "on preset rigl" in text
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_sweep_with_the_resume_command(tmp_path):
     spec = _spec(tmp_path, seeds=[0], n_timesteps=3000, grid={"preset": ["rigl"]})
     out = tmp_path / "out"
@@ -350,6 +355,7 @@ def two_node_cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_a_two_node_cluster_runs_the_same_sweep_through_address(tmp_path, two_node_cluster):
     address, env = two_node_cluster
     out = tmp_path / "out"
@@ -361,13 +367,14 @@ def test_a_two_node_cluster_runs_the_same_sweep_through_address(tmp_path, two_no
 
 
 # ------------------------------------------------------------------------------------------ the report
-def _fake_run(root: Path, env: str, name: str, final: float, curve=(100.0, 200.0), real=None) -> None:
+def _fake_run(root: Path, env: str, name: str, final: float, curve=(100.0, 200.0), real=None,
+              nets=("actor", "critic"), density=0.1) -> None:
     """A finished run directory with just what the report reads (its files as train writes them); ``real``:
     the actor's and critic's real-input fractions at each evaluation, as a run on a noisy env records them."""
     run = root / env / name
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump({"algo": "sac", "env": env, "seed": int(name.rsplit("-s", 1)[1])}))
-    sparsity = {net: {"density": 0.1, "itop_rate": 0.5, "flops": 10, "dense_flops": 100} for net in ("actor", "critic")}
+    sparsity = {net: {"density": density, "itop_rate": 0.5, "flops": 100 * density, "dense_flops": 100} for net in nets}
     (run / "summary.json").write_text(json.dumps({"final_eval": {"return_mean": final}, "sparsity": sparsity}))
     extra = ",actor_real_input_fraction,critic_real_input_fraction" if real else ""
     rows = "".join(f"{1000 * (i + 1)},0,{v}" + (f",{real[i][0]},{real[i][1]}" if real else "") + "\n"
@@ -430,6 +437,19 @@ def test_report_numbers_against_hand_computed_iqm_and_bootstrap_intervals(tmp_pa
     assert "| method | 1k | 2k | 3k |" in text and "| m | 0.67 | 1.33 | 1.50 |" in text
     assert (tmp_path / "report" / "curves-over-envs.png").is_file()
     assert report.main([str(tmp_path / "nothing")]) == 2
+
+
+def test_the_report_measures_the_networks_each_algorithm_has(tmp_path):
+    """DQN's summaries measure ``q_net``, not an actor and a critic: its density, ITOP and FLOPs are reported."""
+    for seed in (0, 1):
+        _fake_run(tmp_path, "MinAtar/Breakout-v1", f"dense-s{seed}", 10.0 + seed, nets=("q_net",), density=1.0)
+        _fake_run(tmp_path, "MinAtar/Breakout-v1", f"rigl-s{seed}", 8.0 + seed, nets=("q_net",), density=0.1)
+        _fake_run(tmp_path, "Pendulum-v1", f"rigl-s{seed}", -200.0 + seed)
+    text = report.report(tmp_path, tmp_path / "report", reps=200)
+    dqn, sac = text.split("## Pendulum-v1")
+    assert "| q_net density | ITOP |" in dqn and "| 1.000 | 0.50 | 1.000 |" in dqn and "| 0.100 | 0.50 | 0.100 |" in dqn
+    assert "| actor / critic density | ITOP |" in sac and "| 0.100 / 0.100 | 0.50 | 0.100 |" in sac
+    assert "one forward pass through actor, critic, q_net (the ones a run has)" in text
 
 
 def test_a_report_of_more_methods_than_colors_draws_each_method_its_own_way(tmp_path, monkeypatch):
