@@ -18,6 +18,9 @@ torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
+    # the longest tests first: with -n 2 the workers then end together on short ones, instead of one waiting
+    # while the other runs a minute-long sweep test that happened to come last
+    items.sort(key=lambda item: "slow" not in item.keywords)
     if os.environ.get("SPARSE_RL_EXPENSIVE") == "1":
         return
     skip = pytest.mark.skip(reason="expensive: set SPARSE_RL_EXPENSIVE=1 to run")

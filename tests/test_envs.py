@@ -118,6 +118,7 @@ NOISY = ["--set", "noise_fraction=0.75", "--set", "noise_kind=matched", "--set",
 SMALL_BUFFER = ["--set", "buffer_size=1000"]  # holds every step of these runs; keeps their checkpoints small
 
 
+@pytest.mark.slow
 def test_a_noisy_permuted_run_resumes_as_if_never_stopped(tmp_path, capsys):
     argv = ["--algo", "sac", "--env", "Pendulum", *NOISY, "--set", "checkpoint_freq=150", "--save-replay-buffer",
             *SMALL_BUFFER, *TINY, "--n-timesteps", "500", "--eval-freq", "100", "--eval-episodes", "1",
@@ -136,6 +137,7 @@ def test_a_noisy_permuted_run_resumes_as_if_never_stopped(tmp_path, capsys):
     assert_same_evaluations(tmp_path / "a", tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_before_evaluation_env_state_resumes_and_says_so(tmp_path, capsys):
     """Checkpoints written before the evaluation env's state was kept still resume (the policy exactly); the run
     warns that its later evaluations start from a fresh evaluation env."""

@@ -206,6 +206,7 @@ def test_dense_model_report():
         sparsity_report(object())
 
 
+@pytest.mark.slow
 def test_sparse_sac_learns_pendulum():
     """At 80% sparsity SAC must swing Pendulum up; a random or broken learner scores about -1200."""
     from stable_baselines3.common.evaluation import evaluate_policy

@@ -180,6 +180,7 @@ def _kill_at_a_moment(proc, run, rng):
     proc.send_signal(signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_moment_then_resume_equals_an_uninterrupted_run(tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     code, _, err = run_cli(train, [*KILL_ARGV, "--run-dir", a], capsys)
@@ -413,6 +414,7 @@ def test_a_second_ctrl_c_stops_at_once_and_the_handlers_are_restored(tmp_path):
     assert {sig: signal.getsignal(sig) for sig in before} == before
 
 
+@pytest.mark.slow
 def test_sigterm_stops_at_a_checkpoint_and_resume_equals_an_uninterrupted_run(tmp_path, capsys):
     """A scheduler's SIGTERM loses no step: the checkpoint is written where training stops."""
     argv = [*KILL_ARGV, "--n-timesteps", "800", "--set", "checkpoint_freq=100000"]  # no periodic checkpoint
