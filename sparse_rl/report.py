@@ -205,12 +205,10 @@ def _fmt(est: tuple[float, float, float], digits: int = 2) -> str:
 
 
 def _networks(runs: list[Run]) -> tuple[str, ...]:
-    """The networks the runs' summaries measure, in their order: actor and critic (SAC, TD3, PPO...), ``q_net``
-    (DQN); the actor-critic pair where no run has measures (dense runs only)."""
-    names: dict[str, None] = {}
-    for r in runs:
-        names.update(dict.fromkeys(r.summary.get("sparsity") or {}))
-    return tuple(names) or NETS
+    """The networks the runs' summaries measure, actor and critic first (SAC, TD3, PPO...), then the others by
+    name (DQN's ``q_net``); the actor-critic pair where no run has measures (dense runs only)."""
+    names = {n for r in runs for n in (r.summary.get("sparsity") or {})}
+    return tuple(sorted(names, key=lambda n: (NETS.index(n) if n in NETS else len(NETS), n))) or NETS
 
 
 def _sparsity_cells(runs: list[Run], nets: tuple[str, ...] = NETS) -> str:
@@ -400,9 +398,13 @@ def report(root: Path, out: Path, baseline: str = "dense", reps: int = 10_000, s
     remake = f"python -m sparse_rl.report {root} --out {out}" + (f" --compare{also}" if compare else "")
     envs = sorted({r.env for r in runs})
     styles = method_styles([r.method for r in runs])  # a method looks alike in every plot
-    measured = sorted(_networks(runs), key=lambda n: (n not in NETS, NETS.index(n) if n in NETS else 0, n))
-    through = ("actor and critic" if set(measured) <= set(NETS) else measured[0] if len(measured) == 1
-               else f"{', '.join(measured)} (the ones a run has)")
+    measured = _networks(runs)
+    if set(measured) <= set(NETS):
+        through = "actor and critic"
+    elif len(measured) == 1:
+        through = measured[0]
+    else:
+        through = f"{', '.join(measured)} (the ones a run has)"
     lines = [f"# Report: {root}", "",
              f"{len(runs)} finished runs. Statistics: rliable (Agarwal et al. 2021), stratified bootstrap, {reps} "
              f"resamples, 95% CIs (seed {seed}); scores are final evaluation returns. Densities, ITOP and FLOPs are "
